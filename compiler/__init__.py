@@ -1,0 +1,1 @@
+"""The snc compiler: export to NIR and NIR I/O (``export``, ``nir_io``)."""

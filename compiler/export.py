@@ -1,0 +1,230 @@
+"""Export the spiking core of an snc denoiser to a NIR graph.
+
+What the graph holds, per spiking step (the host runs it T times per call):
+
+- Input ``input``: the analog image (direct encoding: the same image every
+  step). Inputs ``temb.<block>``: the host-computed time-embedding bias of
+  each block, broadcast over the block's pixels, constant over steps.
+- BatchNorm (eval statistics) folded into the preceding conv / affine.
+- Neurons as NIR IF (decay 1) or LIF with full-shape parameter arrays and dt
+  baked in (see ``nir_io``); ``v >= thr`` neurons get the largest threshold
+  below thr in their dtype, so NIR's strict ``v > thr`` is the same test.
+- Residual sums as an explicit junction node: a ``Scale`` of ones named
+  ``<block>.out`` (NIR sums the edges into a node; the Scale makes the real-
+  valued stream a single node the next blocks read).
+- Skip concatenation expressed NIR-natively: the consumer's weights are split
+  by input channel into one node per concatenated part (``.main`` for the
+  running stream, ``.skip`` for the skip), the parts' outputs summed by NIR's
+  edge semantics; the IF neurons in front of a concat split the same way.
+- Nearest upsampling as the extension node ``snc.NearestUpsample2d``.
+- Output ``output``: the U-Net's last real-valued stream (the tail is host-side),
+  or the MLP's readout currents.
+
+Node names follow the torch module paths, so every node traces to its module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nir
+import numpy as np
+import torch
+from torch import nn
+
+from snc.errors import SncError
+from snc.models.mlp import SpikingMLP
+from snc.models.neurons import IFNeuron, NeuronConfig
+from snc.models.unet import DownSample, ResBlock, SpikingUNet, UpSample
+
+from .nir_io import NIR_DT, NearestUpsample2d
+
+FORMAT = "snc-nir"
+FORMAT_VERSION = 1
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
+
+
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+    """Conv/affine weights with an eval-mode BatchNorm after them folded in (float64 math)."""
+    dtype = weight.dtype
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    w = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))
+    b = bias.double() if bias is not None else torch.zeros_like(scale)
+    b = (b - bn.running_mean.double()) * scale + bn.bias.double()
+    return _np(w.to(dtype)), _np(b.to(dtype))
+
+
+def neuron_node(config: NeuronConfig, shape: tuple[int, ...], dtype: np.dtype) -> nir.NIRNode:
+    """NIR IF / LIF equal, under Euler steps of NIR_DT, to ``IFNeuron(config)``."""
+    thr = np.array(config.threshold, dtype=dtype)
+    if config.fire_at_threshold:
+        thr = np.nextafter(thr, np.array(-np.inf, dtype=dtype))
+    full = lambda v: np.full(shape, v, dtype=dtype)  # noqa: E731
+    if config.decay == 1.0:
+        return nir.IF(r=full(1.0 / NIR_DT), v_threshold=full(thr), v_reset=full(0.0))
+    tau = NIR_DT / (1.0 - config.decay)
+    return nir.LIF(tau=full(tau), r=full(tau / NIR_DT), v_leak=full(0.0), v_threshold=full(thr), v_reset=full(0.0))
+
+
+@dataclass
+class _Stream:
+    """A real-valued tensor of the network: the node that produces it and its shape."""
+
+    node: str
+    shape: tuple[int, int, int]  # (C, H, W)
+
+
+class _Builder:
+    def __init__(self, dtype: np.dtype) -> None:
+        self.nodes: dict[str, nir.NIRNode] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.dtype = dtype
+
+    def add(self, name: str, node: nir.NIRNode, *sources: str) -> str:
+        if name in self.nodes:
+            raise AssertionError(f"duplicate NIR node name {name}")
+        self.nodes[name] = node
+        self.edges.extend((s, name) for s in sources)
+        return name
+
+    def conv(self, name: str, weight: np.ndarray, bias: np.ndarray, conv: nn.Conv2d, shape, *sources: str) -> str:
+        return self.add(
+            name,
+            nir.Conv2d(
+                input_shape=tuple(shape[1:]),
+                weight=weight,
+                stride=conv.stride,
+                padding=conv.padding,
+                dilation=conv.dilation,
+                groups=conv.groups,
+                bias=bias,
+            ),
+            *sources,
+        )
+
+    def neuron(self, name: str, module: nn.Module, shape, *sources: str) -> str:
+        if not isinstance(module, IFNeuron):
+            raise SncError("only spiking models export to NIR (this one is an ANN twin)")
+        return self.add(name, neuron_node(module.config, tuple(shape), self.dtype), *sources)
+
+    def graph(self, metadata: dict) -> nir.NIRGraph:
+        return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=metadata)
+
+
+def _conv_out(conv: nn.Conv2d, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    _, h, w = shape
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    return conv.out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
+
+def _export_resblock(b: _Builder, name: str, block: ResBlock, parts: list[_Stream]) -> _Stream:
+    """IF -> conv1 -> BN -> +temb -> IF -> conv2 -> BN -> +shortcut, concat parts split."""
+    suffixes = [""] if len(parts) == 1 else [".main", ".skip"]
+    w1, b1 = fold_batchnorm(block.conv1.weight, block.conv1.bias, block.bn1)
+    out_shape = _conv_out(block.conv1, parts[0].shape)
+    conv1_nodes, shortcut_nodes = [], []
+    start = 0
+    for part, suffix in zip(parts, suffixes):
+        c = part.shape[0]
+        sl = slice(start, start + c)
+        spikes = b.neuron(f"{name}.neuron1{suffix}", block.neuron1, part.shape, part.node)
+        bias = b1 if start == 0 else np.zeros_like(b1)  # the bias enters once
+        conv1_nodes.append(b.conv(f"{name}.conv1{suffix}", w1[:, sl].copy(), bias, block.conv1, part.shape, spikes))
+        if isinstance(block.shortcut, nn.Conv2d):
+            ws = _np(block.shortcut.weight)[:, sl].copy()
+            bs = _np(block.shortcut.bias) if start == 0 else np.zeros(ws.shape[0], dtype=ws.dtype)
+            shortcut_nodes.append(b.conv(f"{name}.shortcut{suffix}", ws, bs, block.shortcut, part.shape, part.node))
+        else:
+            shortcut_nodes.append(part.node)  # identity shortcut: the stream itself
+        start += c
+    temb = b.add(f"temb.{name}", nir.Input(input_type=np.array(out_shape)))
+    spikes2 = b.neuron(f"{name}.neuron2", block.neuron2, out_shape, *conv1_nodes, temb)
+    w2, b2 = fold_batchnorm(block.conv2.weight, block.conv2.bias, block.bn2)
+    conv2 = b.conv(f"{name}.conv2", w2, b2, block.conv2, out_shape, spikes2)
+    out = b.add(f"{name}.out", nir.Scale(scale=np.ones(out_shape, dtype=b.dtype)), conv2, *shortcut_nodes)
+    return _Stream(out, out_shape)
+
+
+def _export_resample(b: _Builder, name: str, layer: nn.Module, stream: _Stream) -> _Stream:
+    """DownSample: IF -> stride-2 conv + BN. UpSample: IF -> nearest x2 -> conv + BN."""
+    spikes = b.neuron(f"{name}.neuron", layer.neuron, stream.shape, stream.node)
+    shape = stream.shape
+    if isinstance(layer, UpSample):
+        up = NearestUpsample2d(input_shape=np.array(shape), scale=2)
+        spikes = b.add(f"{name}.upsample", up, spikes)
+        shape = tuple(int(v) for v in up.output_type["output"])
+    w, bias = fold_batchnorm(layer.conv.weight, layer.conv.bias, layer.bn)
+    node = b.conv(f"{name}.conv", w, bias, layer.conv, shape, spikes)
+    return _Stream(node, _conv_out(layer.conv, shape))
+
+
+def _export_unet(model: SpikingUNet, b: _Builder) -> None:
+    cfg = model.config
+    shape = (cfg.img_ch, cfg.img_size, cfg.img_size)
+    x = b.add("input", nir.Input(input_type=np.array(shape)))
+    w, bias = fold_batchnorm(model.conv.weight, model.conv.bias, model.bn)
+    h = b.conv("conv", w, bias, model.conv, shape, x)
+    shape = _conv_out(model.conv, shape)
+    s = b.neuron("neuron", model.neuron, shape, h)
+    w, bias = fold_batchnorm(model.conv_identity.weight, model.conv_identity.bias, model.bn_identity)
+    stream = _Stream(b.conv("conv_identity", w, bias, model.conv_identity, shape, s), shape)
+    skips = [stream]
+    for i, layer in enumerate(model.downblocks):
+        name = f"downblocks.{i}"
+        if isinstance(layer, ResBlock):
+            stream = _export_resblock(b, name, layer, [stream])
+        else:
+            stream = _export_resample(b, name, layer, stream)
+        skips.append(stream)
+    for i, layer in enumerate(model.middleblocks):
+        stream = _export_resblock(b, f"middleblocks.{i}", layer, [stream])
+    for i, layer in enumerate(model.upblocks):
+        name = f"upblocks.{i}"
+        if isinstance(layer, ResBlock):
+            stream = _export_resblock(b, name, layer, [stream, skips.pop()])
+        else:
+            stream = _export_resample(b, name, layer, stream)
+    b.add("output", nir.Output(output_type=np.array(stream.shape)), stream.node)
+
+
+def _export_mlp(model: SpikingMLP, b: _Builder) -> None:
+    cfg = model.config
+    shape = np.array([cfg.img_ch, cfg.img_size, cfg.img_size])
+    prev = b.add("input", nir.Input(input_type=shape))
+    prev = b.add("flatten", nir.Flatten(input_type={"input": shape}, start_dim=0, end_dim=-1), prev)
+    for i, layer in enumerate(model.hidden):
+        fc = b.add(f"hidden.{i}.fc", nir.Affine(weight=_np(layer.fc.weight), bias=_np(layer.fc.bias)), prev)
+        width = layer.fc.out_features
+        temb = b.add(f"temb.hidden.{i}", nir.Input(input_type=np.array([width])))
+        prev = b.neuron(f"hidden.{i}.neuron", layer.neuron, (width,), fc, temb)
+    out = b.add("readout", nir.Affine(weight=_np(model.readout.weight), bias=_np(model.readout.bias)), prev)
+    b.add("output", nir.Output(output_type=np.array([model.readout.out_features])), out)
+
+
+EXPORTERS = {SpikingUNet: ("spiking-unet", _export_unet), SpikingMLP: ("spiking-mlp", _export_mlp)}
+
+
+@torch.no_grad()
+def export_model(model: nn.Module) -> nir.NIRGraph:
+    """NIR graph of one spiking step of ``model``'s core (model must be in eval mode)."""
+    if type(model) not in EXPORTERS:
+        raise SncError(f"no NIR exporter for {type(model).__name__}")
+    if model.training:
+        raise SncError("export needs the model in eval mode (BatchNorm running statistics)")
+    arch, export = EXPORTERS[type(model)]
+    dtype = next(model.parameters()).detach().numpy().dtype
+    builder = _Builder(dtype)
+    export(model, builder)
+    metadata = {
+        "snc.format": FORMAT,
+        "snc.format_version": FORMAT_VERSION,
+        "snc.arch": arch,
+        "snc.dt": NIR_DT,
+        "snc.timestep": model.config.timestep,
+        "snc.inputs": "input: analog image, the same every spiking step; "
+        "temb.<block>: host-computed time-embedding bias, constant over the spiking steps",
+    }
+    return builder.graph(metadata)

@@ -1,0 +1,150 @@
+"""NIR reading and writing, with snc's extension nodes.
+
+NIR 1.0 has no node for some operations the spiking U-Net needs. snc adds them
+as *extension nodes*: NIR node classes whose ``type`` string starts with
+``snc.``. ``nir.write`` stores them like any node; the stock ``nir.read``
+refuses them (it only knows the 17 primitives), :func:`read_graph` here loads
+both. A graph without extension nodes (e.g. the spiking MLP) is plain NIR.
+
+Extension nodes:
+
+``snc.NearestUpsample2d(input_shape=(C, H, W), scale=s)``
+    ``y[c, i, j] = x[c, i // s, j // s]``: output (C, s*H, s*W). Linear and
+    stateless, like a Conv2d; the U-Net's ``F.interpolate(mode='nearest')``.
+
+Time: NIR is continuous-time and stores no dt. snc exports with
+``NIR_DT`` = 1e-4 s (the snnTorch / SpikingJelly convention) and bakes it into
+the parameters: an IF neuron has ``r = 1 / dt`` so that one Euler step adds
+exactly its input; an LIF neuron with per-step decay b has
+``tau = dt / (1 - b)`` and ``r = tau / dt``. Graph metadata repeats dt
+(``snc.dt``) for readers; nothing in snc reads it from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict
+
+import h5py
+import nir
+import numpy as np
+from nir.serialization import hdf2dict
+
+from snc.errors import GraphError
+
+NIR_DT = 1e-4
+
+STOCK_TYPES = frozenset(
+    "Input Output Affine Linear Scale Conv1d Conv2d Flatten SumPool2d AvgPool2d Delay "
+    "Threshold I IF LI LIF CubaLI CubaLIF".split()
+)
+
+
+@dataclass(eq=False)
+class NearestUpsample2d(nir.NIRNode):
+    """snc extension: nearest-neighbour upsampling of a (C, H, W) signal."""
+
+    input_shape: np.ndarray  # (C, H, W)
+    scale: int
+
+    TYPE = "snc.NearestUpsample2d"
+
+    def __post_init__(self) -> None:
+        self.input_shape = np.asarray(self.input_shape, dtype=np.int64)
+        self.scale = int(self.scale)
+        c, h, w = (int(v) for v in self.input_shape)
+        self.input_type = {"input": np.array([c, h, w])}
+        self.output_type = {"output": np.array([c, h * self.scale, w * self.scale])}
+
+    def to_dict(self) -> Dict[str, Any]:
+        ret = super().to_dict()
+        ret["type"] = self.TYPE
+        ret["scale"] = np.int64(self.scale)
+        return ret
+
+    @classmethod
+    def from_dict(cls, kwargs: Dict[str, Any]) -> "NearestUpsample2d":
+        kwargs = {k: v for k, v in kwargs.items() if k != "type"}
+        return cls(**kwargs)
+
+
+EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d}
+
+
+def _as_str(value: Any) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def write_graph(path: str | Path, graph: nir.NIRGraph) -> None:
+    """Write with NIR's own writer (extension nodes serialise like primitives)."""
+    check_finite(graph)
+    nir.write(str(path), graph)
+
+
+def read_graph(path: str | Path) -> nir.NIRGraph:
+    """Read a NIR file that may contain snc extension nodes; one GraphError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise GraphError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            data = hdf2dict(f["node"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise GraphError(f"{path}: not a readable NIR file ({exc})") from None
+    if data.get("type") != "NIRGraph" or "nodes" not in data or "edges" not in data:
+        raise GraphError(f"{path}: the top-level node is not a NIRGraph")
+    unknown = sorted(
+        {f"{name} ({_as_str(n.get('type'))})" for name, n in data["nodes"].items()
+         if _as_str(n.get("type")) not in STOCK_TYPES and _as_str(n.get("type")) not in EXTENSIONS}
+    )
+    if unknown:
+        raise GraphError(
+            f"{path}: unknown NIR node type(s): {', '.join(unknown)}; "
+            f"snc reads the NIR 1.0 primitives and {', '.join(EXTENSIONS)}"
+        )
+    nodes = {}
+    for name, node in data["nodes"].items():
+        kind = _as_str(node["type"])
+        try:
+            if kind in EXTENSIONS:
+                nodes[name] = EXTENSIONS[kind].from_dict(dict(node))
+            else:
+                nodes[name] = nir.dict2NIRNode(dict(node))
+        except (TypeError, ValueError, KeyError, AssertionError) as exc:
+            raise GraphError(f"{path}: node {name!r} ({kind}) is malformed: {exc}") from None
+    edges = [(_as_str(a), _as_str(b)) for a, b in np.asarray(data["edges"]).reshape(-1, 2)]
+    missing = sorted({n for e in edges for n in e if n not in nodes})
+    if missing:
+        raise GraphError(f"{path}: edges name unknown nodes: {', '.join(missing)}")
+    try:
+        graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(data.get("metadata", {})))
+    except (ValueError, AssertionError, NotImplementedError) as exc:
+        raise GraphError(f"{path}: inconsistent NIR graph: {exc}") from None
+    check_finite(graph)
+    return graph
+
+
+def node_arrays(node: nir.NIRNode) -> dict[str, np.ndarray]:
+    """Every numeric parameter of a node as an array (weights, neuron parameters, strides...)."""
+    skip = {"input_type", "output_type", "metadata"}
+    arrays = {}
+    for key, value in vars(node).items():
+        if key in skip or isinstance(value, (str, bool)) or value is None:
+            continue
+        arr = np.asarray(value)
+        if np.issubdtype(arr.dtype, np.number):
+            arrays[key] = arr
+    return arrays
+
+
+def check_finite(graph: nir.NIRGraph) -> None:
+    """Refuse NaN/inf parameters, listing every offending array at once."""
+    bad = [
+        f"{name}.{field}"
+        for name, node in graph.nodes.items()
+        for field, arr in node_arrays(node).items()
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all()
+    ]
+    if bad:
+        raise GraphError(f"non-finite (NaN/inf) parameters in {len(bad)} array(s): {', '.join(bad)}")

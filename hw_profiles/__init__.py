@@ -1,0 +1,1 @@
+"""Hardware profiles: one data file per target (energy per operation, core limits)."""

@@ -1,0 +1,27 @@
+"""Torch modules of the spiking denoisers, their training and checkpoints.
+
+No compiler knowledge lives here: ``snc.compiler`` reads these modules.
+"""
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, shipped_checkpoint
+from .mlp import MLPConfig, SpikingMLP
+from .neurons import IFNeuron, NeuronConfig
+from .presets import PRESETS, ann_twin, build_model, preset
+from .unet import SpikingUNet, UNetConfig
+
+__all__ = [
+    "Checkpoint",
+    "IFNeuron",
+    "MLPConfig",
+    "NeuronConfig",
+    "PRESETS",
+    "SpikingMLP",
+    "SpikingUNet",
+    "UNetConfig",
+    "ann_twin",
+    "build_model",
+    "load_checkpoint",
+    "preset",
+    "save_checkpoint",
+    "shipped_checkpoint",
+]

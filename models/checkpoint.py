@@ -1,0 +1,130 @@
+"""snc checkpoint files: one dict, loaded without executing code.
+
+Layout (format version 1)::
+
+    {"format": "snc-checkpoint", "format_version": 1, "arch": str,
+     "config": dict, "state_dict": {name: tensor}, "meta": dict}
+
+Loading uses ``torch.load(..., weights_only=True)``: a pickle that asks for
+any global beyond tensors and plain containers is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from snc.errors import CheckpointError, SncError
+
+from .presets import Config, build_model, config_from_dict, config_to_dict
+
+FORMAT = "snc-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    config: Config
+    model: nn.Module
+    meta: dict[str, Any]
+
+
+def shipped_checkpoint(name: str) -> Path:
+    """Path of a checkpoint shipped with snc (``models/checkpoints/NAME.pt``)."""
+    path = Path(str(resources.files("snc.models") / "checkpoints" / f"{name}.pt"))
+    if not path.is_file():
+        raise CheckpointError(f"no shipped checkpoint named {name!r} ({path})")
+    return path
+
+
+def save_checkpoint(path: str | Path, arch: str, model: nn.Module, meta: dict[str, Any]) -> None:
+    torch.save(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "arch": arch,
+            "config": config_to_dict(model.config),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "meta": meta,
+        },
+        path,
+    )
+
+
+def read_raw(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True``, every failure as one CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
+        raise CheckpointError(
+            f"{path}: refused to load: the file asks to run code or build objects "
+            f"a checkpoint never needs ({first})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: non-finite (NaN/inf) values in {len(bad)} tensor(s): {', '.join(bad)}")
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load an snc checkpoint into a model in eval mode; any problem is a CheckpointError."""
+    raw = read_raw(path)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an snc checkpoint (no 'format': '{FORMAT}' entry)")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {raw.get('format_version')!r}, this snc reads {FORMAT_VERSION}"
+        )
+    missing = [k for k in ("arch", "config", "state_dict") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    try:
+        config = config_from_dict(raw["arch"], raw["config"])
+        model = build_model(raw["arch"], config)
+    except SncError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    state_dict = raw["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
+    check_finite(state_dict, str(path))
+    load_state_dict_strict(model, state_dict, str(path))
+    model.eval()
+    return Checkpoint(raw["arch"], config, model, dict(raw.get("meta", {})))
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load with every missing, unexpected and mis-shaped key listed in one error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    shapes = sorted(
+        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected keys: {', '.join(extra)}")
+    if shapes:
+        problems.append(f"wrong shapes: {', '.join(shapes)}")
+    if problems:
+        raise CheckpointError(f"{source}: state_dict does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state_dict)

@@ -1,0 +1,68 @@
+"""Named model configurations and the architecture registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Union
+
+from torch import nn
+
+from snc.errors import SncError
+
+from .mlp import MLPConfig, SpikingMLP
+from .unet import SpikingUNet, UNetConfig
+
+Config = Union[UNetConfig, MLPConfig]
+
+ARCHS: dict[str, tuple[type, type[nn.Module]]] = {
+    "spiking-unet": (UNetConfig, SpikingUNet),
+    "spiking-mlp": (MLPConfig, SpikingMLP),
+}
+
+PRESETS: dict[str, tuple[str, Config]] = {
+    # Paper 002's CIFAR-10 model (reference layout, T = 4).
+    "cifar10-sddpm": ("spiking-unet", UNetConfig()),
+    # Small enough to train on 2 CPU cores: 8x8x1 digits, two levels.
+    "digits-unet": (
+        "spiking-unet",
+        UNetConfig(img_size=8, img_ch=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, timestep=4),
+    ),
+    "digits-mlp": ("spiking-mlp", MLPConfig(img_size=8, img_ch=1, hidden=(256, 256), timestep=4)),
+}
+
+
+def preset(name: str) -> tuple[str, Config]:
+    if name not in PRESETS:
+        raise SncError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain dict (lists, numbers, strings) that ``torch.load(weights_only=True)`` accepts."""
+    d = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def config_from_dict(arch: str, values: dict[str, Any]) -> Config:
+    if arch not in ARCHS:
+        raise SncError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    config_cls = ARCHS[arch][0]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SncError(f"unknown {arch} config keys: {', '.join(unknown)}")
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise SncError(f"invalid {arch} config: {exc}") from None
+
+
+def build_model(arch: str, config: Config) -> nn.Module:
+    if arch not in ARCHS:
+        raise SncError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    return ARCHS[arch][1](config)
+
+
+def ann_twin(config: Config) -> Config:
+    """The same graph without spikes (ReLU neurons, one step): for ANN-vs-SNN energy."""
+    return dataclasses.replace(config, spiking=False, timestep=1)

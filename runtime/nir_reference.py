@@ -1,0 +1,130 @@
+"""Reference float executor of a NIR graph (with snc extension nodes), in torch.
+
+Discrete time with Euler steps of ``dt`` (snc exports with ``NIR_DT``).
+At each step every node reads the sum of its predecessors' outputs *of the
+same step* (NIR edges carry no delay) and the nodes run in topological order,
+so the graph must be acyclic. Neurons (forward Euler, then spike test):
+
+- IF:  ``v += dt * r * I``; spike if ``v > v_threshold``; then ``v = v_reset``
+- LIF: ``v += dt / tau * (v_leak - v + r * I)``; same spike and reset
+- LI / I: as LIF / IF without spiking; output v
+- Threshold: ``I > threshold``
+
+It computes in the dtype of the inputs; run it in float64 to compare with a
+float64 torch model without rounding noise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import networkx as nx
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from snc.compiler.nir_io import NIR_DT, NearestUpsample2d
+from snc.errors import GraphError
+
+State = dict
+
+
+def _t(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=like.dtype, device=like.device)
+
+
+def _stateless(node: nir.NIRNode) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if isinstance(node, nir.Affine):
+        return lambda x: F.linear(x, _t(node.weight, x), _t(node.bias, x))
+    if isinstance(node, nir.Linear):
+        return lambda x: F.linear(x, _t(node.weight, x))
+    if isinstance(node, nir.Scale):
+        return lambda x: x * _t(node.scale, x)
+    if isinstance(node, nir.Conv2d):
+        padding = node.padding if isinstance(node.padding, str) else tuple(int(p) for p in node.padding)
+        return lambda x: F.conv2d(
+            x, _t(node.weight, x), _t(node.bias, x), tuple(int(s) for s in node.stride), padding,
+            tuple(int(d) for d in node.dilation), int(node.groups),
+        )
+    if isinstance(node, nir.Flatten):
+        end = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim
+        return lambda x: x.flatten(node.start_dim + 1, end)  # +1: batch dimension first
+    if isinstance(node, nir.SumPool2d):
+        k, s = tuple(int(v) for v in node.kernel_size), tuple(int(v) for v in node.stride)
+        p = tuple(int(v) for v in node.padding)
+        return lambda x: F.avg_pool2d(x, k, s, p, divisor_override=1)
+    if isinstance(node, nir.AvgPool2d):
+        k, s = tuple(int(v) for v in node.kernel_size), tuple(int(v) for v in node.stride)
+        p = tuple(int(v) for v in node.padding)
+        return lambda x: F.avg_pool2d(x, k, s, p, count_include_pad=True)
+    if isinstance(node, nir.Threshold):
+        return lambda x: (x > _t(node.threshold, x)).to(x.dtype)
+    if isinstance(node, NearestUpsample2d):
+        return lambda x: F.interpolate(x, scale_factor=node.scale, mode="nearest")
+    return None
+
+
+NEURONS = (nir.IF, nir.LIF, nir.LI, nir.I)
+
+
+def _neuron_step(node: nir.NIRNode, v: torch.Tensor, x: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler step; returns (output, new state)."""
+    if isinstance(node, (nir.IF, nir.I)):
+        v = v + dt * _t(node.r, x) * x
+    else:
+        v = v + dt / _t(node.tau, x) * (_t(node.v_leak, x) - v + _t(node.r, x) * x)
+    if isinstance(node, (nir.LI, nir.I)):
+        return v, v
+    spikes = v > _t(node.v_threshold, x)
+    return spikes.to(x.dtype), torch.where(spikes, _t(node.v_reset, x), v)
+
+
+class NIRReference:
+    """``run(inputs)`` executes T steps; inputs and outputs map node names to [T, B, ...]."""
+
+    def __init__(self, graph: nir.NIRGraph, dt: float = NIR_DT) -> None:
+        unsupported = sorted(
+            {f"{n} ({type(node).__name__})" for n, node in graph.nodes.items()
+             if not isinstance(node, (nir.Input, nir.Output, *NEURONS)) and _stateless(node) is None}
+        )
+        if unsupported:
+            raise GraphError(f"the NIR reference executor does not support: {', '.join(unsupported)}")
+        g = nx.DiGraph()
+        g.add_nodes_from(graph.nodes)
+        g.add_edges_from(graph.edges)
+        if not nx.is_directed_acyclic_graph(g):
+            raise GraphError("the NIR reference executor needs an acyclic graph (edges carry no delay)")
+        self.graph = graph
+        self.dt = dt
+        self.order = list(nx.topological_sort(g))
+        self.preds = {n: list(g.predecessors(n)) for n in self.order}
+        self.ops = {n: _stateless(node) for n, node in graph.nodes.items()}
+
+    def run(self, inputs: dict[str, torch.Tensor], record: bool = False) -> dict[str, torch.Tensor]:
+        """Outputs per Output node; with ``record``, every node's output per step."""
+        missing = sorted(set(self.graph.inputs) - set(inputs))
+        if missing:
+            raise GraphError(f"missing graph inputs: {', '.join(missing)}")
+        steps = next(iter(inputs.values())).shape[0]
+        state: State = {}
+        trace: dict[str, list[torch.Tensor]] = {}
+        for t in range(steps):
+            values: dict[str, torch.Tensor] = {}
+            for name in self.order:
+                node = self.graph.nodes[name]
+                if isinstance(node, nir.Input):
+                    values[name] = inputs[name][t]
+                    continue
+                x = sum(values[p] for p in self.preds[name])
+                if isinstance(node, NEURONS):
+                    v = state.get(name, torch.zeros_like(x))
+                    values[name], state[name] = _neuron_step(node, v, x, self.dt)
+                elif isinstance(node, nir.Output):
+                    values[name] = x
+                else:
+                    values[name] = self.ops[name](x)
+            for name, value in values.items():
+                if record or name in self.graph.outputs:
+                    trace.setdefault(name, []).append(value)
+        return {name: torch.stack(v) for name, v in trace.items()}

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from snc.errors import SncError
+from snc.models.diffusion import Schedule, q_sample
+from snc.runtime.samplers import ddim_timesteps, sample
+
+
+def _point_mass_denoiser(target: torch.Tensor, schedule: Schedule):
+    """The exact epsilon-predictor for data that is always ``target``."""
+    ab = schedule.alphas_bar
+
+    def denoiser(x, t):
+        a = ab[t].view(-1, 1, 1, 1)
+        return ((x.double() - a.sqrt() * target) / (1 - a).sqrt()).float()
+
+    return denoiser
+
+
+@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", None, 0.0), ("ddim", 20, 0.0), ("ddim", 50, 1.0)])
+def test_samplers_recover_a_point_mass(sampler, steps, eta):
+    schedule = Schedule()
+    target = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).view(1, 1, 8, 8)
+    out = sample(_point_mass_denoiser(target, schedule), (4, 1, 8, 8), schedule, sampler, steps, eta,
+                 generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out.double(), target.expand(4, -1, -1, -1), atol=1e-3)
+
+
+def test_sampling_is_deterministic_under_a_seed():
+    schedule = Schedule()
+    denoiser = lambda x, t: 0.1 * x  # noqa: E731
+    runs = [sample(denoiser, (2, 1, 8, 8), schedule, "ddim", 10, 1.0, torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(*runs)
+    other = sample(denoiser, (2, 1, 8, 8), schedule, "ddim", 10, 1.0, torch.Generator().manual_seed(6))
+    assert not torch.equal(runs[0], other)
+
+
+def test_ddim_timesteps():
+    assert ddim_timesteps(1000, 1) == [0]
+    ts = ddim_timesteps(1000, 20)
+    assert len(ts) == 20 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    with pytest.raises(SncError):
+        ddim_timesteps(1000, 0)
+
+
+def test_bad_sampler_arguments():
+    with pytest.raises(SncError, match="unknown sampler"):
+        sample(lambda x, t: x, (1, 1, 8, 8), Schedule(), "euler")
+    with pytest.raises(SncError, match="ddpm runs all"):
+        sample(lambda x, t: x, (1, 1, 8, 8), Schedule(), "ddpm", steps=20)
+
+
+def test_q_sample_marginal_statistics():
+    schedule = Schedule()
+    x0 = torch.ones(20000, 1, 1, 1)
+    t = torch.full((20000,), 500)
+    xt = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)))
+    ab = schedule.alphas_bar[500].item()
+    assert xt.mean().item() == pytest.approx(ab**0.5, abs=0.02)
+    assert xt.var().item() == pytest.approx(1 - ab, abs=0.02)
