@@ -12,10 +12,17 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt tools/bootstrap_venv.sh
 	@tools/bootstrap_venv.sh
 
+BUILD := build/digits-unet
+
+# Compile the shipped digits U-Net for Loihi 2, check it against torch on Lava
+# (floating_pt and fixed_pt), then sample digits with DDIM with the denoiser on
+# Lava's CPU simulator (fixed_pt) and score them.
 demo: setup
-	$(SNC) sample $(MODEL) --backend torch --sampler ddim --steps 50 -n 64 --seed 0 -o out/demo_torch.png
-	$(SNC) eval out/demo_torch.npy
-	@echo "demo grid: out/demo_torch.png"
+	$(SNC) compile $(MODEL) --target loihi2 -o $(BUILD)
+	$(SNC) verify $(BUILD)
+	$(SNC) sample $(BUILD) --backend lava --mode fixed --sampler ddim --steps 20 -n 16 --seed 0 -o out/demo_lava.png
+	$(SNC) eval out/demo_lava.npy
+	@echo "demo grid (Lava fixed_pt): out/demo_lava.png"
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: setup

@@ -1,1 +1,27 @@
-"""Hardware profiles: one data file per target (energy per operation, core limits)."""
+"""Hardware profiles: one data file per target (energy per operation, core limits).
+
+Adding a target is adding ``NAME.toml`` here; nothing in code names a profile.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import tomli
+
+from snc.errors import SncError
+
+
+def available() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".toml"))
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    path = resources.files(__name__) / f"{name}.toml"
+    if not path.is_file():
+        raise SncError(f"unknown target {name!r}; profiles: {', '.join(available())}")
+    try:
+        return tomli.loads(path.read_text())
+    except tomli.TOMLDecodeError as exc:
+        raise SncError(f"hardware profile {name}: {exc}") from None

@@ -11,6 +11,7 @@ any global beyond tensors and plain containers is refused, never executed.
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -53,7 +54,9 @@ def save_checkpoint(path: str | Path, arch: str, model: nn.Module, meta: dict[st
             "arch": arch,
             "config": config_to_dict(model.config),
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "meta": meta,
+            # json round trip: meta must hold only plain types, or weights_only loading refuses
+            # the file (torch.__version__, for one, is a TorchVersion object).
+            "meta": json.loads(json.dumps(meta, default=str)),
         },
         path,
     )
@@ -67,10 +70,11 @@ def read_raw(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
+        # torch's message is a paragraph of advice; keep only what it refused.
+        reason = str(exc).rpartition("WeightsUnpickler error:")[2].strip() or "refused"
         raise CheckpointError(
             f"{path}: refused to load: the file asks to run code or build objects "
-            f"a checkpoint never needs ({first})"
+            f"a checkpoint never needs ({reason.splitlines()[0]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None

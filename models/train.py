@@ -1,13 +1,15 @@
 """DDPM training of the denoisers on digits, on the CPU, deterministic under a seed.
 
-Adam with warm-up and cosine decay, gradient clipping, and an exponential
-moving average (EMA) of the weights; the EMA model is what gets saved, as in
-the DDPM and SDDPM reference code.
+Adam with warm-up and cosine decay and gradient clipping. The final weights are
+saved, not an exponential moving average as in the DDPM reference code: averaging
+the weights of a spiking net moves its membrane potentials across thresholds, and
+on digits-unet the EMA model's held-out loss was 3-10x the raw model's (1.6 vs 0.18
+at step 600). BatchNorm statistics are re-estimated over many batches at the end,
+so eval mode sees population statistics instead of the last momentum-weighted ones.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from .data import digits
-from .diffusion import Schedule, epsilon_loss
+from .diffusion import Schedule, epsilon_loss, q_sample
 from .presets import Config, build_model
 
 
@@ -28,7 +30,7 @@ class TrainSettings:
     lr: float = 2e-3
     warmup: int = 200
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    bn_batches: int = 50
     seed: int = 0
 
 
@@ -40,11 +42,24 @@ def _lr_factor(step: int, s: TrainSettings) -> float:
 
 
 @torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
+def recalibrate_batchnorm(
+    model: nn.Module, schedule: Schedule, images: torch.Tensor, settings: TrainSettings, generator: torch.Generator
+) -> None:
+    """Replace BatchNorm running statistics by their average over noisy training batches."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    for _ in range(settings.bn_batches):
+        idx = torch.randint(len(images), (settings.batch_size,), generator=generator)
+        t = torch.randint(schedule.steps, (settings.batch_size,), generator=generator)
+        noise = torch.randn(images[idx].shape, generator=generator)
+        model(q_sample(schedule, images[idx], t, noise), t)
+    for norm in norms:
+        norm.momentum = 0.1
 
 
 def train_denoiser(
@@ -53,12 +68,11 @@ def train_denoiser(
     settings: TrainSettings,
     on_step: Optional[Callable[[int, float], None]] = None,
 ) -> tuple[nn.Module, dict]:
-    """Train on the digits training split; returns the EMA model and run metadata."""
+    """Train on the digits training split; returns the model (eval mode) and run metadata."""
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.random.fork_rng():  # parameter init draws from the global RNG: seed it locally
         torch.manual_seed(settings.seed)
         model = build_model(arch, config)
-    ema = copy.deepcopy(model)
     schedule = Schedule(steps=config.diffusion_steps)
     images, _ = digits("train")
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -75,22 +89,22 @@ def train_denoiser(
         nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
         sched.step()
-        _ema_update(ema, model, settings.ema_decay)
         value = float(loss)
         loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
         if on_step is not None:
             on_step(step, loss_avg)
-    ema.eval()
+    recalibrate_batchnorm(model, schedule, images, settings, generator)
+    model.eval()
     meta = {
         "train_steps": settings.steps,
         "batch_size": settings.batch_size,
         "lr": settings.lr,
         "seed": settings.seed,
-        "final_loss_ema": float(loss_avg) if loss_avg is not None else float("nan"),
+        "final_loss_smoothed": float(loss_avg) if loss_avg is not None else float("nan"),
         "train_seconds": round(time.perf_counter() - start, 1),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
-    return ema, meta
+    return model, meta
 
 
 # Defaults per preset, sized to train here (2 CPU cores) well inside 15 minutes.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import click
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -25,7 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="snc: compile spiking diffusion models to neuromorphic targets (NIR -> Lava / Loihi 2).",
 )
-console = Console(stderr=True)
+# Tables are wide: do not squeeze them to 80 columns when stderr is not a terminal.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _progress() -> Progress:
@@ -84,14 +86,15 @@ def train(
         model, meta = train_denoiser(arch, config, settings, on_step)
     meta.update(preset=preset, command=" ".join(["snc", *sys.argv[1:]]))
     save_checkpoint(output, arch, model, meta)
-    console.print(f"wrote {output} ({meta['train_seconds']} s, final loss {meta['final_loss_ema']:.4f})")
+    console.print(f"wrote {output} ({meta['train_seconds']} s, final loss {meta['final_loss_smoothed']:.4f})")
 
 
 @app.command()
 def sample(
-    model: Path = typer.Argument(..., help="snc checkpoint (.pt)"),
+    model: Path = typer.Argument(..., help="snc checkpoint (.pt) or build directory (snc compile)"),
     output: Path = typer.Option(Path("out/samples.png"), "-o", "--output", help="PNG grid; the raw samples go beside it as .npy"),
-    backend: str = typer.Option("torch", "--backend", help="torch (the float reference model)"),
+    backend: str = typer.Option("torch", "--backend", help="torch (float reference) | lava (build only)"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Lava mode: fixed | float (default: the build's)"),
     sampler: str = typer.Option("ddim", "--sampler", help="ddpm | ddim"),
     steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps (ddim; ddpm always runs all)"),
     eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0: deterministic)"),
@@ -100,43 +103,56 @@ def sample(
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ) -> None:
     """Generate images with a diffusion sampler driving the denoiser on a backend."""
+    import contextlib
+
     import torch
 
+    from snc.compiler.build import read_build
     from snc.models.checkpoint import load_checkpoint
     from snc.models.diffusion import Schedule
+    from snc.runtime.compiled import ChipDenoiser, load_host_model
     from snc.runtime.images import save_grid
     from snc.runtime.samplers import sample as run_sampler
 
-    if backend != "torch":
-        raise SncError(f"unknown backend {backend!r} for a checkpoint; available: torch")
+    if backend not in ("torch", "lava"):
+        raise SncError(f"unknown backend {backend!r}; available: torch, lava")
     if n < 1:
         raise SncError("-n must be at least 1")
-    ckpt = load_checkpoint(model)
-    cfg = ckpt.config
-    schedule = Schedule(steps=cfg.diffusion_steps)
-    start = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task(f"{sampler} on {backend}", total=None, info="")
-        images = run_sampler(
-            ckpt.model,
-            (n, cfg.img_ch, cfg.img_size, cfg.img_size),
-            schedule,
-            sampler=sampler,
-            steps=steps,
-            eta=eta,
-            generator=torch.Generator().manual_seed(seed),
-            on_step=lambda i, total: progress.update(task, completed=i, total=total),
-        )
-    seconds = time.perf_counter() - start
+    build = read_build(model) if model.is_dir() else None
+    if backend == "lava" and build is None:
+        raise SncError(f"--backend lava needs a build directory (snc compile {model} -o build/), not {model}")
+    mode = mode or (build.meta.get("mode", "fixed") if build else None)
+    with contextlib.ExitStack() as stack:
+        if backend == "lava":
+            denoiser = stack.enter_context(ChipDenoiser(build, mode, batch=n))
+            cfg = denoiser.model.config
+        else:
+            net = load_host_model(build).float() if build else load_checkpoint(model).model
+            denoiser, cfg = net, net.config
+        start = time.perf_counter()
+        with _progress() as progress:
+            label = f"{sampler} on {backend}" + (f" {mode}_pt" if backend == "lava" else "")
+            task = progress.add_task(label, total=None, info="")
+            images = run_sampler(
+                denoiser,
+                (n, cfg.img_ch, cfg.img_size, cfg.img_size),
+                Schedule(steps=cfg.diffusion_steps),
+                sampler=sampler,
+                steps=steps,
+                eta=eta,
+                generator=torch.Generator().manual_seed(seed),
+                on_step=lambda i, total: progress.update(task, completed=i, total=total),
+            )
+        seconds = time.perf_counter() - start
+    images = images.float()
     output.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, output)
     npy = output.with_suffix(".npy")
-    import numpy as np
-
     np.save(npy, images.numpy())
     result = {
-        "model": str(model), "backend": backend, "sampler": sampler, "steps": steps, "eta": eta,
-        "n": n, "seed": seed, "seconds": round(seconds, 2), "png": str(output), "npy": str(npy),
+        "model": str(model), "backend": backend, "mode": mode if backend == "lava" else None, "sampler": sampler,
+        "steps": steps, "eta": eta, "n": n, "seed": seed, "seconds": round(seconds, 2), "png": str(output),
+        "npy": str(npy),
     }
     _emit(result, as_json, [f"wrote {n} samples to {output} (and {npy}) in {seconds:.1f} s"])
 
@@ -196,11 +212,161 @@ def export(
     _emit(result, as_json, [f"wrote {output}: {len(graph.nodes)} nodes, {len(graph.edges)} edges ({summary})"])
 
 
+def _compile_source(model: Optional[Path], preset: Optional[str], seed: int):
+    """(arch, config, model or None, NIR graph, checkpoint path or None) for snc compile."""
+    import torch
+
+    from snc.compiler.export import export_model
+    from snc.compiler.nir_io import read_graph
+    from snc.models import build_model
+    from snc.models import preset as get_preset
+    from snc.models.checkpoint import load_checkpoint
+
+    if (model is None) == (preset is None):
+        raise SncError("give a model (checkpoint .pt or .nir) or --preset NAME, not both")
+    if preset is not None:
+        arch, config = get_preset(preset)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            net = build_model(arch, config).eval()
+        return arch, config, net, export_model(net), None
+    if model.suffix == ".nir":
+        graph = read_graph(model)
+        timestep = graph.metadata.get("snc.timestep")
+        if timestep is None:
+            raise SncError(f"{model}: no snc.timestep in the NIR metadata; snc needs T to compile a .nir file")
+        return str(graph.metadata.get("snc.arch", "")), int(timestep), None, graph, None
+    ckpt = load_checkpoint(model)
+    return ckpt.arch, ckpt.config, ckpt.model, export_model(ckpt.model), model
+
+
+def _layer_rows(graph) -> list[dict]:
+    from snc.compiler.ir import HostInput, Population
+
+    rows = []
+    for p in graph.of_type(Population):
+        chip = [e for e in graph.into(p.name) if isinstance(graph.nodes[e.src], Population)]
+        host = [e for e in graph.into(p.name) if isinstance(graph.nodes[e.src], HostInput)]
+        rows.append({
+            "population": p.name, "role": p.role, "neurons": int(np.prod(p.shape)), "depth": p.depth,
+            "synapses_in": sum(e.op.synapse_count() for e in chip), "synapse_groups_in": len(chip),
+            "weight_exp": sorted({int(e.fixed["weight_exp"]) for e in chip}),
+            "delays_in": sorted({e.delay for e in chip if e.delay}),
+            "vth": int(p.fixed["vth"]), "scale": p.scale,
+            "partition": "chip" + (" + host current" if host else ""),
+        })
+    return rows
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Optional[Path] = typer.Argument(None, help="snc checkpoint (.pt) or NIR graph (.nir)"),
+    target: str = typer.Option("loihi2", "--target", help="hardware profile (hw_profiles/NAME.toml)"),
+    output: Path = typer.Option(Path("build"), "-o", "--output", help="build directory to write"),
+    mode: str = typer.Option("fixed", "--mode", help="default Lava mode of the build: fixed | float"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="compile a preset with random init instead"),
+    dump_ir: Optional[Path] = typer.Option(None, "--dump-ir", help="write the IR after each pass here"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="run each pass's verifier"),
+    calibration: int = typer.Option(4, "--calibration", help="images per calibration step (0: none)"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compile a model for a target: NIR -> passes -> lowered graph in a build directory."""
+    import resource
+
+    from rich.table import Table
+
+    from snc.compiler.build import write_build
+    from snc.compiler.pipeline import compile_graph
+    from snc.runtime.compiled import calibrator
+
+    if mode not in ("fixed", "float"):
+        raise SncError("--mode must be fixed or float")
+    start = time.perf_counter()
+    arch, config, net, nir_graph, checkpoint = _compile_source(model, preset, seed)
+    timestep = config if isinstance(config, int) else config.timestep
+    calibrate = calibrator(net.double(), nir_graph, calibration, seed) if net is not None and calibration > 0 else None
+    graph = compile_graph(nir_graph, timestep, arch, target, calibrate, dump_ir, verify)
+    rows = _layer_rows(graph)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reassoc = next(entry for entry in graph.log if entry["pass"] == "reassociate")
+    host_ops = next(entry for entry in graph.log if entry["pass"] == "partition_host")["host_ops"]
+    meta = {
+        "arch": arch, "target": target, "mode": mode, "timestep": timestep, "depth": graph.depth,
+        "call_steps": graph.depth + timestep, "source": str(model) if model else f"preset {preset} (random init)",
+        "calibrated": calibrate is not None, "layers": rows, "host_ops": host_ops,
+        "synapses_before_reassociation": reassoc["synapses_before"],
+        "synapses": reassoc["synapses_after"] + sum(r["synapses_in"] for r in rows if r["role"] == "relay"),
+        "compile_seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb),
+    }
+    write_build(output, graph, nir_graph, meta, checkpoint)
+    result = {k: v for k, v in meta.items() if k != "layers"} | {"build": str(output), "layers": rows}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{arch} for {target} ({'fixed_pt' if mode == 'fixed' else 'floating_pt'})")
+    for col in ("population", "role", "neurons", "depth", "synapses in", "weight exp", "delays in", "vth", "partition"):
+        table.add_column(col, justify="left" if col in ("population", "role", "partition") else "right")
+    for r in rows:
+        table.add_row(r["population"], r["role"], str(r["neurons"]), str(r["depth"]), str(r["synapses_in"]),
+                      ",".join(map(str, r["weight_exp"])), ",".join(map(str, r["delays_in"])), str(r["vth"]),
+                      r["partition"])
+    console.print(table)
+    console.print(
+        f"host: {', '.join(host_ops) or 'nothing but the time embedding and the tail'} (+ time embedding, tail)\n"
+        f"synapses: {meta['synapses']:,} on chip (the NIR graph's ops had {meta['synapses_before_reassociation']:,}; "
+        f"{len(reassoc['rewritten'])} edges re-associated, relays included)\n"
+        f"pipeline depth {graph.depth}, {meta['call_steps']} Lava steps per denoiser call (T={timestep})\n"
+        f"wrote {output}: compiled in {seconds:.1f} s, {time.perf_counter() - start:.1f} s with writing; "
+        f"peak memory {peak_mb:.0f} MB",
+        highlight=False,
+    )
+
+
+@app.command()
+def verify(
+    build_dir: Path = typer.Argument(..., help="build directory from snc compile"),
+    n: int = typer.Option(8, "-n", help="images per call"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One denoiser call per diffusion step through torch, Lava floating_pt and fixed_pt; compare."""
+    from rich.table import Table
+
+    from snc.compiler.build import read_build
+    from snc.runtime.verify import verify_build
+
+    if n < 1:
+        raise SncError("-n must be at least 1")
+    start = time.perf_counter()
+    report = verify_build(read_build(build_dir), n=n, seed=seed)
+    result = report.as_dict() | {"seconds": round(time.perf_counter() - start, 1)}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"spike agreement over {report.n} images x diffusion steps {report.timesteps}")
+    for col in ("population", "neurons", "torch rate", "float vs torch", "fixed vs float", "fixed vs torch"):
+        table.add_column(col, justify="left" if col == "population" else "right")
+    for r in report.layers:
+        table.add_row(r["population"], str(r["neurons"]), f"{r['torch_rate']:.3f}", f"{r['float_vs_torch']:.2%}",
+                      f"{r['fixed_vs_float']:.2%}", f"{r['fixed_vs_torch']:.2%}")
+    console.print(table)
+    a, e = report.agreement, report.output_rel_error
+    console.print(
+        f"all layers: float vs torch {a['float_vs_torch']:.4%}, fixed vs float {a['fixed_vs_float']:.4%}, "
+        f"fixed vs torch {a['fixed_vs_torch']:.4%}\n"
+        f"output relative error: float vs torch {e['float_vs_torch']:.2e}, fixed vs float {e['fixed_vs_float']:.2e}, "
+        f"fixed vs torch {e['fixed_vs_torch']:.2e}  ({result['seconds']} s)",
+        highlight=False,
+    )
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except SncError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()

@@ -5,20 +5,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A candidate counts only if it runs and is 3.10: pyenv's `python3.10` shim is on PATH
+# even when 3.10 is not the selected version, and then it fails when called.
+is_py310() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' >/dev/null 2>&1; }
+
 find_python() {
-  if command -v python3.10 >/dev/null 2>&1; then command -v python3.10; return; fi
+  local cands=()
   if command -v pyenv >/dev/null 2>&1; then
-    local root; root=$(pyenv root)
-    local cand; cand=$(ls -d "$root"/versions/3.10.*/bin/python 2>/dev/null | sort -V | tail -n 1 || true)
-    if [ -n "$cand" ]; then echo "$cand"; return; fi
+    cands+=($(ls -d "$(pyenv root)"/versions/3.10.*/bin/python 2>/dev/null | sort -rV))
   fi
-  for cand in "$HOME"/.pyenv/versions/3.10.*/bin/python /usr/bin/python3.10 /usr/local/bin/python3.10; do
-    if [ -x "$cand" ]; then echo "$cand"; return; fi
+  cands+=($(ls -d "$HOME"/.pyenv/versions/3.10.*/bin/python 2>/dev/null | sort -rV))
+  if command -v python3.10 >/dev/null 2>&1; then cands+=("$(command -v python3.10)"); fi
+  cands+=(/usr/bin/python3.10 /usr/local/bin/python3.10)
+  local cand
+  for cand in "${cands[@]}"; do
+    if [ -x "$cand" ] && is_py310 "$cand"; then echo "$cand"; return; fi
   done
   return 1
 }
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! is_py310 .venv/bin/python; then
   if ! py=$(find_python); then
     echo "error: snc needs Python 3.10 (lava-nc 0.10.0 does not import on 3.11+)." >&2
     echo "       Found neither 'python3.10' on PATH nor a pyenv 3.10.x (try: pyenv install 3.10.13)." >&2

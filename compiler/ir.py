@@ -1,0 +1,197 @@
+"""snc's graph IR: one graph type that every pass reads and writes.
+
+Nodes (all carry a ``name`` that traces to the NIR node and torch module):
+
+- ``HostInput``: a tensor the host computes per denoiser call and holds
+  constant over the spiking steps (the analog image, time-embedding biases).
+- ``Linear``: a real-valued op with a bias (conv, affine, scale, upsample,
+  flatten) as imported from NIR; ``placement`` is set by ``partition_host``.
+  After ``reassociate`` no Linear node is left.
+- ``Population``: spiking neurons (IF/LIF, threshold, decay, a static bias)
+  or a ``relay`` inserted by ``balance_delays``.
+- ``Readout``: the graph's output, read by the host every step.
+
+Edges carry a ``LinearOp``. Before ``reassociate`` they are identities between
+nodes (NIR's edges: inputs of a node are summed). After it, an edge from a
+Population is an on-chip synapse (its op is the composed weight map, ``delay``
+the extra steps ``balance_delays`` gave it), an edge from a HostInput is a
+host-computed current (its op costs MACs on the host), and ``origin`` names
+the NIR nodes the synapse was composed from.
+
+Passes fill the ``fixed`` dicts (integer parameters) and ``stats``; the
+pipeline records what each pass did in ``graph.log``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import networkx as nx
+import numpy as np
+
+from snc.errors import GraphError
+
+from .linear import LinearOp, Shape
+
+
+@dataclass
+class HostInput:
+    name: str
+    shape: Shape
+
+
+@dataclass
+class Linear:
+    name: str
+    op: LinearOp
+    bias: np.ndarray  # full output shape
+    placement: str = ""  # "host" or "chip" after partition_host
+
+
+@dataclass
+class Population:
+    name: str
+    shape: Shape
+    threshold: float
+    decay: float  # v <- decay * v + input; 1.0 is integrate-and-fire
+    bias: np.ndarray  # static, full shape, added every step
+    role: str = "neuron"  # neuron | relay
+    depth: int = -1  # steps after the call's first step at which logical step 0 is integrated
+    scale: float = 1.0  # fold_thresholds: integer units per unit of model current
+    fixed: dict[str, Any] = field(default_factory=dict)  # quantize: vth, du, dv, bias_mant, bias_exp
+
+
+@dataclass
+class Readout:
+    name: str
+    shape: Shape
+    bias: np.ndarray  # added on the host
+    depth: int = -1
+    scale: float = 1.0
+
+
+Node = Union[HostInput, Linear, Population, Readout]
+
+
+@dataclass
+class Edge:
+    src: str
+    dst: str
+    op: LinearOp
+    delay: int = 0  # extra steps beyond the one every Lava synapse adds
+    origin: tuple[str, ...] = ()
+    fixed: dict[str, Any] = field(default_factory=dict)  # quantize: weight (int), weight_exp
+
+    @property
+    def name(self) -> str:
+        return f"{self.src}->{self.dst}" + (f"@{self.delay}" if self.delay else "")
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, Node]
+    edges: list[Edge]
+    timestep: int  # spiking steps T per denoiser call
+    arch: str = ""
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    # --- queries -------------------------------------------------------------------------
+    def of_type(self, kind: type) -> Iterator[Any]:
+        return (n for n in self.nodes.values() if isinstance(n, kind))
+
+    def into(self, name: str) -> list[Edge]:
+        return [e for e in self.edges if e.dst == name]
+
+    def out_of(self, name: str) -> list[Edge]:
+        return [e for e in self.edges if e.src == name]
+
+    def nx(self) -> nx.MultiDiGraph:
+        g = nx.MultiDiGraph()
+        g.add_nodes_from(self.nodes)
+        g.add_edges_from((e.src, e.dst) for e in self.edges)
+        return g
+
+    def topological(self) -> list[str]:
+        g = self.nx()
+        if not nx.is_directed_acyclic_graph(g):
+            raise GraphError("the graph has a cycle; snc lowers feed-forward graphs (recurrence: issue 7)")
+        return list(nx.topological_sort(g))
+
+    @property
+    def readout(self) -> Readout:
+        found = list(self.of_type(Readout))
+        if len(found) != 1:
+            raise GraphError(f"the graph needs exactly one output, it has {len(found)}")
+        return found[0]
+
+    @property
+    def depth(self) -> int:
+        """Steps from a call's first step until the readout sees logical step 0."""
+        return self.readout.depth
+
+    # --- structural check run after every pass --------------------------------------------
+    def check(self) -> None:
+        problems = []
+        for e in self.edges:
+            for end in (e.src, e.dst):
+                if end not in self.nodes:
+                    problems.append(f"edge {e.name}: no node {end!r}")
+            if e.src in self.nodes and e.dst in self.nodes:
+                src, dst = self.nodes[e.src], self.nodes[e.dst]
+                if e.op.n_in != _size(src) or e.op.n_out != _size(dst, into=True):
+                    problems.append(f"edge {e.name}: op {e.op.in_shape}->{e.op.out_shape} does not join the nodes")
+                if isinstance(dst, HostInput):
+                    problems.append(f"edge {e.name} enters host input {e.dst}")
+            if e.delay < 0:
+                problems.append(f"edge {e.name}: negative delay")
+        for n in self.nodes.values():
+            bias = getattr(n, "bias", None)
+            if bias is not None and not np.all(np.isfinite(bias)):
+                problems.append(f"{n.name}: non-finite bias")
+        if problems:
+            raise GraphError("IR check failed:\n  " + "\n  ".join(problems))
+        self.topological()
+
+    # --- summary for --dump-ir and reports ------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        def node(n: Node) -> dict[str, Any]:
+            d: dict[str, Any] = {"kind": type(n).__name__}
+            for key in ("shape", "threshold", "decay", "role", "depth", "scale", "placement"):
+                if hasattr(n, key):
+                    d[key] = list(getattr(n, key)) if key == "shape" else getattr(n, key)
+            if isinstance(n, Linear):
+                d["op"] = n.op.describe()
+            if getattr(n, "fixed", None):
+                d["fixed"] = {k: _jsonable(v) for k, v in n.fixed.items() if np.ndim(v) == 0}
+            return d
+
+        def edge(e: Edge) -> dict[str, Any]:
+            d = {"src": e.src, "dst": e.dst, "op": e.op.describe(), "synapses": e.op.synapse_count(), "delay": e.delay}
+            if e.origin:
+                d["origin"] = list(e.origin)
+            if e.fixed:
+                d["fixed"] = {k: _jsonable(v) for k, v in e.fixed.items() if np.ndim(v) == 0}
+            return d
+
+        return {
+            "arch": self.arch,
+            "timestep": self.timestep,
+            "nodes": {name: node(n) for name, n in self.nodes.items()},
+            "edges": [edge(e) for e in self.edges],
+        }
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(self.summary(), indent=1))
+
+
+def _size(node: Node, into: bool = False) -> int:
+    if isinstance(node, Linear):
+        return node.op.n_in if into else node.op.n_out
+    return int(np.prod(node.shape))
+
+
+def _jsonable(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v

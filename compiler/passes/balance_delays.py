@@ -1,0 +1,89 @@
+"""Delay balancing and reset staggering.
+
+In the model every population at spiking step t reads step t of its inputs;
+on Lava every synapse adds one step. ``depth(p)`` is the call step (from 0)
+at which population p integrates logical step 0: host currents arrive with no
+latency, so populations fed only by the host have depth 0, and
+``depth(p) = max(depth(q) + 1)`` over its synapses. A synapse from a
+shallower population must be delayed by ``depth(p) - depth(q) - 1`` steps.
+
+The delay is put on the source side, shared by all consumers: a relay
+population ``<q>.delay<d>`` (memoryless neurons that fire exactly when q
+fired) fed by an identity synapse with ``d - 1`` extra steps (Lava
+DelaySparse). The expensive weight map then stays a plain synapse; the
+delayed synapse carries one connection per neuron.
+
+Requires: the re-associated graph. Guarantees: for every edge from a
+population, ``depth(dst) == depth(src) + 1 + delay``; delays only on identity
+edges into relays, each at most the target's ``max_delay``; the readout
+sees logical step 0 at call step ``graph.depth``. Each population's LIFReset
+offset is ``depth + 1`` within a call of ``depth + T`` steps, so each
+population starts every call from zero state wherever its pipeline stage is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from snc.errors import GraphError
+
+from ..ir import Edge, Graph, HostInput, Population, Readout
+from ..linear import LinearOp
+
+RELAY_THRESHOLD = 0.5  # fires on an input of 1 (one spike through a unit weight)
+
+
+def run(graph: Graph, max_delay: int) -> Graph:
+    depth: dict[str, int] = {}
+    for name in graph.topological():
+        node = graph.nodes[name]
+        if isinstance(node, HostInput):
+            continue
+        chip = [e for e in graph.into(name) if isinstance(graph.nodes[e.src], Population)]
+        depth[name] = max((depth[e.src] + 1 for e in chip), default=0)
+        node.depth = depth[name]
+    relays: dict[tuple[str, int], str] = {}
+    edges: list[Edge] = []
+    inserted = []
+    for e in graph.edges:
+        src = graph.nodes[e.src]
+        if not isinstance(src, Population):
+            edges.append(e)
+            continue
+        d = depth[e.dst] - depth[e.src] - 1
+        if d == 0:
+            edges.append(e)
+            continue
+        key = (e.src, d)
+        if key not in relays:
+            name = f"{e.src}.delay{d}"
+            graph.nodes[name] = Population(name, src.shape, threshold=RELAY_THRESHOLD, decay=0.0,
+                                           bias=np.zeros(src.shape), role="relay", depth=depth[e.src] + d)
+            edges.append(Edge(e.src, name, LinearOp.identity(src.shape), delay=d - 1, origin=(e.src,)))
+            relays[key] = name
+            inserted.append({"relay": name, "delay": d, "neurons": int(np.prod(src.shape))})
+        edges.append(Edge(relays[key], e.dst, e.op, origin=e.origin))
+    graph.edges = edges
+    graph.log.append({"pass": "balance_delays", "depth": graph.readout.depth, "relays": inserted})
+    verify(graph, max_delay)
+    return graph
+
+
+def verify(graph: Graph, max_delay: int) -> None:
+    graph.check()
+    problems = []
+    for e in graph.edges:
+        src, dst = graph.nodes[e.src], graph.nodes[e.dst]
+        if not isinstance(src, Population):
+            continue
+        if dst.depth != src.depth + 1 + e.delay:
+            problems.append(f"{e.name}: depth {src.depth} -> {dst.depth} with delay {e.delay}")
+        if e.delay and (e.op.kind != "identity" or getattr(dst, "role", "") != "relay"):
+            problems.append(f"{e.name}: a delay outside a relay edge")
+        if e.delay > max_delay:
+            problems.append(f"{e.name}: delay {e.delay} exceeds the target's maximum {max_delay}")
+    for node in list(graph.of_type(Population)) + [graph.readout]:
+        if node.depth < 0:
+            problems.append(f"{node.name}: no depth")
+    if problems:
+        raise GraphError("delay balancing failed:\n  " + "\n  ".join(problems))

@@ -1,0 +1,143 @@
+"""Import a NIR graph (with snc extension nodes) into the IR.
+
+Requires: a NIR graph of one spiking step, discretised with ``NIR_DT``.
+Guarantees: one IR node per NIR node (same names); NIR edges become identity
+edges (a node's inputs are summed, as in NIR); neurons become Populations with
+a scalar threshold in units of their input (the Euler gain ``dt*r`` (IF) or
+``dt*r/tau`` (LIF) is divided into the threshold) and ``decay = 1 - dt/tau``.
+Every unsupported node or parameter is reported at once.
+"""
+
+from __future__ import annotations
+
+import nir
+import numpy as np
+
+from snc.errors import GraphError
+
+from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
+from ..linear import LinearOp, upsample_op
+from ..nir_io import NIR_DT, NearestUpsample2d, check_finite
+
+
+def _uniform(values: np.ndarray, what: str, node: str, problems: list[str]) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.all(values == values.flat[0]):
+        problems.append(f"{node}: {what} differs between neurons (Lava's LIF takes one value per population)")
+        return float("nan")
+    return float(values.flat[0])
+
+
+def _neuron(name: str, node: nir.NIRNode, problems: list[str]) -> Population:
+    shape = tuple(int(v) for v in np.shape(node.v_threshold))
+    if isinstance(node, nir.IF):
+        gain = np.asarray(node.r, dtype=np.float64) * NIR_DT
+        decay = 1.0
+    else:
+        if np.any(np.asarray(node.v_leak) != 0):
+            problems.append(f"{name}: LIF with v_leak != 0 is not supported")
+        tau = np.asarray(node.tau, dtype=np.float64)
+        gain = NIR_DT * np.asarray(node.r, dtype=np.float64) / tau
+        decay = _uniform(1.0 - NIR_DT / tau, "decay (tau)", name, problems)
+    if np.any(np.asarray(node.v_reset) != 0):
+        problems.append(f"{name}: v_reset != 0 is not supported (Lava resets to 0)")
+    g = _uniform(gain, "input gain (r)", name, problems)
+    thr = _uniform(node.v_threshold, "threshold", name, problems)
+    if g <= 0 and np.isfinite(g):
+        problems.append(f"{name}: input gain must be positive")
+    if np.isfinite(g) and g > 0 and not 0.0 <= decay <= 1.0:
+        problems.append(f"{name}: per-step decay {decay} is outside [0, 1]")
+    return Population(name, shape, threshold=thr / g if g else thr, decay=decay, bias=np.zeros(shape))
+
+
+def _pair(v, name: str, what: str, problems: list[str]) -> int:
+    arr = np.atleast_1d(np.asarray(v))
+    if arr.size and not np.all(arr == arr.flat[0]):
+        problems.append(f"{name}: non-square {what} {arr.tolist()} is not supported")
+    return int(arr.flat[0]) if arr.size else 0
+
+
+def _linear(name: str, node: nir.NIRNode, in_shape: tuple, problems: list[str]) -> Linear | None:
+    if isinstance(node, nir.Conv2d):
+        if isinstance(node.padding, str):
+            problems.append(f"{name}: string padding {node.padding!r} is not supported")
+            return None
+        if int(node.groups) != 1 or _pair(node.dilation, name, "dilation", problems) != 1:
+            problems.append(f"{name}: grouped or dilated Conv2d is not supported")
+            return None
+        op = LinearOp.conv(np.asarray(node.weight), in_shape, _pair(node.stride, name, "stride", problems),
+                           _pair(node.padding, name, "padding", problems))
+        bias = np.broadcast_to(np.asarray(node.bias, dtype=np.float64)[:, None, None], op.out_shape).copy()
+        return Linear(name, op, bias)
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        w = np.asarray(node.weight, dtype=np.float64)
+        op = LinearOp.dense(w, in_shape, (w.shape[0],))
+        bias = np.asarray(node.bias, dtype=np.float64) if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
+        return Linear(name, op, bias.copy())
+    if isinstance(node, nir.Scale):
+        scale = np.broadcast_to(np.asarray(node.scale, dtype=np.float64), in_shape)
+        if np.all(scale == 1):
+            op = LinearOp.identity(in_shape)
+        elif len(in_shape) == 3 and np.all(scale == scale[:, :1, :1]):
+            op = LinearOp.conv(np.diag(scale[:, 0, 0]).reshape(in_shape[0], in_shape[0], 1, 1), in_shape, 1, 0)
+        else:
+            op = LinearOp.dense(np.diag(scale.ravel()), in_shape, in_shape)
+        return Linear(name, op, np.zeros(in_shape))
+    if isinstance(node, nir.Flatten):
+        return Linear(name, LinearOp.identity(in_shape, (int(np.prod(in_shape)),)), np.zeros(int(np.prod(in_shape))))
+    if isinstance(node, NearestUpsample2d):
+        op = upsample_op(in_shape, node.scale)
+        return Linear(name, op, np.zeros(op.out_shape))
+    problems.append(f"{name}: NIR node type {type(node).__name__} has no lowering in snc")
+    return None
+
+
+def _input_shape(node: nir.NIRNode) -> tuple:
+    types = node.input_type
+    return tuple(int(v) for v in np.asarray(types.get("input", next(iter(types.values())))))
+
+
+def run(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
+    check_finite(graph)
+    problems: list[str] = []
+    nodes = {}
+    preds: dict[str, list[str]] = {name: [] for name in graph.nodes}
+    for src, dst in graph.edges:
+        if src not in graph.nodes or dst not in graph.nodes:
+            problems.append(f"edge {src}->{dst} names a node the graph does not have")
+            continue
+        preds[dst].append(src)
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            problems.append(f"{name}: nested NIR subgraphs are not supported; flatten the graph")
+        elif isinstance(node, nir.Input):
+            nodes[name] = HostInput(name, _input_shape(node))
+        elif isinstance(node, nir.Output):
+            shape = tuple(int(v) for v in np.asarray(node.output_type["output"]))
+            nodes[name] = Readout(name, shape, bias=np.zeros(shape))
+        elif isinstance(node, (nir.IF, nir.LIF)):
+            nodes[name] = _neuron(name, node, problems)
+        else:
+            linear = _linear(name, node, _input_shape(node), problems)
+            if linear is not None:
+                nodes[name] = linear
+    if problems:
+        raise GraphError("cannot import the NIR graph:\n  " + "\n  ".join(problems))
+    edges = []
+    for dst, sources in preds.items():
+        for src in sources:
+            s, d = nodes[src], nodes[dst]
+            out_shape = s.op.out_shape if isinstance(s, Linear) else s.shape
+            in_shape = d.op.in_shape if isinstance(d, Linear) else d.shape
+            if int(np.prod(out_shape)) != int(np.prod(in_shape)):
+                problems.append(f"edge {src}->{dst}: {tuple(out_shape)} does not fit {tuple(in_shape)}")
+                continue
+            edges.append(Edge(src, dst, LinearOp.identity(out_shape, in_shape)))
+    if problems:
+        raise GraphError("cannot import the NIR graph:\n  " + "\n  ".join(problems))
+    return Graph(nodes, edges, timestep=timestep, arch=arch)
+
+
+def verify(graph: Graph) -> None:
+    graph.check()
+    graph.readout  # exactly one output

@@ -1,0 +1,67 @@
+"""The compiler, in order. Read this file to see the whole compiler's shape.
+
+    NIR graph
+      1. import_nir       NIR nodes -> IR (neurons with thresholds in input units)
+      2. partition_host   real-valued ops that see only host inputs run on the host
+      3. reassociate      every on-chip edge carries spikes: compose linear maps,
+                          push biases through, host ops become per-call currents
+      4. balance_delays   pipeline depth per population, relays for shorter paths,
+                          reset offsets
+      5. fold_thresholds  one power-of-two scale per population (calibrated peaks)
+      6. quantize         8-bit weights + exponent, vth, du/dv, bias mantissa/exponent,
+                          all range-checked
+    -> lowered graph (runtime.lava_backend builds Lava processes from it)
+
+BatchNorm is folded by export (NIR has no BatchNorm node, so none reaches the
+compiler). Threshold folding comes after re-association and delay balancing
+because the scale of a population depends on the synapses that finally feed it
+and calibration runs the re-associated graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import nir
+
+from snc.hw_profiles import load_profile
+
+from .ir import Graph
+from .passes import balance_delays, fold_thresholds, import_nir, partition_host, quantize, reassociate
+
+Calibrate = Callable[[Graph], dict[str, float]]
+
+def compile_graph(
+    graph: nir.NIRGraph,
+    timestep: int,
+    arch: str = "",
+    target: str = "loihi2",
+    calibrate: Optional[Calibrate] = None,
+    dump_ir: Optional[Path] = None,
+    verify: bool = True,
+) -> Graph:
+    """Run every pass; ``verify`` runs each pass's verifier after it."""
+    profile = load_profile(target)
+    fixed = dict(profile["fixed_point"], target=target)
+    max_delay = fixed["max_delay"]
+    if dump_ir is not None:
+        dump_ir.mkdir(parents=True, exist_ok=True)
+
+    passes: list[tuple[str, Callable[[Graph], Graph], Callable[[Graph], None]]] = [
+        ("import_nir", lambda _: import_nir.run(graph, timestep, arch), import_nir.verify),
+        ("partition_host", partition_host.run, partition_host.verify),
+        ("reassociate", reassociate.run, reassociate.verify),
+        ("balance_delays", lambda g: balance_delays.run(g, max_delay), lambda g: balance_delays.verify(g, max_delay)),
+        ("fold_thresholds", lambda g: fold_thresholds.run(g, fixed, calibrate(g) if calibrate else None),
+         fold_thresholds.verify),
+        ("quantize", lambda g: quantize.run(g, fixed), lambda g: quantize.verify(g, fixed)),
+    ]
+    ir: Graph = None  # type: ignore[assignment]  # import_nir makes it
+    for index, (name, run, check) in enumerate(passes, start=1):
+        ir = run(ir)
+        if verify:
+            check(ir)
+        if dump_ir is not None:
+            ir.dump(dump_ir / f"{index:02d}-{name}.json")
+    return ir

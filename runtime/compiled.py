@@ -1,0 +1,106 @@
+"""Denoisers over a compiled build: the host side around a chip backend.
+
+A denoiser call on a chip backend is: host computes the core's inputs
+(direct encoding of x_t, the time-embedding biases: ``model.encode`` and
+``model.time_biases``), the host-partitioned ops turn them into per-population
+currents (``host_currents``), the chip runs ``depth + T`` steps, the host adds
+the readout's bias and decodes the readout (``model.decode``: the tail).
+The host works in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import nir
+import torch
+from torch import nn
+
+from snc.compiler.build import Build
+from snc.compiler.ir import Graph
+from snc.errors import SncError
+from snc.models.checkpoint import load_checkpoint
+from snc.models.data import digits
+from snc.models.diffusion import Schedule, q_sample
+
+from .host import core_inputs
+from .ir_executor import host_currents, run_ir
+from .lava_backend import CallResult, LavaNetwork
+
+
+def host_inputs(model: nn.Module, graph: nir.NIRGraph, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The core's inputs [B, *shape] for one call (constant over the spiking steps)."""
+    return {name: value[0].to(torch.float64) for name, value in core_inputs(model, graph, x, t).items()}
+
+
+def noisy_inputs(model: nn.Module, n: int, timesteps: list[int], seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x_t, t) pairs: digits (or N(0,1) images for non-digits configs) noised at each t."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    shape = (cfg.img_ch, cfg.img_size, cfg.img_size)
+    if shape == (1, 8, 8):
+        pool, _ = digits("heldout")
+        x0 = pool[torch.randperm(len(pool), generator=g)[:n]]
+    else:
+        x0 = torch.randn((n, *shape), generator=g).clamp(-1, 1)
+    schedule = Schedule(steps=cfg.diffusion_steps)
+    pairs = []
+    for t in timesteps:
+        tt = torch.full((len(x0),), t, dtype=torch.long)
+        pairs.append((q_sample(schedule, x0, tt, torch.randn(x0.shape, generator=g)), tt))
+    return pairs
+
+
+def calibrator(model: nn.Module, graph: nir.NIRGraph, n: int = 4, seed: int = 0) -> Callable[[Graph], dict[str, float]]:
+    """Peaks of |v| and |input| per population over calls at t spread over the schedule (float32)."""
+    steps = model.config.diffusion_steps
+    pairs = noisy_inputs(model, n, [int(steps * f) for f in (0.05, 0.35, 0.65, 0.95)], seed)
+
+    def peaks(ir: Graph) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for x, t in pairs:
+            run = run_ir(ir, host_inputs(model, graph, x, t), dtype=torch.float32)
+            for table in (run.peak_v, run.peak_input):
+                for name, value in table.items():
+                    found[name] = max(found.get(name, 0.0), value)
+        return found
+
+    return peaks
+
+
+def load_host_model(build: Build) -> nn.Module:
+    if build.model_path is None:
+        raise SncError(f"{build.path} was compiled from a NIR file: it has no host-side parts "
+                       "(time embedding, stem, tail); compile the checkpoint to sample or verify")
+    return load_checkpoint(build.model_path).model.double().eval()
+
+
+class ChipDenoiser:
+    """``eps = denoiser(x_t, t)`` with the spiking core on Lava; host parts in float64."""
+
+    def __init__(self, build: Build, mode: str, batch: int, record: bool = False) -> None:
+        self.build = build
+        self.model = load_host_model(build)
+        self.network = LavaNetwork(build.graph, mode, batch, record)
+        self.last: Optional[CallResult] = None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        graph = self.build.graph
+        inputs = host_inputs(self.model, self.build.nir_graph, x.to(torch.float64), t)
+        currents = {k: v.numpy() for k, v in host_currents(graph, inputs).items()}
+        self.last = self.network.call(currents)
+        readout = torch.from_numpy(self.last.readout)
+        readout = readout + torch.as_tensor(graph.readout.bias)
+        if graph.readout.name in currents:  # host terms of the output are host work
+            readout = readout + torch.from_numpy(currents[graph.readout.name])
+        return self.model.decode(readout).to(x.dtype)
+
+    def close(self) -> None:
+        self.network.close()
+
+    def __enter__(self) -> "ChipDenoiser":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

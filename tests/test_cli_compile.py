@@ -1,0 +1,47 @@
+"""snc compile / verify / sample --backend lava end to end on the shipped digits U-Net."""
+
+import json
+import multiprocessing
+
+import pytest
+
+from snc.models.checkpoint import shipped_checkpoint
+
+from conftest import run_snc
+from test_cli import _clean_error, _ok
+
+
+@pytest.fixture(scope="module")
+def unet_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "unet"
+    dump = out.parent / "ir"
+    res = json.loads(_ok(run_snc("compile", str(shipped_checkpoint("digits-unet")), "--target", "loihi2",
+                                 "-o", str(out), "--dump-ir", str(dump), "--json")).stdout)
+    assert res["calibrated"] and res["call_steps"] == res["depth"] + 4
+    assert len(list(dump.iterdir())) == 6
+    assert {"build.json", "graph.nir", "lowered.json", "lowered.npz", "model.pt"} <= {p.name for p in out.iterdir()}
+    return out
+
+
+def test_verify_meets_the_float_agreement_bar(unet_build):
+    report = json.loads(_ok(run_snc("verify", str(unet_build), "--json"), ).stdout)
+    assert report["n"] == 8 and len(report["timesteps"]) == 3
+    assert report["agreement"]["float_vs_torch"] >= 0.999
+    assert report["output_rel_error"]["float_vs_torch"] <= 1e-3
+    assert all(row["float_vs_torch"] >= 0.99 for row in report["layers"])
+    assert report["agreement"]["fixed_vs_float"] > 0.9  # reported, not equal by design
+
+
+def test_sample_on_lava_fixed_pt(unet_build, tmp):
+    res = json.loads(_ok(run_snc("sample", str(unet_build), "--backend", "lava", "--steps", "2", "-n", "2",
+                                 "-o", str(tmp / "lava.png"), "--json")).stdout)
+    assert res["mode"] == "fixed" and (tmp / "lava.npy").is_file()
+    assert not multiprocessing.active_children()
+
+
+def test_compile_errors_are_one_line(tmp):
+    (tmp / "junk").mkdir()
+    _clean_error(run_snc("sample", str(tmp / "junk"), "--backend", "lava"), "not an snc build directory")
+    _clean_error(run_snc("sample", str(shipped_checkpoint("digits-unet")), "--backend", "lava"), "needs a build")
+    _clean_error(run_snc("compile", str(shipped_checkpoint("digits-unet")), "--target", "nope", "-o",
+                         str(tmp / "b")), "unknown target 'nope'")

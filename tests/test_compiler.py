@@ -1,0 +1,168 @@
+"""The pass pipeline: linear algebra of re-association, each pass's guarantees, errors."""
+
+from __future__ import annotations
+
+import nir
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snc.compiler.build import read_build, write_build
+from snc.compiler.export import export_model
+from snc.compiler.ir import HostInput, Linear, Population
+from snc.compiler.linear import LinearOp, compose, upsample_op
+from snc.compiler.passes.quantize import quantize_weights
+from snc.compiler.pipeline import compile_graph
+from snc.errors import GraphError
+from snc.hw_profiles import load_profile
+from snc.runtime.compiled import calibrator, host_inputs
+from snc.runtime.ir_executor import run_ir
+from snc.runtime.nir_reference import NIRReference
+
+from conftest import make_model
+
+FIXED = load_profile("loihi2")["fixed_point"]
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("stride,padding,upsample", [(1, 1, 1), (2, 1, 1), (1, 0, 1), (1, 1, 2)])
+def test_conv_matrix_equals_torch(stride, padding, upsample):
+    w = _rand(5, 3, 3, 3).numpy()
+    op = LinearOp.conv(w, (3, 6, 6), stride, padding, upsample)
+    x = _rand(2, 3, 6, 6, seed=1)
+    up = F.interpolate(x, scale_factor=upsample, mode="nearest") if upsample > 1 else x
+    expect = F.conv2d(up, torch.from_numpy(w), stride=stride, padding=padding)
+    via_matrix = (op.to_csr() @ x.reshape(2, -1).numpy().T).T.reshape(expect.shape)
+    assert np.allclose(via_matrix, expect.numpy(), atol=1e-12)
+    assert np.allclose(op.apply(x).numpy(), expect.numpy(), atol=1e-12)
+    assert op.synapse_count() == op.to_csr().nnz  # border- and upsample-aware count is exact
+
+
+def test_compositions_are_exact():
+    x = _rand(2, 4, 4, 4)
+    conv = LinearOp.conv(_rand(6, 4, 3, 3).numpy(), (4, 4, 4), 1, 1)
+    point = LinearOp.conv(_rand(3, 6, 1, 1).numpy(), (6, 4, 4), 1, 0)
+    composed = compose(point, conv)
+    assert composed.kind == "conv" and composed.weight.shape == (3, 4, 3, 3)  # stays a kernel
+    assert torch.allclose(composed.apply(x), point.apply(conv.apply(x)), atol=1e-12)
+    up = upsample_op((4, 4, 4), 2)
+    after_up = LinearOp.conv(_rand(5, 4, 3, 3).numpy(), (4, 8, 8), 1, 1)
+    folded = compose(after_up, up)
+    assert folded.kind == "conv" and folded.upsample == 2
+    assert torch.allclose(folded.apply(x), after_up.apply(up.apply(x)), atol=1e-12)
+    d1 = LinearOp.dense(_rand(5, 64).numpy(), (4, 4, 4), (5,))
+    d2 = LinearOp.dense(_rand(3, 5).numpy(), (5,), (3,))
+    assert torch.allclose(compose(d2, d1).apply(x), d2.apply(d1.apply(x)), atol=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["digits-mlp", "digits-unet"])
+def test_compiled_graph_computes_what_the_nir_graph_computes(preset):
+    model = make_model(preset).double()
+    graph = export_model(model)
+    ir = compile_graph(graph, model.config.timestep, calibrate=calibrator(model, graph, n=2))
+    x, t = _rand(3, 1, 8, 8, seed=2), torch.tensor([5, 400, 950])
+    inputs = host_inputs(model, graph, x, t)
+    ref = NIRReference(graph).run({k: v.unsqueeze(0).expand(model.config.timestep, *v.shape) for k, v in inputs.items()},
+                                  record=True)
+    run = run_ir(ir, inputs, record=True)
+    assert torch.allclose(run.readout, ref["output"], atol=1e-10)
+    for name, spikes in run.spikes.items():
+        if ir.nodes[name].role == "neuron":
+            assert torch.equal(spikes, ref[name]), name
+    assert not list(ir.of_type(Linear))
+    for e in ir.edges:  # every on-chip synapse carries spikes, every delay is balanced
+        src, dst = ir.nodes[e.src], ir.nodes[e.dst]
+        assert isinstance(src, (Population, HostInput))
+        if isinstance(src, Population):
+            assert dst.depth == src.depth + 1 + e.delay
+            assert np.abs(e.fixed["weight"]).max() <= 256
+    for p in ir.of_type(Population):
+        assert 0 < p.fixed["vth"] < 2 ** FIXED["vth_bits"]
+        assert np.abs(p.fixed["bias_mant"]).max(initial=0) < 2 ** (FIXED["bias_mant_bits"] - 1)
+
+
+def test_unet_reassociation_report_and_relays():
+    model = make_model("digits-unet")
+    ir = compile_graph(export_model(model), model.config.timestep)
+    log = {entry["pass"]: entry for entry in ir.log}
+    assert log["partition_host"]["host_ops"] == ["conv"]  # the analog stem conv of direct encoding
+    assert log["reassociate"]["rewritten"], "residual and skip paths must be rewritten"
+    assert all(r["through"] for r in log["reassociate"]["rewritten"])
+    relays = [p for p in ir.of_type(Population) if p.role == "relay"]
+    assert relays and all(e.delay == 0 or e.op.kind == "identity" for e in ir.edges)
+    assert ir.depth == max(p.depth for p in ir.of_type(Population)) + 1
+
+
+def test_dump_ir_writes_every_pass(tmp):
+    model = make_model("digits-mlp")
+    compile_graph(export_model(model), model.config.timestep, dump_ir=tmp)
+    assert [p.name for p in sorted(tmp.iterdir())] == [
+        "01-import_nir.json", "02-partition_host.json", "03-reassociate.json", "04-balance_delays.json",
+        "05-fold_thresholds.json", "06-quantize.json",
+    ]
+
+
+def test_quantize_weights_follow_lava_rules():
+    mixed, exp, err = quantize_weights(np.array([0.5, -0.25, 0.001]), 1024.0, FIXED)
+    assert exp == 2 and np.all(mixed % 2 == 0) and err < 0.01  # mixed sign: Lava drops the low bit
+    single, exp, _ = quantize_weights(np.array([0.5, 0.25]), 1000.0, FIXED)
+    assert single.max() <= 255 and exp == 1 and single.tolist() == [250, 125]
+
+
+def _graph_with(nodes, edges):
+    return nir.NIRGraph(nodes=nodes, edges=edges)
+
+
+def test_out_of_range_parameters_are_all_listed():
+    big = np.full((4, 4), 1e7)
+    nodes = {
+        "input": nir.Input(input_type=np.array([4])),
+        "a": nir.Affine(weight=np.eye(4), bias=np.zeros(4)),
+        "n1": nir.IF(r=np.full(4, 1e4), v_threshold=np.ones(4), v_reset=np.zeros(4)),
+        "b": nir.Linear(weight=big),
+        "n2": nir.IF(r=np.full(4, 1e4), v_threshold=np.ones(4), v_reset=np.zeros(4)),
+        "c": nir.Linear(weight=big),
+        "output": nir.Output(output_type=np.array([4])),
+    }
+    edges = [("input", "a"), ("a", "n1"), ("n1", "b"), ("b", "n2"), ("n2", "c"), ("c", "output")]
+    with pytest.raises(GraphError) as err:
+        compile_graph(_graph_with(nodes, edges), timestep=2)
+    message = str(err.value)
+    assert "n1->n2" in message and "n2->output" in message and "2 parameter(s)" in message
+
+
+def test_unknown_and_non_finite_nodes_are_refused():
+    nodes = {
+        "input": nir.Input(input_type=np.array([1, 4, 4])),
+        "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+        "output": nir.Output(output_type=np.array([1, 2, 2])),
+    }
+    with pytest.raises(GraphError, match="pool: NIR node type SumPool2d has no lowering"):
+        compile_graph(_graph_with(nodes, [("input", "pool"), ("pool", "output")]), timestep=1)
+    nodes = {
+        "input": nir.Input(input_type=np.array([2])),
+        "a": nir.Affine(weight=np.array([[np.nan, 0], [0, 1]]), bias=np.zeros(2)),
+        "output": nir.Output(output_type=np.array([2])),
+    }
+    with pytest.raises(GraphError, match="non-finite"):
+        compile_graph(_graph_with(nodes, [("input", "a"), ("a", "output")]), timestep=1)
+
+
+def test_build_directory_round_trip(tmp):
+    model = make_model("digits-unet")
+    graph = export_model(model)
+    ir = compile_graph(graph, model.config.timestep)
+    write_build(tmp / "build", ir, graph, {"arch": "spiking-unet"}, None)
+    back = read_build(tmp / "build").graph
+    assert set(back.nodes) == set(ir.nodes) and len(back.edges) == len(ir.edges)
+    for a, b in zip(ir.edges, back.edges):
+        assert (a.src, a.dst, a.delay, a.op.geometry()) == (b.src, b.dst, b.delay, b.op.geometry())
+        assert np.array_equal(a.fixed["weight"], b.fixed["weight"]) if a.fixed else not b.fixed
+    for name, node in ir.nodes.items():
+        if isinstance(node, Population):
+            assert np.array_equal(node.fixed["bias_mant"], back.nodes[name].fixed["bias_mant"])
+            assert node.fixed["vth"] == back.nodes[name].fixed["vth"]
