@@ -75,9 +75,9 @@ def save_graph(graph: Graph, directory: Path) -> None:
         if e.op.weight is not None:
             arrays[f"edge/{i}/weight"] = e.op.weight
         if "weight" in e.fixed:
-            arrays[f"edge/{i}/fixed/weight"] = e.fixed["weight"].astype(np.int16)  # |w| <= 256
+            arrays[f"edge/{i}/fixed/weight"] = e.fixed["weight"]
         edges.append({"src": e.src, "dst": e.dst, "delay": e.delay, "origin": list(e.origin), "op": _op_dict(e.op),
-                      "weight_exp": e.fixed.get("weight_exp")})
+                      "weight_exp": e.fixed.get("weight_exp"), "part": e.part})
     doc = {"arch": graph.arch, "timestep": graph.timestep, "nodes": nodes, "edges": edges}
     (directory / "lowered.json").write_text(json.dumps(doc, indent=1))
     np.savez(directory / "lowered.npz", **arrays)  # compressing float weights gains little, costs minutes
@@ -106,9 +106,9 @@ def load_graph(directory: Path) -> Graph:
     for i, d in enumerate(doc["edges"]):
         fixed = {}
         if f"edge/{i}/fixed/weight" in arrays:
-            fixed = {"weight": arrays[f"edge/{i}/fixed/weight"].astype(np.int64), "weight_exp": d["weight_exp"]}
+            fixed = {"weight": arrays[f"edge/{i}/fixed/weight"], "weight_exp": d["weight_exp"]}
         edges.append(Edge(d["src"], d["dst"], _op_from(d["op"], arrays.get(f"edge/{i}/weight")), d["delay"],
-                          tuple(d["origin"]), fixed))
+                          tuple(d["origin"]), fixed, d["part"]))
     graph = Graph(nodes, edges, timestep=doc["timestep"], arch=doc["arch"])
     graph.check()
     return graph

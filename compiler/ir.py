@@ -84,10 +84,11 @@ class Edge:
     delay: int = 0  # extra steps beyond the one every Lava synapse adds
     origin: tuple[str, ...] = ()
     fixed: dict[str, Any] = field(default_factory=dict)  # quantize: weight (int), weight_exp
+    part: str = ""  # split_signs: "+" (excitatory) or "-" (inhibitory) half of one weight map
 
     @property
     def name(self) -> str:
-        return f"{self.src}->{self.dst}" + (f"@{self.delay}" if self.delay else "")
+        return f"{self.src}->{self.dst}{self.part}" + (f"@{self.delay}" if self.delay else "")
 
 
 @dataclass

@@ -116,12 +116,17 @@ class LinearOp:
         return _conv_csr(self)
 
     def synapse_count(self) -> int:
-        """Non-zero connections of the op (the synapses a static lowering needs)."""
-        if self.kind == "identity":
-            return self.n_in
-        if self.kind == "dense":
-            return int(np.count_nonzero(self.weight))
-        return _conv_synapse_count(self)
+        """Non-zero connections of the op (the synapses a static lowering needs); memoised."""
+        count = self.__dict__.get("_synapse_count")
+        if count is None:
+            if self.kind == "identity":
+                count = self.n_in
+            elif self.kind == "dense":
+                count = int(np.count_nonzero(self.weight))
+            else:
+                count = _conv_synapse_count(self)
+            object.__setattr__(self, "_synapse_count", count)  # frozen dataclass: a cache, not state
+        return count
 
 
 def _conv_csr(op: LinearOp) -> sparse.csr_matrix:
@@ -147,16 +152,43 @@ def _conv_csr(op: LinearOp) -> sparse.csr_matrix:
 
 
 def _conv_synapse_count(op: LinearOp) -> int:
-    """Distinct (input, output) pairs of a conv with a dense kernel, border- and upsample-aware."""
+    """Non-zero (input, output) connections of a conv: exact, border- and upsample-aware.
+
+    Along each axis an output position reads its valid kernel taps grouped by
+    the input position they fall on (after nearest upsampling several taps
+    fall on one input: one synapse). Positions with the same grouping share a
+    pattern; a synapse exists for a group pair where any (out, in) channel
+    pair has a non-zero tap in the block.
+    """
     cin, h, w = op.in_shape
     cout, ho, wo = op.out_shape
     k, s, p, u = op.weight.shape[-1], op.stride, op.padding, op.upsample
 
-    def distinct(n_out: int, n_in: int) -> int:
-        pos = np.arange(n_out)[:, None] * s - p + np.arange(k)[None, :]
-        return sum(len({int(v) // u for v in row if 0 <= v < n_in * u}) for row in pos)
+    def patterns(n_out: int, n_in: int) -> dict[tuple, int]:
+        found: dict[tuple, int] = {}
+        for o in range(n_out):
+            groups: dict[int, list[int]] = {}
+            for tap in range(k):
+                pos = o * s - p + tap
+                if 0 <= pos < n_in * u:
+                    groups.setdefault(pos // u, []).append(tap)
+            key = tuple(tuple(g) for g in groups.values())
+            found[key] = found.get(key, 0) + 1
+        return found
 
-    return distinct(ho, h) * distinct(wo, w) * cin * cout
+    nonzero = op.weight != 0
+    block_pairs: dict[tuple, int] = {}  # (taps y, taps x) -> channel pairs with a non-zero tap there
+
+    def pairs(ty: tuple, tx: tuple) -> int:
+        if (ty, tx) not in block_pairs:
+            block_pairs[ty, tx] = int(nonzero[:, :, list(ty)][:, :, :, list(tx)].any(axis=(2, 3)).sum())
+        return block_pairs[ty, tx]
+
+    total = 0
+    for gy, ny in patterns(ho, h).items():
+        for gx, nx in patterns(wo, w).items():
+            total += sum(pairs(ty, tx) for ty in gy for tx in gx) * ny * nx
+    return total
 
 
 def compose(outer: LinearOp, inner: LinearOp) -> LinearOp:

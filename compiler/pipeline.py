@@ -8,7 +8,9 @@
       4. balance_delays   pipeline depth per population, relays for shorter paths,
                           reset offsets
       5. fold_thresholds  one power-of-two scale per population (calibrated peaks)
-      6. quantize         8-bit weights + exponent, vth, du/dv, bias mantissa/exponent,
+      6. split_signs      mixed-sign synapses become an excitatory and an inhibitory one
+                          (8 magnitude bits and an exponent each instead of 7 shared)
+      7. quantize         8-bit weights + exponent, vth, du/dv, bias mantissa/exponent,
                           all range-checked
     -> lowered graph (runtime.lava_backend builds Lava processes from it)
 
@@ -28,7 +30,7 @@ import nir
 from snc.hw_profiles import load_profile
 
 from .ir import Graph
-from .passes import balance_delays, fold_thresholds, import_nir, partition_host, quantize, reassociate
+from .passes import balance_delays, fold_thresholds, import_nir, partition_host, quantize, reassociate, split_signs
 
 Calibrate = Callable[[Graph], dict[str, float]]
 
@@ -55,6 +57,7 @@ def compile_graph(
         ("balance_delays", lambda g: balance_delays.run(g, max_delay), lambda g: balance_delays.verify(g, max_delay)),
         ("fold_thresholds", lambda g: fold_thresholds.run(g, fixed, calibrate(g) if calibrate else None),
          fold_thresholds.verify),
+        ("split_signs", split_signs.run, split_signs.verify),
         ("quantize", lambda g: quantize.run(g, fixed), lambda g: quantize.verify(g, fixed)),
     ]
     ir: Graph = None  # type: ignore[assignment]  # import_nir makes it

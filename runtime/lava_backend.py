@@ -19,7 +19,7 @@ whole batch of images advances with one Lava time step. Per process:
 - host currents: an ``Injector`` into the population's ``a_in`` (integers in
   ``fixed_pt`` through ``IntInjectorModel``), the same value every step of a call;
 - readout: an ``Extractor`` on the summed output synapses, read every step;
-- with ``record=True`` an ``Extractor`` on each neuron population's spikes.
+- with ``record=True`` an ``Extractor`` on each population's spikes (relays included).
 
 ``fixed_pt`` uses the integers of ``quantize``; ``floating_pt`` the float
 weights, thresholds and biases. Processes are stopped on every path
@@ -28,7 +28,11 @@ weights, thresholds and biases. Processes are stopped on every path
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import numpy as np
 from scipy import sparse
@@ -46,7 +50,13 @@ class CallResult:
 
 
 def _injector_models():
-    """Lava's Injector sends floats; LIF's fixed_pt model needs integers: same model, int32 ports."""
+    """Process models for the host <-> chip boundary.
+
+    Lava's Injector sends floats and LIF's fixed_pt model needs integers: the
+    same model with int32 ports. Lava's injector ``__del__`` also joins a port
+    that a process may never have opened and prints an ignored exception at
+    exit; both variants here only join what exists.
+    """
     import numpy as np
     from lava.magma.core.decorator import implements, requires
     from lava.magma.core.model.py.ports import PyInPort, PyOutPort
@@ -58,13 +68,21 @@ def _injector_models():
 
     @implements(proc=Injector, protocol=LoihiProtocol)
     @requires(CPU)
-    class IntInjectorModel(PyLoihiInjectorModel):
+    class FloatInjectorModel(PyLoihiInjectorModel):
+        def __del__(self) -> None:
+            port = getattr(self, "_p_to_pm_dst_port", None)
+            if port is not None:
+                port.join()
+
+    @implements(proc=Injector, protocol=LoihiProtocol)
+    @requires(CPU)
+    class IntInjectorModel(FloatInjectorModel):
         in_port: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
         out_port: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
 
     return {
         "fixed": {Injector: IntInjectorModel, Extractor: PyLoihiExtractorModel},
-        "float": {Injector: PyLoihiInjectorModel, Extractor: PyLoihiExtractorModel},
+        "float": {Injector: FloatInjectorModel, Extractor: PyLoihiExtractorModel},
     }
 
 
@@ -77,6 +95,30 @@ def edge_matrix(edge: Edge, mode: str) -> sparse.csr_matrix:
         return (sparse.identity(edge.op.n_in, format="csr") * int(w.reshape(-1)[0])).astype(np.int64).tocsr()
     m = replace(edge.op, weight=w.astype(np.float64)).to_csr()
     return m.astype(np.int64)
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then raise it.
+
+    A terminal's Ctrl-C signals the whole process group. Lava's processes fork
+    inside this block and inherit the handler, so they only take note and keep
+    running; this process finishes the current exchange (an interrupted
+    exchange leaves Lava's processes waiting for data, and ``stop()`` waiting
+    for them forever) and then raises KeyboardInterrupt, and the caller stops
+    Lava. A call lasts seconds, so Ctrl-C still answers promptly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 class LavaNetwork:
@@ -122,7 +164,7 @@ class LavaNetwork:
                 inj = Injector(shape=(n,), buffer_size=buffer)
                 inj.out_port.connect(proc.a_in)
                 self.injectors[p.name] = inj
-            if record and p.role == "neuron":
+            if record:
                 ext = Extractor(shape=(n,), buffer_size=buffer)
                 proc.s_out.connect(ext.in_port)
                 self.extractors[p.name] = ext
@@ -174,16 +216,17 @@ class LavaNetwork:
         from lava.magma.core.run_conditions import RunSteps
 
         values = self._host_values(currents)
-        if not self._started:
-            self._anchor.create_runtime(run_cfg=self.cfg)
-            self._started = True
-        self._anchor.run(condition=RunSteps(num_steps=self.length, blocking=False))
-        for name, inj in self.injectors.items():
-            for _ in range(self.length):
-                inj.send(values[name])
-        raw = [self.readout_ext.receive() for _ in range(self.length)]
-        spikes_raw = {name: [ext.receive() for _ in range(self.length)] for name, ext in self.extractors.items()}
-        self._anchor.wait()
+        with _deferred_sigint():
+            if not self._started:
+                self._started = True  # set first: close() must stop whatever part of the runtime did start
+                self._anchor.create_runtime(run_cfg=self.cfg)
+            self._anchor.run(condition=RunSteps(num_steps=self.length, blocking=False))
+            for name, inj in self.injectors.items():
+                for _ in range(self.length):
+                    inj.send(values[name])
+            raw = [self.readout_ext.receive() for _ in range(self.length)]
+            spikes_raw = {name: [ext.receive() for _ in range(self.length)] for name, ext in self.extractors.items()}
+            self._anchor.wait()
         d, b = self.graph.depth, self.batch
         readout = np.stack(raw[d:d + self.T]).reshape(self.T, b, *self.graph.readout.shape)
         if self.mode == "fixed":

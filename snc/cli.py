@@ -243,6 +243,8 @@ def _compile_source(model: Optional[Path], preset: Optional[str], seed: int):
 def _layer_rows(graph) -> list[dict]:
     from snc.compiler.ir import HostInput, Population
 
+    errors = {row["edge"]: row["relative_error"] for entry in graph.log if entry["pass"] == "quantize"
+              for row in entry["synapses"]}
     rows = []
     for p in graph.of_type(Population):
         chip = [e for e in graph.into(p.name) if isinstance(graph.nodes[e.src], Population)]
@@ -251,6 +253,9 @@ def _layer_rows(graph) -> list[dict]:
             "population": p.name, "role": p.role, "neurons": int(np.prod(p.shape)), "depth": p.depth,
             "synapses_in": sum(e.op.synapse_count() for e in chip), "synapse_groups_in": len(chip),
             "weight_exp": sorted({int(e.fixed["weight_exp"]) for e in chip}),
+            # mixed-sign synapses keep 7 magnitude bits (Lava drops the low bit), single-sign 8
+            "weight_bits": sorted({7 if e.fixed["weight"].min() < 0 < e.fixed["weight"].max() else 8 for e in chip}),
+            "weight_rel_error": max((errors[e.name] for e in chip), default=0.0),
             "delays_in": sorted({e.delay for e in chip if e.delay}),
             "vth": int(p.fixed["vth"]), "scale": p.scale,
             "partition": "chip" + (" + host current" if host else ""),
@@ -306,17 +311,20 @@ def compile_cmd(
         print(json.dumps(result, indent=2))
         return
     table = Table(title=f"{arch} for {target} ({'fixed_pt' if mode == 'fixed' else 'floating_pt'})")
-    for col in ("population", "role", "neurons", "depth", "synapses in", "weight exp", "delays in", "vth", "partition"):
+    for col in ("population", "role", "neurons", "depth", "synapses in", "weight bits", "weight exp", "weight err",
+                "delays in", "vth", "partition"):
         table.add_column(col, justify="left" if col in ("population", "role", "partition") else "right")
     for r in rows:
-        table.add_row(r["population"], r["role"], str(r["neurons"]), str(r["depth"]), str(r["synapses_in"]),
-                      ",".join(map(str, r["weight_exp"])), ",".join(map(str, r["delays_in"])), str(r["vth"]),
+        table.add_row(r["population"], r["role"], str(r["neurons"]), str(r["depth"]), f"{r['synapses_in']:,}",
+                      ",".join(map(str, r["weight_bits"])), ",".join(map(str, r["weight_exp"])),
+                      f"{r['weight_rel_error']:.2%}", ",".join(map(str, r["delays_in"])), str(r["vth"]),
                       r["partition"])
     console.print(table)
     console.print(
         f"host: {', '.join(host_ops) or 'nothing but the time embedding and the tail'} (+ time embedding, tail)\n"
         f"synapses: {meta['synapses']:,} on chip (the NIR graph's ops had {meta['synapses_before_reassociation']:,}; "
         f"{len(reassoc['rewritten'])} edges re-associated, relays included)\n"
+        "weight err: largest relative L2 error of the 8-bit weights of a synapse into the population\n"
         f"pipeline depth {graph.depth}, {meta['call_steps']} Lava steps per denoiser call (T={timestep})\n"
         f"wrote {output}: compiled in {seconds:.1f} s, {time.perf_counter() - start:.1f} s with writing; "
         f"peak memory {peak_mb:.0f} MB",
@@ -362,9 +370,12 @@ def verify(
     )
 
 
+INTERRUPTED = 130  # the shell's code for SIGINT; typer returns it for Ctrl-C when not standalone
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)
     except SncError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
@@ -372,10 +383,13 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        console.print("interrupted")
-        sys.exit(130)
+        status = INTERRUPTED
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    if status == INTERRUPTED:
+        console.print("interrupted")
+    if isinstance(status, int) and status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,12 @@
 
 import json
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +24,7 @@ def unet_build(tmp_path_factory):
     res = json.loads(_ok(run_snc("compile", str(shipped_checkpoint("digits-unet")), "--target", "loihi2",
                                  "-o", str(out), "--dump-ir", str(dump), "--json")).stdout)
     assert res["calibrated"] and res["call_steps"] == res["depth"] + 4
-    assert len(list(dump.iterdir())) == 6
+    assert len(list(dump.iterdir())) == 7
     assert {"build.json", "graph.nir", "lowered.json", "lowered.npz", "model.pt"} <= {p.name for p in out.iterdir()}
     return out
 
@@ -37,6 +43,34 @@ def test_sample_on_lava_fixed_pt(unet_build, tmp):
                                  "-o", str(tmp / "lava.png"), "--json")).stdout)
     assert res["mode"] == "fixed" and (tmp / "lava.npy").is_file()
     assert not multiprocessing.active_children()
+
+
+def test_ctrl_c_during_lava_sampling_stops_every_process(unet_build, tmp):
+    """SIGINT to the whole process group (what a terminal's Ctrl-C does) ends snc and all Lava processes."""
+    exe = Path(sys.executable).with_name("snc")
+    proc = subprocess.Popen([str(exe), "sample", str(unet_build), "--backend", "lava", "--steps", "20", "-n", "2",
+                             "-o", str(tmp / "x.png")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_group_commands(proc.pid).splitlines()) < 10:
+            time.sleep(0.5)  # wait until Lava has forked its processes
+        time.sleep(5)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    time.sleep(1)
+    assert _group_commands(proc.pid) == ""
+
+
+def _group_commands(pgid: int) -> str:
+    """Command lines of the live processes in a process group."""
+    out = subprocess.run(["ps", "-o", "stat=,args=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return "\n".join(line for line in out.splitlines() if line and not line.startswith("Z"))
 
 
 def test_compile_errors_are_one_line(tmp):

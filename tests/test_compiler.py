@@ -102,7 +102,7 @@ def test_dump_ir_writes_every_pass(tmp):
     compile_graph(export_model(model), model.config.timestep, dump_ir=tmp)
     assert [p.name for p in sorted(tmp.iterdir())] == [
         "01-import_nir.json", "02-partition_host.json", "03-reassociate.json", "04-balance_delays.json",
-        "05-fold_thresholds.json", "06-quantize.json",
+        "05-fold_thresholds.json", "06-split_signs.json", "07-quantize.json",
     ]
 
 
@@ -113,26 +113,37 @@ def test_quantize_weights_follow_lava_rules():
     assert single.max() <= 255 and exp == 1 and single.tolist() == [250, 125]
 
 
+def test_upsampled_conv_synapses_fit_after_taps_are_summed():
+    from snc.compiler.passes.quantize import synapse_range
+
+    kernel = np.ones((2, 2, 3, 3))  # after nearest x2 one input feeds up to 2x2 taps: weights sum
+    w_int, exp, _ = quantize_weights(kernel, 100.0, FIXED, upsample=2)
+    matrix = LinearOp.conv(w_int.astype(float), (2, 4, 4), 1, 1, upsample=2).to_csr()
+    assert matrix.data.max() <= 255 and synapse_range(w_int, 2)[1] >= matrix.data.max()
+    assert exp == 1  # 4 taps x 100 needs one more bit than one tap
+
+
 def _graph_with(nodes, edges):
     return nir.NIRGraph(nodes=nodes, edges=edges)
 
 
 def test_out_of_range_parameters_are_all_listed():
     big = np.full((4, 4), 1e7)
+    neuron = lambda: nir.IF(r=np.full(4, 1e4), v_threshold=np.ones(4), v_reset=np.zeros(4))  # noqa: E731
     nodes = {
         "input": nir.Input(input_type=np.array([4])),
         "a": nir.Affine(weight=np.eye(4), bias=np.zeros(4)),
-        "n1": nir.IF(r=np.full(4, 1e4), v_threshold=np.ones(4), v_reset=np.zeros(4)),
-        "b": nir.Linear(weight=big),
-        "n2": nir.IF(r=np.full(4, 1e4), v_threshold=np.ones(4), v_reset=np.zeros(4)),
-        "c": nir.Linear(weight=big),
+        "n1": neuron(), "b": nir.Linear(weight=big), "n2": neuron(), "c": nir.Linear(weight=big), "n3": neuron(),
+        "d": nir.Linear(weight=np.eye(4)),
         "output": nir.Output(output_type=np.array([4])),
     }
-    edges = [("input", "a"), ("a", "n1"), ("n1", "b"), ("b", "n2"), ("n2", "c"), ("c", "output")]
+    edges = [("input", "a"), ("a", "n1"), ("n1", "b"), ("b", "n2"), ("n2", "c"), ("c", "n3"), ("n3", "d"),
+             ("d", "output")]
     with pytest.raises(GraphError) as err:
         compile_graph(_graph_with(nodes, edges), timestep=2)
     message = str(err.value)
-    assert "n1->n2" in message and "n2->output" in message and "2 parameter(s)" in message
+    assert "n2: threshold 1 rounds to vth 0" in message and "n3: threshold 1" in message
+    assert "2 parameter(s)" in message
 
 
 def test_unknown_and_non_finite_nodes_are_refused():

@@ -9,7 +9,8 @@ Per population p with scale s (from ``fold_thresholds``), in Lava's units:
   exponent that fits the mantissa;
 - each synapse into p: ``W * s = w_int << weight_exp`` with an 8-bit ``w_int``
   (even when the synapse has both signs: Lava drops the low bit then) and the
-  smallest exponent that fits;
+  smallest exponent that fits; for a conv after nearest upsampling the synapse
+  weight is a sum of kernel taps, and that sum must fit;
 - host currents into p are rounded to integers ``h * s`` per call (runtime);
 - the readout's synapses use the readout's scale; the host divides it out.
 
@@ -30,23 +31,50 @@ from snc.errors import GraphError
 from ..ir import Edge, Graph, HostInput, Population, Readout
 
 
-def quantize_weights(w: np.ndarray, scale: float, fixed: dict) -> tuple[np.ndarray, int, float]:
-    """(w_int, weight_exp, relative error) for real weights ``w`` at ``scale``."""
+def synapse_range(w_int: np.ndarray, upsample: int = 1) -> tuple[int, int]:
+    """Smallest and largest weight a synapse gets from the (integer) weights of an op.
+
+    A conv after nearest upsampling by u reads one input through up to u x u
+    neighbouring kernel taps, and its synapse weight is their sum: bound it by
+    the sums over every u x u window of the positive and of the negative taps.
+    """
+    if upsample == 1 or w_int.ndim != 4:
+        return int(w_int.min()), int(w_int.max())
+    u = upsample
+    pad = ((0, 0), (0, 0), (u - 1, u - 1), (u - 1, u - 1))
+    pos, neg = np.pad(np.maximum(w_int, 0), pad), np.pad(np.minimum(w_int, 0), pad)
+    k = pos.shape[-1] - u + 1
+    windows = [(dy, dx) for dy in range(u) for dx in range(u)]
+    hi = sum(pos[:, :, dy:dy + k, dx:dx + k] for dy, dx in windows).max()
+    lo = sum(neg[:, :, dy:dy + k, dx:dx + k] for dy, dx in windows).min()
+    return int(lo), int(hi)
+
+
+def quantize_weights(w: np.ndarray, scale: float, fixed: dict, upsample: int = 1) -> tuple[np.ndarray, int, float]:
+    """(w_int, weight_exp, relative error) for real weights ``w`` at ``scale``.
+
+    Lava keeps 8-bit synapse weights: [0, 255] or [-255, 0] for one sign,
+    [-256, 254] in steps of 2 for mixed signs (it drops the low bit). The
+    exponent is the smallest for which every synapse weight fits.
+    """
     x = np.asarray(w, dtype=np.float64) * scale
     mixed = x.min() < 0 < x.max()
     step = 2 if mixed else 1
-    mant_max = 2 ** (fixed["weight_bits"] - 1 if mixed else fixed["weight_bits"]) - 1
-    lowest = -(mant_max + 1) if mixed else -mant_max  # Lava clips mixed-sign weights to [-256, 255]
+    bits = fixed["weight_bits"]
+    lowest, highest = (-(2**bits), 2**bits - 2) if mixed else (-(2**bits - 1), 2**bits - 1)
+
+    def quantized(exp: int) -> np.ndarray:
+        return (np.round(x / (step * 2.0**exp)) * step).astype(np.int64)
 
     def fits(exp: int) -> bool:
-        m = np.round(x / (step * 2.0**exp))
-        return m.min() >= lowest and m.max() <= mant_max
+        lo, hi = synapse_range(quantized(exp), upsample)
+        return lo >= lowest and hi <= highest
 
     peak = float(np.abs(x).max())
-    exp = max(0, math.ceil(math.log2(peak / (step * mant_max))) - 1) if peak > 0 else 0  # one below the guess
+    exp = max(0, math.ceil(math.log2(peak / highest)) - 1) if peak > 0 else 0  # one below the guess
     while not fits(exp) and exp <= fixed["weight_exp_max"]:
         exp += 1
-    w_int = (np.round(x / (step * 2.0**exp)) * step).astype(np.int64)
+    w_int = quantized(exp)
     norm = np.linalg.norm(x)
     err = float(np.linalg.norm(w_int * 2.0**exp - x) / norm) if norm > 0 else 0.0
     return w_int, exp, err
@@ -76,6 +104,9 @@ def run(graph: Graph, fixed: dict) -> Graph:
         mant = np.round(b / 2.0**exp).astype(np.int64)
         if not 0 <= vth < 2 ** fixed["vth_bits"]:
             problems.append(f"{p.name}: vth {vth} outside {fixed['vth_bits']} bits")
+        elif p.threshold > 0 and vth == 0:
+            problems.append(f"{p.name}: threshold {p.threshold:g} rounds to vth 0 at the scale its largest "
+                            f"weights allow ({p.scale:g}); weights are too large relative to the threshold")
         if exp.max(initial=0) > fixed["bias_exp_max"]:
             problems.append(f"{p.name}: bias needs exponent {int(exp.max())} > {fixed['bias_exp_max']}")
         p.fixed = {"vth": vth, "du": 4095, "dv": dv, "bias_mant": mant, "bias_exp": exp}
@@ -87,10 +118,10 @@ def run(graph: Graph, fixed: dict) -> Graph:
         if isinstance(graph.nodes[e.src], HostInput):
             continue
         dst = graph.nodes[e.dst]
-        w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale, fixed)
+        w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale, fixed, e.op.upsample)
         if exp > fixed["weight_exp_max"]:
             problems.append(f"{e.name}: weights need exponent {exp} > {fixed['weight_exp_max']}")
-        e.fixed = {"weight": w_int, "weight_exp": exp}
+        e.fixed = {"weight": w_int.astype(np.int16), "weight_exp": exp}  # |w| <= 256
         edge_rows.append({"edge": e.name, "weight_exp": exp, "relative_error": err})
     if problems:
         raise GraphError(f"{len(problems)} parameter(s) do not fit {fixed.get('target', 'the target')}:\n  "
@@ -111,8 +142,12 @@ def verify(graph: Graph, fixed: dict) -> None:
     for e in graph.edges:
         if isinstance(graph.nodes[e.src], Population):
             w = e.fixed.get("weight")
-            if w is None or np.abs(w).max() > 2 ** fixed["weight_bits"]:
-                problems.append(f"{e.name}: missing or out-of-range weights")
+            if w is None:
+                problems.append(f"{e.name}: no integer weights")
+                continue
+            lo, hi = synapse_range(w, e.op.upsample)
+            if lo < -(2 ** fixed["weight_bits"]) or hi > 2 ** fixed["weight_bits"] - 1:
+                problems.append(f"{e.name}: synapse weights {lo}..{hi} outside {fixed['weight_bits']} bits")
     if not isinstance(graph.readout, Readout) or graph.readout.scale <= 0:
         problems.append("readout has no scale")
     if problems:
