@@ -57,7 +57,6 @@ def _injector_models():
     that a process may never have opened and prints an ignored exception at
     exit; both variants here only join what exists.
     """
-    import numpy as np
     from lava.magma.core.decorator import implements, requires
     from lava.magma.core.model.py.ports import PyInPort, PyOutPort
     from lava.magma.core.model.py.type import LavaPyType

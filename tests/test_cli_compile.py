@@ -73,6 +73,16 @@ def _group_commands(pgid: int) -> str:
     return "\n".join(line for line in out.splitlines() if line and not line.startswith("Z"))
 
 
+def test_compile_from_a_nir_file_has_no_host_parts(tmp):
+    mlp = tmp / "mlp.pt"
+    _ok(run_snc("train", "--preset", "digits-mlp", "--steps", "2", "-o", str(mlp)))
+    _ok(run_snc("export", str(mlp), "-o", str(tmp / "mlp.nir")))
+    res = json.loads(_ok(run_snc("compile", str(tmp / "mlp.nir"), "-o", str(tmp / "b"), "--json")).stdout)
+    assert res["calibrated"] is False and res["depth"] == 2 and not (tmp / "b" / "model.pt").exists()
+    _clean_error(run_snc("sample", str(tmp / "b"), "--backend", "lava", "-o", str(tmp / "x.png")),
+                 "compiled from a NIR file")
+
+
 def test_compile_errors_are_one_line(tmp):
     (tmp / "junk").mkdir()
     _clean_error(run_snc("sample", str(tmp / "junk"), "--backend", "lava"), "not an snc build directory")
