@@ -35,7 +35,7 @@ from torch import nn
 from snc.errors import SncError
 from snc.models.mlp import SpikingMLP
 from snc.models.neurons import IFNeuron, NeuronConfig
-from snc.models.unet import DownSample, ResBlock, SpikingUNet, UpSample
+from snc.models.unet import ResBlock, SpikingUNet, UpSample
 
 from .nir_io import NIR_DT, NearestUpsample2d
 

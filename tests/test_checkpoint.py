@@ -1,5 +1,4 @@
 import pickle
-import zipfile
 
 import pytest
 import torch

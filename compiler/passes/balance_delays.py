@@ -27,7 +27,7 @@ import numpy as np
 
 from snc.errors import GraphError
 
-from ..ir import Edge, Graph, HostInput, Population, Readout
+from ..ir import Edge, Graph, HostInput, Population
 from ..linear import LinearOp
 
 RELAY_THRESHOLD = 0.5  # fires on an input of 1 (one spike through a unit weight)

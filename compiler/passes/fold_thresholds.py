@@ -28,7 +28,7 @@ import numpy as np
 
 from snc.errors import GraphError
 
-from ..ir import Graph, Population, Readout
+from ..ir import Graph, Population
 
 MARGIN = 2.0
 UNCALIBRATED_PEAK = 16.0  # in thresholds
