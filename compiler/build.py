@@ -120,7 +120,8 @@ def write_build(directory: Path, graph: Graph, nir_graph: nir.NIRGraph, meta: di
     write_graph(directory / "graph.nir", nir_graph)
     save_graph(graph, directory)
     if checkpoint is not None:
-        shutil.copyfile(checkpoint, directory / "model.pt")
+        if Path(checkpoint).resolve() != (directory / "model.pt").resolve():
+            shutil.copyfile(checkpoint, directory / "model.pt")
     elif (directory / "model.pt").exists():
         (directory / "model.pt").unlink()  # a stale copy from an earlier build would mislead
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "log": graph.log}

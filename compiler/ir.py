@@ -84,7 +84,7 @@ class Edge:
     delay: int = 0  # extra steps beyond the one every Lava synapse adds
     origin: tuple[str, ...] = ()
     fixed: dict[str, Any] = field(default_factory=dict)  # quantize: weight (int), weight_exp
-    part: str = ""  # split_signs: "+" (excitatory) or "-" (inhibitory) half of one weight map
+    part: str = ""  # split_signs: "+" / "-" half; reassociate: "#k" for a k-th unmergeable term
 
     @property
     def name(self) -> str:
@@ -105,9 +105,6 @@ class Graph:
 
     def into(self, name: str) -> list[Edge]:
         return [e for e in self.edges if e.dst == name]
-
-    def out_of(self, name: str) -> list[Edge]:
-        return [e for e in self.edges if e.src == name]
 
     def nx(self) -> nx.MultiDiGraph:
         g = nx.MultiDiGraph()

@@ -71,9 +71,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def verify_build(build: Build, n: int = 8, timesteps: tuple[int, ...] = (100, 500, 900), seed: int = 0) -> VerifyReport:
+def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0) -> VerifyReport:
+    """Calls at diffusion steps ``fraction * steps`` (100, 500, 900 for 1000 steps)."""
     model = load_host_model(build)
-    pairs = noisy_inputs(model, n, list(timesteps), seed)
+    timesteps = [int(model.config.diffusion_steps * f) for f in fractions]
+    pairs = noisy_inputs(model, n, timesteps, seed)
     torch_runs = [torch_spikes(model, build, x.double(), t) for x, t in pairs]
     lava_runs = {}
     for mode in ("float", "fixed"):

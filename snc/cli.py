@@ -222,8 +222,10 @@ def _compile_source(model: Optional[Path], preset: Optional[str], seed: int):
     from snc.models import preset as get_preset
     from snc.models.checkpoint import load_checkpoint
 
-    if (model is None) == (preset is None):
-        raise SncError("give a model (checkpoint .pt or .nir) or --preset NAME, not both")
+    if model is None and preset is None:
+        raise SncError("give a model (checkpoint .pt or .nir) or --preset NAME")
+    if model is not None and preset is not None:
+        raise SncError("give a model or --preset NAME, not both")
     if preset is not None:
         arch, config = get_preset(preset)
         with torch.random.fork_rng():
@@ -302,7 +304,7 @@ def compile_cmd(
         "call_steps": graph.depth + timestep, "source": str(model) if model else f"preset {preset} (random init)",
         "calibrated": calibrate is not None, "layers": rows, "host_ops": host_ops,
         "synapses_before_reassociation": reassoc["synapses_before"],
-        "synapses": reassoc["synapses_after"] + sum(r["synapses_in"] for r in rows if r["role"] == "relay"),
+        "synapses": sum(r["synapses_in"] for r in rows),
         "compile_seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb),
     }
     write_build(output, graph, nir_graph, meta, checkpoint)
@@ -321,7 +323,7 @@ def compile_cmd(
                       r["partition"])
     console.print(table)
     console.print(
-        f"host: {', '.join(host_ops) or 'nothing but the time embedding and the tail'} (+ time embedding, tail)\n"
+        f"host: {', '.join(host_ops + ['time embedding', 'tail'])}\n"
         f"synapses: {meta['synapses']:,} on chip (the NIR graph's ops had {meta['synapses_before_reassociation']:,}; "
         f"{len(reassoc['rewritten'])} edges re-associated, relays included)\n"
         "weight err: largest relative L2 error of the 8-bit weights of a synapse into the population\n"

@@ -14,7 +14,8 @@ bias (here) and each synapse only gets an exponent (``quantize``).
 
 Calibration: peaks come from the float IR executor on sample inputs
 (``snc compile`` uses digits at diffusion steps spread over t). Without
-calibration the peak is assumed to be 16x the threshold.
+calibration the peak is assumed to be 16x the threshold (or 16, if the threshold
+is below 1).
 
 Requires: balanced delays. Guarantees: every Population and the Readout has a
 power-of-two ``scale`` > 0; the log lists each population's scale, vth, peak.
@@ -57,8 +58,8 @@ def run(graph: Graph, fixed: dict, peaks: dict[str, float] | None) -> Graph:
         if isinstance(node, Population) and bias > 0:  # bias_mant << bias_exp must hold bias * scale << 6
             bound = min(bound, bias_limit / (bias * 2 ** fixed["activation_shift"]))
         # the largest synapse weight (upsampled convs sum up to u*u taps) must fit 8 bits << weight_exp_max
-        weight = max((float(np.abs(e.op.weight).max()) * e.op.upsample**2 for e in graph.into(node.name)
-                      if isinstance(graph.nodes[e.src], Population) and e.op.weight is not None), default=0.0)
+        weight = max((float(np.abs(e.op.weight).max()) * e.op.upsample**2 if e.op.weight is not None else 1.0
+                      for e in graph.into(node.name) if isinstance(graph.nodes[e.src], Population)), default=0.0)
         if weight > 0:
             bound = min(bound, weight_limit / weight)
         node.scale = 2.0 ** math.floor(math.log2(bound))

@@ -97,6 +97,20 @@ def _input_shape(node: nir.NIRNode) -> tuple:
     return tuple(int(v) for v in np.asarray(types.get("input", next(iter(types.values())))))
 
 
+def _import_node(name: str, node: nir.NIRNode, problems: list[str]):
+    if isinstance(node, nir.NIRGraph):
+        problems.append(f"{name}: nested NIR subgraphs are not supported; flatten the graph")
+        return None
+    if isinstance(node, nir.Input):
+        return HostInput(name, _input_shape(node))
+    if isinstance(node, nir.Output):
+        shape = tuple(int(v) for v in np.asarray(node.output_type["output"]))
+        return Readout(name, shape, bias=np.zeros(shape))
+    if isinstance(node, (nir.IF, nir.LIF)):
+        return _neuron(name, node, problems)
+    return _linear(name, node, _input_shape(node), problems)
+
+
 def run(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
     check_finite(graph)
     problems: list[str] = []
@@ -108,19 +122,13 @@ def run(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
             continue
         preds[dst].append(src)
     for name, node in graph.nodes.items():
-        if isinstance(node, nir.NIRGraph):
-            problems.append(f"{name}: nested NIR subgraphs are not supported; flatten the graph")
-        elif isinstance(node, nir.Input):
-            nodes[name] = HostInput(name, _input_shape(node))
-        elif isinstance(node, nir.Output):
-            shape = tuple(int(v) for v in np.asarray(node.output_type["output"]))
-            nodes[name] = Readout(name, shape, bias=np.zeros(shape))
-        elif isinstance(node, (nir.IF, nir.LIF)):
-            nodes[name] = _neuron(name, node, problems)
-        else:
-            linear = _linear(name, node, _input_shape(node), problems)
-            if linear is not None:
-                nodes[name] = linear
+        try:
+            imported = _import_node(name, node, problems)
+        except (ValueError, TypeError, IndexError, KeyError, GraphError) as exc:  # malformed shapes or parameters
+            problems.append(f"{name}: malformed {type(node).__name__} ({exc})")
+            continue
+        if imported is not None:
+            nodes[name] = imported
     if problems:
         raise GraphError("cannot import the NIR graph:\n  " + "\n  ".join(problems))
     edges = []

@@ -96,8 +96,11 @@ def run(graph: Graph) -> Graph:
         if isinstance(node, (Population, Readout)):
             form = inputs_of(name, node.shape)
             node.bias = node.bias + form.bias
-            for term in form.terms:
-                new_edges.append(Edge(term.source, name, term.op, origin=term.origin))
+            seen: dict[str, int] = {}
+            for term in form.terms:  # same source twice only when geometries could not be added
+                seen[term.source] = seen.get(term.source, 0) + 1
+                tag = f"#{seen[term.source]}" if seen[term.source] > 1 else ""
+                new_edges.append(Edge(term.source, name, term.op, origin=term.origin, part=tag))
         nodes[name] = node
     graph.nodes = nodes
     graph.edges = new_edges

@@ -4,9 +4,10 @@ Lava (and Loihi) store a synapse group's weights as 8-bit values; when a
 group has both signs the low bit is dropped, leaving 7 magnitude bits, and
 one exponent serves the whole group. Splitting a group by sign gives each
 part the full 8 bits and its own exponent (for a conv kernel, roughly halving
-the quantization error) at no cost in synapses: the two parts have disjoint
-non-zero weights, so the total number of connections is unchanged; only the
-number of synapse processes grows.
+the quantization error). The parts have disjoint non-zero weights, so the
+number of connections is unchanged, except after nearest upsampling, where a
+synapse summing taps of both signs appears in both parts; the number of
+synapse processes grows.
 
 Requires: scales (runs just before ``quantize``). Guarantees: every on-chip
 edge's weights have one sign; split parts are named with ``part`` "+" / "-";
@@ -33,7 +34,7 @@ def run(graph: Graph) -> Graph:
             edges.append(e)
             continue
         for part, kept in (("+", np.where(w > 0, w, 0.0)), ("-", np.where(w < 0, w, 0.0))):
-            edges.append(replace(e, op=replace(e.op, weight=kept), part=part, fixed={}))
+            edges.append(replace(e, op=replace(e.op, weight=kept), part=e.part + part, fixed={}))
         split.append(e.name)
     graph.edges = edges
     graph.log.append({"pass": "split_signs", "split": split})
