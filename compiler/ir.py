@@ -25,7 +25,7 @@ pipeline records what each pass did in ``graph.log``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Union
 
@@ -89,6 +89,17 @@ class Edge:
     @property
     def name(self) -> str:
         return f"{self.src}->{self.dst}{self.part}" + (f"@{self.delay}" if self.delay else "")
+
+    def lowered_op(self) -> LinearOp:
+        """The op with the quantized integer weights (the synapses on chip); the float op before quantize.
+
+        A weight that rounds to 0 is no synapse on chip, so counts of synapses
+        and fan-outs use this op.
+        """
+        w = self.fixed.get("weight")
+        if w is None or self.op.kind == "identity":
+            return self.op
+        return replace(self.op, weight=np.asarray(w, dtype=np.float64))
 
 
 @dataclass

@@ -119,14 +119,44 @@ class LinearOp:
         """Non-zero connections of the op (the synapses a static lowering needs); memoised."""
         count = self.__dict__.get("_synapse_count")
         if count is None:
-            if self.kind == "identity":
-                count = self.n_in
-            elif self.kind == "dense":
-                count = int(np.count_nonzero(self.weight))
-            else:
-                count = _conv_synapse_count(self)
+            count = int(self.fan_out().sum())
             object.__setattr__(self, "_synapse_count", count)  # frozen dataclass: a cache, not state
         return count
+
+    def fan_out(self) -> np.ndarray:
+        """Synapses leaving each input element [n_in]: exact (border-, stride-, upsample- and zero-aware)."""
+        return self._fan("out")
+
+    def fan_in(self) -> np.ndarray:
+        """Synapses entering each output element [n_out], exact like ``fan_out``."""
+        return self._fan("in")
+
+    def _fan(self, side: str) -> np.ndarray:
+        if self.kind == "identity":
+            return np.ones(self.n_in, dtype=np.int64)  # n_in == n_out
+        if self.kind == "dense":
+            return np.count_nonzero(self.weight, axis=0 if side == "out" else 1).astype(np.int64)
+        return _conv_fan(self, side).reshape(-1)
+
+    @property
+    def moves_only(self) -> bool:
+        """True when the op does no arithmetic: a reshape, or a nearest upsampling of every channel."""
+        if self.kind == "identity":
+            return True
+        return self.kind == "conv" and self.weight.shape[-1] == 1 and self.stride == 1 and self.padding == 0 \
+            and self.weight.shape[0] == self.weight.shape[1] \
+            and np.array_equal(self.weight[:, :, 0, 0], np.eye(self.weight.shape[0]))
+
+    def dense_macs(self) -> int:
+        """Multiply-accumulates of evaluating the op as a dense layer: an ANN's count (every
+        kernel tap of every output, padding taps included, as the papers count FLOPs);
+        0 for an op that only moves data."""
+        if self.moves_only:
+            return 0
+        if self.kind == "dense":
+            return int(self.weight.size)
+        cin, k = self.weight.shape[1], self.weight.shape[-1]
+        return self.n_out * cin * k * k
 
 
 def _conv_csr(op: LinearOp) -> sparse.csr_matrix:
@@ -151,44 +181,52 @@ def _conv_csr(op: LinearOp) -> sparse.csr_matrix:
     return m
 
 
-def _conv_synapse_count(op: LinearOp) -> int:
-    """Non-zero (input, output) connections of a conv: exact, border- and upsample-aware.
+def _axis_links(n_out: int, n_in: int, k: int, stride: int, padding: int, upsample: int) -> tuple[list, list]:
+    """Along one axis: (out, in, group) for every connected pair, and the groups of kernel taps.
 
-    Along each axis an output position reads its valid kernel taps grouped by
-    the input position they fall on (after nearest upsampling several taps
-    fall on one input: one synapse). Positions with the same grouping share a
-    pattern; a synapse exists for a group pair where any (out, in) channel
-    pair has a non-zero tap in the block.
+    An output reads its valid kernel taps; after nearest upsampling several
+    taps can fall on one input element: together they are one synapse, and
+    the tuple of those taps is the pair's group.
+    """
+    groups: dict[tuple[int, ...], int] = {}
+    links = []
+    for o in range(n_out):
+        by_input: dict[int, list[int]] = {}
+        for tap in range(k):
+            pos = o * stride - padding + tap
+            if 0 <= pos < n_in * upsample:
+                by_input.setdefault(pos // upsample, []).append(tap)
+        for i, taps in by_input.items():
+            links.append((o, i, groups.setdefault(tuple(taps), len(groups))))
+    return links, list(groups)
+
+
+def _conv_fan(op: LinearOp, side: str) -> np.ndarray:
+    """Fan-out per input element (side "out") or fan-in per output element (side "in") of a conv.
+
+    Separable by axis: a (y, x) position pair is connected through a y-group
+    and an x-group of taps, and every channel pair whose weights in that
+    block of taps have a non-zero sum makes one synapse.
     """
     cin, h, w = op.in_shape
     cout, ho, wo = op.out_shape
     k, s, p, u = op.weight.shape[-1], op.stride, op.padding, op.upsample
-
-    def patterns(n_out: int, n_in: int) -> dict[tuple, int]:
-        found: dict[tuple, int] = {}
-        for o in range(n_out):
-            groups: dict[int, list[int]] = {}
-            for tap in range(k):
-                pos = o * s - p + tap
-                if 0 <= pos < n_in * u:
-                    groups.setdefault(pos // u, []).append(tap)
-            key = tuple(tuple(g) for g in groups.values())
-            found[key] = found.get(key, 0) + 1
-        return found
-
-    nonzero = op.weight != 0
-    block_pairs: dict[tuple, int] = {}  # (taps y, taps x) -> channel pairs with a non-zero tap there
-
-    def pairs(ty: tuple, tx: tuple) -> int:
-        if (ty, tx) not in block_pairs:
-            block_pairs[ty, tx] = int(nonzero[:, :, list(ty)][:, :, :, list(tx)].any(axis=(2, 3)).sum())
-        return block_pairs[ty, tx]
-
-    total = 0
-    for gy, ny in patterns(ho, h).items():
-        for gx, nx in patterns(wo, w).items():
-            total += sum(pairs(ty, tx) for ty in gy for tx in gx) * ny * nx
-    return total
+    links_y, groups_y = _axis_links(ho, h, k, s, p, u)
+    links_x, groups_x = _axis_links(wo, w, k, s, p, u)
+    block = np.zeros((cout, cin, len(groups_y), len(groups_x)), dtype=bool)
+    for gy, ty in enumerate(groups_y):
+        for gx, tx in enumerate(groups_x):
+            # one synapse's weight is the sum of its taps (they can cancel)
+            block[:, :, gy, gx] = op.weight[:, :, list(ty)][:, :, :, list(tx)].sum(axis=(2, 3)) != 0
+    counted = 1 if side == "out" else 0  # which end of a link is the element being counted
+    ay = np.zeros((h if side == "out" else ho, len(groups_y)), dtype=np.int64)
+    ax = np.zeros((w if side == "out" else wo, len(groups_x)), dtype=np.int64)
+    for link in links_y:
+        ay[link[counted], link[2]] += 1
+    for link in links_x:
+        ax[link[counted], link[2]] += 1
+    channels = block.sum(axis=0 if side == "out" else 1).astype(np.int64)  # [c, gy, gx]
+    return np.einsum("yg,cgh,xh->cyx", ay, channels, ax)
 
 
 def compose(outer: LinearOp, inner: LinearOp) -> LinearOp:

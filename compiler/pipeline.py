@@ -12,6 +12,8 @@
                           (8 magnitude bits and an exponent each instead of 7 shared)
       7. quantize         8-bit weights + exponent, vth, du/dv, bias mantissa/exponent,
                           all range-checked
+      8. map_cores        neurons and synapses onto the target's cores and chips; every
+                          violation of its limits listed at once (the DRC)
     -> lowered graph (runtime.lava_backend builds Lava processes from it)
 
 BatchNorm is folded by export (NIR has no BatchNorm node, so none reaches the
@@ -27,10 +29,12 @@ from typing import Callable, Optional
 
 import nir
 
-from snc.hw_profiles import load_profile
+from snc.errors import SncError
+from snc.hw_profiles import compile_targets, load_profile
 
 from .ir import Graph
-from .passes import balance_delays, fold_thresholds, import_nir, partition_host, quantize, reassociate, split_signs
+from .passes import (balance_delays, fold_thresholds, import_nir, map_cores, partition_host, quantize, reassociate,
+                     split_signs)
 
 Calibrate = Callable[[Graph], dict[str, float]]
 
@@ -42,9 +46,17 @@ def compile_graph(
     calibrate: Optional[Calibrate] = None,
     dump_ir: Optional[Path] = None,
     verify: bool = True,
+    allow_oversize: bool = False,
 ) -> Graph:
-    """Run every pass; ``verify`` runs each pass's verifier after it."""
+    """Run every pass; ``verify`` runs each pass's verifier after it.
+
+    ``allow_oversize`` keeps a graph that does not fit the target (the
+    violations stay in the log) instead of failing.
+    """
     profile = load_profile(target)
+    if "fixed_point" not in profile:
+        raise SncError(f"{target} is an energy and resource profile, not a compile target "
+                       f"(targets: {', '.join(compile_targets())})")
     fixed = dict(profile["fixed_point"], target=target)
     max_delay = fixed["max_delay"]
     if dump_ir is not None:
@@ -59,6 +71,7 @@ def compile_graph(
          fold_thresholds.verify),
         ("split_signs", split_signs.run, split_signs.verify),
         ("quantize", lambda g: quantize.run(g, fixed), lambda g: quantize.verify(g, fixed)),
+        ("map_cores", lambda g: map_cores.run(g, profile, allow_oversize), map_cores.verify),
     ]
     ir: Graph = None  # type: ignore[assignment]  # import_nir makes it
     for index, (name, run, check) in enumerate(passes, start=1):

@@ -253,38 +253,26 @@ def _layer_rows(graph) -> list[dict]:
         host = [e for e in graph.into(p.name) if isinstance(graph.nodes[e.src], HostInput)]
         rows.append({
             "population": p.name, "role": p.role, "neurons": int(np.prod(p.shape)), "depth": p.depth,
-            "synapses_in": sum(e.op.synapse_count() for e in chip), "synapse_groups_in": len(chip),
+            "synapses_in": sum(e.lowered_op().synapse_count() for e in chip), "synapse_groups_in": len(chip),
             "weight_exp": sorted({int(e.fixed["weight_exp"]) for e in chip}),
             # mixed-sign synapses keep 7 magnitude bits (Lava drops the low bit), single-sign 8
             "weight_bits": sorted({7 if e.fixed["weight"].min() < 0 < e.fixed["weight"].max() else 8 for e in chip}),
             "weight_rel_error": max((errors[e.name] for e in chip), default=0.0),
             "delays_in": sorted({e.delay for e in chip if e.delay}),
             "vth": int(p.fixed["vth"]), "scale": p.scale,
-            "partition": "chip" + (" + host current" if host else ""),
+            "partition": "chip" + ("+host" if host else ""),
         })
     return rows
 
 
-@app.command("compile")
-def compile_cmd(
-    model: Optional[Path] = typer.Argument(None, help="snc checkpoint (.pt) or NIR graph (.nir)"),
-    target: str = typer.Option("loihi2", "--target", help="hardware profile (hw_profiles/NAME.toml)"),
-    output: Path = typer.Option(Path("build"), "-o", "--output", help="build directory to write"),
-    mode: str = typer.Option("fixed", "--mode", help="default Lava mode of the build: fixed | float"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="compile a preset with random init instead"),
-    dump_ir: Optional[Path] = typer.Option(None, "--dump-ir", help="write the IR after each pass here"),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="run each pass's verifier"),
-    calibration: int = typer.Option(4, "--calibration", help="images per calibration step (0: none)"),
-    seed: int = typer.Option(0, "--seed"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Compile a model for a target: NIR -> passes -> lowered graph in a build directory."""
+def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: str, mode: str, calibration: int,
+             output: Path, dump_ir: Optional[Path] = None, verify: bool = True, allow_oversize: bool = False):
+    """Compile a checkpoint, .nir file or preset (random init) into the build directory ``output``."""
     import resource
-
-    from rich.table import Table
 
     from snc.compiler.build import write_build
     from snc.compiler.pipeline import compile_graph
+    from snc.models.checkpoint import save_checkpoint
     from snc.runtime.compiled import calibrator
 
     if mode not in ("fixed", "float"):
@@ -293,7 +281,7 @@ def compile_cmd(
     arch, config, net, nir_graph, checkpoint = _compile_source(model, preset, seed)
     timestep = config if isinstance(config, int) else config.timestep
     calibrate = calibrator(net.double(), nir_graph, calibration, seed) if net is not None and calibration > 0 else None
-    graph = compile_graph(nir_graph, timestep, arch, target, calibrate, dump_ir, verify)
+    graph = compile_graph(nir_graph, timestep, arch, target, calibrate, dump_ir, verify, allow_oversize)
     rows = _layer_rows(graph)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -307,29 +295,74 @@ def compile_cmd(
         "synapses": sum(r["synapses_in"] for r in rows),
         "compile_seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb),
     }
-    write_build(output, graph, nir_graph, meta, checkpoint)
-    result = {k: v for k, v in meta.items() if k != "layers"} | {"build": str(output), "layers": rows}
+    if preset is not None:  # keep the random weights: the build then samples, verifies and counts spikes
+        output.mkdir(parents=True, exist_ok=True)
+        checkpoint = output / "model.pt"
+        save_checkpoint(checkpoint, arch, net.float(), {"preset": preset, "seed": seed, "random_init": True})
+    return write_build(output, graph, nir_graph, meta, checkpoint), time.perf_counter() - start
+
+
+def _count(value: Optional[int]) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Optional[Path] = typer.Argument(None, help="snc checkpoint (.pt) or NIR graph (.nir)"),
+    target: str = typer.Option("loihi2", "--target", help="hardware profile (hw_profiles/NAME.toml)"),
+    output: Path = typer.Option(Path("build"), "-o", "--output", help="build directory to write"),
+    mode: str = typer.Option("fixed", "--mode", help="default Lava mode of the build: fixed | float"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="compile a preset with random init instead"),
+    dump_ir: Optional[Path] = typer.Option(None, "--dump-ir", help="write the IR after each pass here"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="run each pass's verifier"),
+    calibration: int = typer.Option(4, "--calibration", help="images per calibration step (0: none)"),
+    allow_oversize: bool = typer.Option(False, "--allow-oversize", help="write the build even if it does not fit "
+                                        "the target (the violations are listed)"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compile a model for a target: NIR -> passes -> lowered graph in a build directory."""
+    from rich.table import Table
+
+    build, total_seconds = _compile(model, preset, seed, target, mode, calibration, output, dump_ir, verify,
+                                    allow_oversize)
+    meta, graph = build.meta, build.graph
+    rows = meta["layers"]
+    cores = next(entry for entry in graph.log if entry["pass"] == "map_cores")
+    result = {k: v for k, v in meta.items() if k not in ("layers", "log")} | {
+        "build": str(output), "layers": rows, "cores": cores.get("cores"), "chips": cores.get("chips"),
+        "violations": cores["violations"]}
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table(title=f"{arch} for {target} ({'fixed_pt' if mode == 'fixed' else 'floating_pt'})")
-    for col in ("population", "role", "neurons", "depth", "synapses in", "weight bits", "weight exp", "weight err",
-                "delays in", "vth", "partition"):
-        table.add_column(col, justify="left" if col in ("population", "role", "partition") else "right")
+    table = Table(title=f"{meta['arch']} for {target} ({'fixed_pt' if mode == 'fixed' else 'floating_pt'})")
+    for col in ("population", "role", "neurons", "depth", "synapses in", "w bits", "w exp", "w err", "delays in",
+                "vth", "syn KiB", "cores", "partition"):
+        table.add_column(col, justify="left" if col in ("population", "role", "partition") else "right",
+                         no_wrap=col == "population")
+    placed = {g["group"]: g for g in cores["groups"]}
     for r in rows:
+        group = placed[r["population"]]
         table.add_row(r["population"], r["role"], str(r["neurons"]), str(r["depth"]), f"{r['synapses_in']:,}",
                       ",".join(map(str, r["weight_bits"])), ",".join(map(str, r["weight_exp"])),
                       f"{r['weight_rel_error']:.2%}", ",".join(map(str, r["delays_in"])), str(r["vth"]),
-                      r["partition"])
+                      f"{group['memory_kib']:,.0f}" if "memory_kib" in group else "-",
+                      str(group.get("cores", "-")), r["partition"])
     console.print(table)
+    reassoc = next(entry for entry in graph.log if entry["pass"] == "reassociate")
+    fits = "does NOT fit the target (--allow-oversize): " + "; ".join(cores["violations"]) if cores["violations"] \
+        else "fits the target"
     console.print(
-        f"host: {', '.join(host_ops + ['time embedding', 'tail'])}\n"
+        f"host: {', '.join(meta['host_ops'] + ['time embedding', 'tail'])}\n"
         f"synapses: {meta['synapses']:,} on chip (the NIR graph's ops had {meta['synapses_before_reassociation']:,}; "
         f"{len(reassoc['rewritten'])} edges re-associated, relays included)\n"
-        "weight err: largest relative L2 error of the 8-bit weights of a synapse into the population\n"
-        f"pipeline depth {graph.depth}, {meta['call_steps']} Lava steps per denoiser call (T={timestep})\n"
-        f"wrote {output}: compiled in {seconds:.1f} s, {time.perf_counter() - start:.1f} s with writing; "
-        f"peak memory {peak_mb:.0f} MB",
+        "w bits / w exp: weight magnitude bits and exponents of the synapses in; w err: their largest relative L2 "
+        "quantization error; partition chip+host: the population also takes a host current\n"
+        f"pipeline depth {graph.depth}, {meta['call_steps']} Lava steps per denoiser call (T={meta['timestep']})\n"
+        f"resources (one image, readout included): {cores['neurons']:,} neurons, {cores['synapses']:,} synapses, "
+        f"{_count(cores.get('cores'))} cores, {_count(cores.get('chips'))} chips: {fits}\n"
+        f"wrote {output}: compiled in {meta['compile_seconds']:.1f} s, {total_seconds:.1f} s with writing; "
+        f"peak memory {meta['peak_rss_mb']:.0f} MB",
         highlight=False,
     )
 
@@ -370,6 +403,157 @@ def verify(
         f"fixed vs torch {e['fixed_vs_torch']:.2e}  ({result['seconds']} s)",
         highlight=False,
     )
+
+
+def _energy_build(source: Optional[Path], preset: Optional[str], seed: int, target: str, scratch: Path):
+    """The build to count: a build directory as it is, else a checkpoint or preset compiled into ``scratch``.
+
+    A report counts a graph whether or not it fits the target: the resource
+    section lists the violations.
+    """
+    from snc.compiler.build import read_build
+
+    if source is not None and source.is_dir():
+        if preset is not None:
+            raise SncError("give a build directory or --preset NAME, not both")
+        return read_build(source)
+    if source is not None and source.suffix == ".nir":
+        raise SncError(f"{source}: a NIR file has no host parts to run; compile the checkpoint it came from")
+    with console.status("compiling"):
+        build, _ = _compile(source, preset, seed, target, "fixed", 4, scratch, allow_oversize=True)
+    return build
+
+
+def _energy_plot(report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report.layers if r["energy_exact_pj"] or r["energy_papers_pj"]]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(9, 0.22 * len(rows) + 1.5))
+    ax.barh(y - 0.2, [r["energy_exact_pj"] / 1e3 for r in rows], 0.4, label="exact (lowered graph)")
+    ax.barh(y + 0.2, [r["energy_papers_pj"] / 1e3 for r in rows], 0.4, label="papers (fr x T x FLOPs)")
+    ax.set_yticks(y, [r["layer"] for r in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("nJ per image per denoiser call")
+    estimate = " (estimate)" if report.estimate else ""
+    ax.set_title(f"energy per layer on {report.profile}{estimate}, spikes from {report.backends[0]}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+@app.command()
+def energy(
+    source: Optional[Path] = typer.Argument(None, help="build directory, or snc checkpoint (.pt) to compile"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="a preset with random init (MAC counts only)"),
+    profile_name: Optional[str] = typer.Option(None, "--profile", help="hw_profiles/NAME.toml to price with "
+                                               "(default: the build's target)"),
+    target: str = typer.Option("loihi2", "--target", help="compile target for a checkpoint or preset"),
+    backend: str = typer.Option("torch", "--backend", help="spike counts from torch | lava; a comma list "
+                                "(torch,lava) compares them, the first prices"),
+    mode: str = typer.Option("fixed", "--mode", help="Lava mode: fixed | float"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps per sample (default: the model's)"),
+    n: int = typer.Option(4, "-n", help="images per calibration step"),
+    seed: int = typer.Option(0, "--seed"),
+    ann: bool = typer.Option(False, "--ann", help="also print the ANN twin vs SNN table by layer kind"),
+    as_json: bool = typer.Option(False, "--json"),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="write the per-layer table as CSV"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write a per-layer bar chart (PNG)"),
+) -> None:
+    """Energy, SOPs and resources per layer: exact (lowered graph) and the papers' fr x T x FLOPs."""
+    import csv
+    import tempfile
+
+    from rich.table import Table
+
+    from snc.hw_profiles import load_profile
+    from snc.runtime.energy import BACKENDS, count_spikes, energy_report
+
+    backends = [b.strip() for b in backend.split(",") if b.strip()]
+    bad = [b for b in backends if b not in BACKENDS]
+    if not backends or bad or len(set(backends)) != len(backends):
+        raise SncError(f"--backend takes {' / '.join(BACKENDS)} or a comma list of them, got {backend!r}")
+    if (source is None) == (preset is None):
+        raise SncError("give a build directory or checkpoint, or --preset NAME")
+    if n < 1 or (steps is not None and steps < 1):
+        raise SncError("-n and --steps must be positive")
+    if mode not in ("fixed", "float"):
+        raise SncError("--mode must be fixed or float")
+    with tempfile.TemporaryDirectory(prefix="snc-energy-") as scratch:
+        build = _energy_build(source, preset, seed, target, Path(scratch))
+        profile = load_profile(profile_name or build.meta.get("target", target))
+        counts = []
+        for b in backends:
+            with console.status(f"counting spikes on {b}"):
+                counts.append(count_spikes(build, b, n=n, seed=seed, mode=mode))
+        report = energy_report(build, profile, counts, steps)
+        random_init = "random init" in str(build.meta.get("source", ""))
+    result = report.as_dict() | {"random_init": random_init}
+    if csv_path is not None:
+        keys = list(dict.fromkeys(k for r in report.layers for k in r))
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(report.layers)
+    if plot is not None:
+        _energy_plot(report, plot)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    main = backends[0]
+    table = Table(title=f"energy per layer, per image and denoiser call, on {report.profile}"
+                        + (" (ESTIMATE)" if report.estimate else ""))
+    cols = ["layer", "role", "neurons", f"rate {main}", "synapses out", "SOPs exact", "SOPs papers", "MACs exact",
+            "MACs papers", "nJ exact", "nJ papers"]
+    cols += [f"spikes {b} vs {main}" for b in backends[1:]]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("layer", "role") else "right")
+
+    def num(v: float) -> str:
+        return f"{v:,.0f}" if v else "-"
+
+    for r in report.layers:
+        row = [r["layer"], r["role"].split(" (")[0], num(r["neurons"]),
+               f"{r[f'rate[{main}]']:.3f}" if f"rate[{main}]" in r else "-", num(r["synapses_out"]),
+               num(r["sops_exact"]), num(r["sops_papers"]), num(r["macs_exact"]), num(r["macs_papers"]),
+               f"{r['energy_exact_pj'] / 1e3:,.1f}", f"{r['energy_papers_pj'] / 1e3:,.1f}"]
+        for b in backends[1:]:
+            ref, other = r.get(f"spikes[{main}]"), r.get(f"spikes[{b}]")
+            row.append(f"{(other - ref) / ref:+.2%}" if ref else "-")
+        table.add_row(*row)
+    console.print(table)
+    if ann:
+        kinds = Table(title="ANN twin vs SNN (papers' method) by layer kind, per image and denoiser call")
+        for col in ("layer kind", "layers", "ANN MACs", "SNN SOPs", "SNN MACs", "ANN nJ", "SNN nJ"):
+            kinds.add_column(col, justify="left" if col == "layer kind" else "right")
+        for k in report.kinds:
+            kinds.add_row(k["kind"], str(k["layers"]), num(k["ann_macs"]), num(k["snn_sops"]), num(k["snn_macs"]),
+                          f"{k['ann_energy_pj'] / 1e3:,.1f}", f"{k['snn_energy_pj'] / 1e3:,.1f}")
+        console.print(kinds)
+    call, sample, res = report.totals["per_call"], report.totals["per_sample"], report.resources
+    lines = [
+        f"per call: SOPs exact {call['sops_exact']:,.0f} | papers {call['sops_papers']:,.0f}; MACs exact "
+        f"{call['macs_exact']:,.0f} (host) | papers {call['macs_papers']:,.0f}; neuron updates "
+        f"{call['neuron_updates']:,.0f}; ANN twin MACs {call['ann_macs']:,.0f}",
+        f"per sample ({report.steps_per_sample} steps): exact {sample['energy_exact_mj']:.4g} mJ | papers "
+        f"{sample['energy_papers_mj']:.4g} mJ | ANN twin {sample['ann_energy_mj']:.4g} mJ"
+        + (" (ESTIMATES)" if report.estimate else ""),
+        *report.formulas,
+        f"profile basis: {report.basis}",
+        f"resources (one image): {res['neurons']:,} neurons, {res['synapses']:,} synapses"
+        + (f", {res['memory_kib']:,.0f} KiB synaptic memory, {res['cores']:,} cores" if "cores" in res else "")
+        + (f", {res['chips']:,} chips" if "chips" in res else "")
+        + (f"; does NOT fit {report.profile}: " + "; ".join(res["violations"]) if res["violations"] else ""),
+    ]
+    if random_init:
+        lines.append("random init: firing rates and SOPs mean nothing; MAC counts and resources hold")
+    for line in lines:
+        console.print(line, highlight=False)
 
 
 INTERRUPTED = 130  # the shell's code for SIGINT; typer returns it for Ctrl-C when not standalone

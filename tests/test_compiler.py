@@ -102,7 +102,7 @@ def test_dump_ir_writes_every_pass(tmp):
     compile_graph(export_model(model), model.config.timestep, dump_ir=tmp)
     assert [p.name for p in sorted(tmp.iterdir())] == [
         "01-import_nir.json", "02-partition_host.json", "03-reassociate.json", "04-balance_delays.json",
-        "05-fold_thresholds.json", "06-split_signs.json", "07-quantize.json",
+        "05-fold_thresholds.json", "06-split_signs.json", "07-quantize.json", "08-map_cores.json",
     ]
 
 
