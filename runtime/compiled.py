@@ -23,9 +23,9 @@ from snc.models.checkpoint import load_checkpoint
 from snc.models.data import digits
 from snc.models.diffusion import Schedule, q_sample
 
+from .chip import CallResult, open_network
 from .host import core_inputs
 from .ir_executor import host_currents, run_ir
-from .lava_backend import CallResult, LavaNetwork
 
 
 def host_inputs(model: nn.Module, graph: nir.NIRGraph, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -76,12 +76,21 @@ def load_host_model(build: Build) -> nn.Module:
 
 
 class ChipDenoiser:
-    """``eps = denoiser(x_t, t)`` with the spiking core on Lava; host parts in float64."""
+    """``eps = denoiser(x_t, t)`` with the spiking core on a chip backend; host parts in float64.
 
-    def __init__(self, build: Build, mode: str, batch: int, record: bool = False) -> None:
+    ``backend``: ``lava`` (Lava's CPU simulator, ``mode`` fixed or float) or
+    ``emu`` (the bit-exact emulator of Lava's fixed_pt, ``runtime/emulator.py``;
+    ``every_step`` makes it integrate every step instead of only the logical
+    windows, for the same results). ``last`` is the last call's ``CallResult``
+    (spikes when ``record``).
+    """
+
+    def __init__(self, build: Build, mode: str = "fixed", batch: int = 1, record: bool = False, *,
+                 backend: str = "lava", every_step: bool = False) -> None:
         self.build = build
+        self.backend = backend
         self.model = load_host_model(build)
-        self.network = LavaNetwork(build.graph, mode, batch, record)
+        self.network = open_network(build.graph, backend, mode, batch, record, every_step)
         self.last: Optional[CallResult] = None
 
     @torch.no_grad()

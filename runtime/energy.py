@@ -4,7 +4,8 @@ Counting (per image and denoiser call; per sample multiplies by the sampler's st
 
 - **spike counts** per neuron of every population, from calls on calibration
   inputs (digits noised at diffusion steps spread over t) run by a backend:
-  ``torch`` (the checkpoint's model; relays repeat their source), ``lava``;
+  ``torch`` (the checkpoint's model; relays repeat their source), ``lava``
+  or ``emu`` (every population, relays included);
 - **exact SOPs**: each spike times the fan-out of its neuron in the lowered
   graph: the re-associated, delayed, sign-split synapses with their quantized
   weights, border-aware (``LinearOp.fan_out``), relays and the identity
@@ -48,7 +49,7 @@ from snc.models import ann_twin, build_model
 from .compiled import ChipDenoiser, load_host_model, noisy_inputs
 from .verify import torch_spikes
 
-BACKENDS = ("torch", "lava")
+BACKENDS = ("torch", "lava", "emu")
 ENERGY_KEYS = ("sop_pj", "mac_pj", "host_mac_pj", "neuron_update_pj", "neuron_idle_pj", "spike_pj")
 PJ_PER_MJ = 1e9
 CALIBRATION_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -90,7 +91,7 @@ def count_spikes(build: Build, backend: str, n: int = 4, seed: int = 0, mode: st
             if p.role == "relay":
                 sums[p.name] = sums[_relay_source(graph, p.name)]
     else:
-        with ChipDenoiser(build, mode, batch=len(pairs[0][0]), record=True) as chip:
+        with ChipDenoiser(build, mode, batch=len(pairs[0][0]), record=True, backend=backend) as chip:
             for x, t in pairs:
                 chip(x.double(), t)
                 add(chip.last.spikes)

@@ -1,29 +1,29 @@
-"""Lower a compiled graph to Lava processes and run denoiser calls on Lava's CPU simulator.
+"""Build Lava processes from a netlist and run denoiser calls on Lava's CPU simulator.
 
-One Lava network holds ``batch`` independent copies of the graph (every
-population is ``batch`` copies long and every synapse block-diagonal), so a
-whole batch of images advances with one Lava time step. Per process:
+One Lava network holds ``batch`` independent copies of the netlist (every
+group is ``batch`` copies long and every sparse/dense synapse block-diagonal),
+so a whole batch of images advances with one Lava time step. Per netlist item:
 
-- population: ``LIFReset`` (relays: ``LIF``) with ``reset_interval`` = the
-  call length ``L = depth + T`` and ``reset_offset`` = its depth + 1, so each
-  population starts every call from zero state (Lava counts time steps from 1
-  across runs);
-- synapse: ``Sparse``, or ``DelaySparse`` for the delayed identity edges into
-  relays; convolutions are expanded to sparse matrices in torch's orientation
-  (so no kernel flip is needed, unlike Lava's ``Conv``). By default the
+- neuron group: ``LIFReset`` (``reset_interval > 0``) or ``LIF``;
+- ``sparse`` synapse: ``Sparse``, or ``DelaySparse`` when it has a delay,
+  with the op expanded to a CSR matrix in torch's orientation. By default the
   synapses are told ``num_message_bits=1``: Lava's graded path computes
   ``W @ s`` with a sparse mat-vec, which for 0/1 spikes is the same number as
   the binary path's sum of selected columns and about 3x faster on the digits
   U-Net (a CSR column slice costs 2.4 ns per non-zero, the mat-vec 0.8 ns).
-  ``binary_path=True`` uses Lava's binary-spike path; tests check both agree.
-- host currents: an ``Injector`` into the population's ``a_in`` (integers in
+  ``binary_path=True`` uses Lava's binary-spike path; tests check both agree;
+- ``dense`` synapse: ``Dense``;
+- ``conv`` synapse: ``Conv`` (batch 1 only: Lava's Conv has no batch axis),
+  handed the torch kernel flipped and transposed to Lava's (out, x, y, in)
+  layout, with the group's C-order vector reshaped and transposed to Lava's
+  (x, y, c) order on both sides;
+- host currents: an ``Injector`` into the group's ``a_in`` (integers in
   ``fixed_pt`` through ``IntInjectorModel``), the same value every step of a call;
 - readout: an ``Extractor`` on the summed output synapses, read every step;
-- with ``record=True`` an ``Extractor`` on each population's spikes (relays included).
+- with ``record=True`` an ``Extractor`` on each group's spikes (relays included).
 
-``fixed_pt`` uses the integers of ``quantize``; ``floating_pt`` the float
-weights, thresholds and biases. Processes are stopped on every path
-(``close()`` / context manager), errors and Ctrl-C included.
+Processes are stopped on every path (``close()`` / context manager), errors
+and Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -31,22 +31,18 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Iterator, Union
 
 import numpy as np
 from scipy import sparse
 
-from snc.compiler.ir import Edge, Graph, HostInput, Population, Readout
+from snc.compiler.ir import Graph
+from snc.compiler.lower import Netlist, Synapse, synapse_matrix
 from snc.errors import SncError
 
+from .chip import CallResult, Trace, as_netlist, call_result, host_values
+
 MODES = {"fixed": "fixed_pt", "float": "floating_pt"}
-
-
-@dataclass
-class CallResult:
-    readout: np.ndarray  # [T, B, *shape], model units, chip part only (host adds bias and host currents)
-    spikes: dict[str, np.ndarray] = field(default_factory=dict)  # [T, B, *shape] per neuron population
 
 
 def _injector_models():
@@ -85,17 +81,6 @@ def _injector_models():
     }
 
 
-def edge_matrix(edge: Edge, mode: str) -> sparse.csr_matrix:
-    """One image's synapse matrix [n_dst, n_src]: float weights, or the quantized integers."""
-    if mode == "float":
-        return edge.op.to_csr()
-    w = edge.fixed["weight"]
-    if edge.op.kind == "identity":
-        return (sparse.identity(edge.op.n_in, format="csr") * int(w.reshape(-1)[0])).astype(np.int64).tocsr()
-    m = replace(edge.op, weight=w.astype(np.float64)).to_csr()
-    return m.astype(np.int64)
-
-
 @contextlib.contextmanager
 def _deferred_sigint() -> Iterator[None]:
     """Hold Ctrl-C until the block is done, then raise it.
@@ -120,10 +105,19 @@ def _deferred_sigint() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-class LavaNetwork:
-    """A compiled graph on Lava's CPU simulator; ``call(currents)`` runs one denoiser call."""
+def lava_conv_kernel(weight: np.ndarray) -> np.ndarray:
+    """A torch conv kernel [out, in, ky, kx] as Lava's Conv wants it: [out, kx, ky, in], flipped.
 
-    def __init__(self, graph: Graph, mode: str = "fixed", batch: int = 1, record: bool = False,
+    Lava's Conv is a true convolution (scipy ``convolve2d``) over (x, y, c)
+    tensors; torch's conv2d a cross-correlation over (c, y, x).
+    """
+    return np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
+
+
+class LavaNetwork:
+    """A netlist (or a compiled graph, lowered) on Lava's CPU simulator."""
+
+    def __init__(self, source: Union[Graph, Netlist], mode: str = "fixed", batch: int = 1, record: bool = False,
                  binary_path: bool = False) -> None:
         if mode not in MODES:
             raise SncError(f"unknown Lava mode {mode!r}; use fixed or float")
@@ -131,110 +125,123 @@ class LavaNetwork:
         from lava.proc.io.extractor import Extractor
         from lava.proc.io.injector import Injector
         from lava.proc.lif.process import LIF, LIFReset
-        from lava.proc.sparse.process import DelaySparse, Sparse
 
-        self.graph, self.mode, self.batch, self.record = graph, mode, batch, record
-        self.T = graph.timestep
-        self.length = graph.depth + self.T
+        net = as_netlist(source, mode)
+        if batch > 1 and any(s.kind == "conv" for s in net.synapses):
+            raise SncError("Lava's Conv has no batch axis: run netlists with conv synapses at batch 1")
+        self.net, self.mode, self.batch, self.record = net, mode, batch, record
+        self.length = net.call_steps
         self.cfg = Loihi2SimCfg(select_tag=MODES[mode], exception_proc_model_map=_injector_models()[mode])
         self.procs: dict[str, object] = {}
         self.injectors: dict[str, object] = {}
         self.extractors: dict[str, object] = {}
         self._started = False
         buffer = self.length + 1
-        host_targets = {e.dst for e in graph.edges if isinstance(graph.nodes[e.src], HostInput)}
-        for p in graph.of_type(Population):
-            n = batch * int(np.prod(p.shape))
+        for g in net.groups.values():
+            n = batch * g.n
             if mode == "fixed":
-                f = p.fixed
-                params = dict(du=int(f["du"]), dv=int(f["dv"]), vth=int(f["vth"]),
-                              bias_mant=np.tile(f["bias_mant"].reshape(-1), batch),
-                              bias_exp=np.tile(f["bias_exp"].reshape(-1), batch))
+                params = dict(du=int(g.du), dv=int(g.dv), vth=int(g.vth), bias_mant=np.tile(g.bias_mant, batch),
+                              bias_exp=np.tile(g.bias_exp, batch))
             else:
-                params = dict(du=1.0, dv=1.0 - p.decay, vth=float(p.threshold),
-                              bias_mant=np.tile(p.bias.reshape(-1), batch).astype(np.float64), bias_exp=0)
-            if p.role == "relay":
-                proc = LIF(shape=(n,), name=p.name, **params)
+                params = dict(du=float(g.du), dv=float(g.dv), vth=float(g.vth),
+                              bias_mant=np.tile(g.bias_mant, batch).astype(np.float64), bias_exp=0)
+            if g.reset_interval:
+                proc = LIFReset(shape=(n,), name=g.name, reset_interval=g.reset_interval,
+                                reset_offset=g.reset_offset, **params)
             else:
-                proc = LIFReset(shape=(n,), name=p.name, reset_interval=self.length,
-                                reset_offset=(p.depth + 1) % self.length, **params)
-            self.procs[p.name] = proc
-            if p.name in host_targets:
+                proc = LIF(shape=(n,), name=g.name, **params)
+            self.procs[g.name] = proc
+            if g.name in net.inputs:
                 inj = Injector(shape=(n,), buffer_size=buffer)
                 inj.out_port.connect(proc.a_in)
-                self.injectors[p.name] = inj
+                self.injectors[g.name] = inj
             if record:
                 ext = Extractor(shape=(n,), buffer_size=buffer)
                 proc.s_out.connect(ext.in_port)
-                self.extractors[p.name] = ext
-        readout = graph.readout
-        self.readout_ext = Extractor(shape=(batch * int(np.prod(readout.shape)),), buffer_size=buffer)
-        eye = sparse.identity(batch, format="csr", dtype=np.int64)
-        for e in graph.edges:
-            if not isinstance(graph.nodes[e.src], Population):
-                continue
-            w = sparse.kron(eye, edge_matrix(e, mode), format="csr")
-            kw = dict(num_message_bits=0 if binary_path else 1)
-            if mode == "fixed":
-                w = w.astype(np.int32)
-                kw.update(weight_exp=int(e.fixed["weight_exp"]), num_weight_bits=8)
-            if e.delay:
-                delays = w.astype(np.int64)  # DelaySparse insists on int64 delays
-                delays.data[:] = e.delay
-                syn = DelaySparse(weights=w, delays=delays, name=e.name, **kw)
-            else:
-                syn = Sparse(weights=w, name=e.name, **kw)
-            self.procs[e.src].s_out.connect(syn.s_in)
-            target = self.readout_ext.in_port if isinstance(graph.nodes[e.dst], Readout) else self.procs[e.dst].a_in
-            syn.a_out.connect(target)
-            self.procs[e.name] = syn
+                self.extractors[g.name] = ext
+        self.readout_ext = Extractor(shape=(batch * net.readout.n,), buffer_size=buffer)
+        for s in net.synapses:
+            self._connect(s, binary_path)
         self._anchor = next(iter(self.procs.values()))
 
-    # --- running -------------------------------------------------------------------------
-    def _host_values(self, currents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = {}
-        for name in self.injectors:
-            if name not in currents:
-                raise SncError(f"no host current for population {name}")
-            x = np.asarray(currents[name], dtype=np.float64).reshape(-1)
-            if x.size != self.injectors[name].out_port.size:
-                raise SncError(f"host current for {name} has {x.size} values, expected {self.injectors[name].out_port.size}")
-            if self.mode == "fixed":
-                scaled = np.round(x * self.graph.nodes[name].scale)
-                limit = 2 ** 17  # a_in << 6 must stay inside the 24-bit current
-                if np.abs(scaled).max(initial=0) >= limit:
-                    raise SncError(f"host current into {name} exceeds the 24-bit range at this scale "
-                                   f"(peak {np.abs(x).max():.3g}); recompile with calibration data like these inputs")
-                values[name] = scaled.astype(np.int32)
-            else:
-                values[name] = x
-        return values
+    def _connect(self, s: Synapse, binary_path: bool) -> None:
+        from lava.proc.conv.process import Conv
+        from lava.proc.dense.process import Dense
+        from lava.proc.sparse.process import DelaySparse, Sparse
 
-    def call(self, currents: dict[str, np.ndarray]) -> CallResult:
-        """One denoiser call: host currents [B, *shape] per population -> readout [T, B, *shape]."""
+        fixed = self.mode == "fixed"
+        kw = dict(num_message_bits=0 if binary_path else 1)
+        if fixed:
+            kw.update(weight_exp=s.weight_exp, num_weight_bits=s.num_weight_bits)
+        dtype = np.int32 if fixed else np.float64
+        src = self.procs[s.src].s_out
+        target = self.readout_ext.in_port if s.dst == self.net.readout.name else self.procs[s.dst].a_in
+        if s.kind == "conv":
+            op = s.op
+            syn = Conv(weight=lava_conv_kernel(op.weight).astype(dtype), input_shape=op.in_shape[::-1],
+                       padding=op.padding, stride=op.stride, name=s.name, **kw)
+            src.reshape(op.in_shape).transpose([2, 1, 0]).connect(syn.s_in)
+            syn.a_out.transpose([2, 1, 0]).reshape((op.n_out,)).connect(target)
+        else:
+            w = sparse.kron(sparse.identity(self.batch, format="csr", dtype=dtype),
+                            synapse_matrix(s).astype(dtype), format="csr")
+            if s.kind == "dense":
+                syn = Dense(weights=w.toarray(), name=s.name, **kw)
+            elif s.delay:
+                delays = w.astype(np.int64)  # DelaySparse insists on int64 delays
+                delays.data[:] = s.delay
+                syn = DelaySparse(weights=w, delays=delays, name=s.name, **kw)
+            else:
+                syn = Sparse(weights=w, name=s.name, **kw)
+            src.connect(syn.s_in)
+            syn.a_out.connect(target)
+        self.procs[s.name] = syn
+
+    # --- running -------------------------------------------------------------------------
+    def _run(self, steps: int, values: dict[str, np.ndarray]) -> tuple[list, dict[str, list]]:
+        """Run ``steps`` steps feeding the host values every step; (readouts, spikes) per step."""
         from lava.magma.core.run_conditions import RunSteps
 
-        values = self._host_values(currents)
         with _deferred_sigint():
             if not self._started:
                 self._started = True  # set first: close() must stop whatever part of the runtime did start
                 self._anchor.create_runtime(run_cfg=self.cfg)
-            self._anchor.run(condition=RunSteps(num_steps=self.length, blocking=False))
+            self._anchor.run(condition=RunSteps(num_steps=steps, blocking=False))
             for name, inj in self.injectors.items():
-                for _ in range(self.length):
+                for _ in range(steps):
                     inj.send(values[name])
-            raw = [self.readout_ext.receive() for _ in range(self.length)]
-            spikes_raw = {name: [ext.receive() for _ in range(self.length)] for name, ext in self.extractors.items()}
+            raw = [self.readout_ext.receive() for _ in range(steps)]
+            spikes = {name: [ext.receive() for _ in range(steps)] for name, ext in self.extractors.items()}
             self._anchor.wait()
-        d, b = self.graph.depth, self.batch
-        readout = np.stack(raw[d:d + self.T]).reshape(self.T, b, *self.graph.readout.shape)
-        if self.mode == "fixed":
-            readout = readout / self.graph.readout.scale
-        spikes = {}
-        for name, seq in spikes_raw.items():
-            p = self.graph.nodes[name]
-            spikes[name] = np.stack(seq[p.depth:p.depth + self.T]).reshape(self.T, b, *p.shape) != 0
-        return CallResult(readout, spikes)
+        return raw, spikes
+
+    def _values(self, currents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = host_values(self.net, currents, self.batch)
+        return {k: v.reshape(-1).astype(np.int32 if self.mode == "fixed" else np.float64) for k, v in values.items()}
+
+    def call(self, currents: dict[str, np.ndarray]) -> CallResult:
+        """One denoiser call: host currents [B, *shape] per group -> readout [T, B, *shape]."""
+        raw, spikes = self._run(self.length, self._values(currents))
+        return call_result(self.net, np.stack(raw), {k: np.stack(v) for k, v in spikes.items()}, self.batch)
+
+    def trace(self, steps: int, currents: dict[str, np.ndarray]) -> Trace:
+        """``steps`` single-step runs with ``Var.get`` of every group's u and v after each (slow: small netlists)."""
+        if not self.record:
+            raise SncError("trace needs a network built with record=True")
+        values = self._values(currents)
+        b = self.batch
+        state_dtype = np.int64 if self.mode == "fixed" else np.float64
+        per_step: dict[str, dict[str, list]] = {key: {name: [] for name in self.net.groups} for key in ("s", "u", "v")}
+        readouts = []
+        for _ in range(steps):
+            raw, spikes = self._run(1, values)
+            readouts.append(raw[0].reshape(b, -1))
+            for name, proc in ((name, self.procs[name]) for name in self.net.groups):
+                per_step["s"][name].append(spikes[name][0].reshape(b, -1) != 0)
+                per_step["u"][name].append(proc.u.get().reshape(b, -1).astype(state_dtype))
+                per_step["v"][name].append(proc.v.get().reshape(b, -1).astype(state_dtype))
+        stacked = {key: {name: np.stack(seq) for name, seq in table.items()} for key, table in per_step.items()}
+        return Trace(stacked["s"], stacked["u"], stacked["v"], np.stack(readouts))
 
     def close(self) -> None:
         if self._started:

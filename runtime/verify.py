@@ -1,4 +1,9 @@
-"""One denoiser call on the same inputs through torch, Lava floating_pt and Lava fixed_pt.
+"""One denoiser call on the same inputs through torch and chip backends; compare spikes and outputs.
+
+Backends: ``lava`` (Lava floating_pt and fixed_pt) and ``emu`` (the
+emulator of fixed_pt). With both, emu is compared with Lava fixed_pt, where
+they must agree exactly: every spike of every population (relays included)
+and the readout of every call.
 
 The torch side is the checkpoint's model in float64; its spikes are read with
 forward hooks on every spiking neuron module (a neuron in front of a skip
@@ -18,8 +23,10 @@ from torch import nn
 
 from snc.compiler.build import Build
 from snc.compiler.ir import Population
+from snc.errors import SncError
 from snc.models.neurons import IFNeuron
 
+from .chip import CallResult
 from .compiled import ChipDenoiser, load_host_model, noisy_inputs
 
 SPLIT_SUFFIXES = (".main", ".skip")
@@ -61,33 +68,49 @@ class VerifyReport:
     layers: list[dict[str, Any]] = field(default_factory=list)
     output_rel_error: dict[str, float] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)
+    readout_identical: dict[str, bool] = field(default_factory=dict)  # emu_vs_lava_fixed: every call's readout
 
     def as_dict(self) -> dict[str, Any]:
         return {"n": self.n, "timesteps": self.timesteps, "agreement": self.agreement,
-                "output_rel_error": self.output_rel_error, "layers": self.layers}
+                "output_rel_error": self.output_rel_error, "readout_identical": self.readout_identical,
+                "layers": self.layers}
+
+
+RUNS = {"float": ("lava", "float"), "fixed": ("lava", "fixed"), "emu": ("emu", "fixed")}
+COMPARISONS = {  # name: (run, reference run or None for torch, backends it needs)
+    "float_vs_torch": ("float", None, {"lava"}), "fixed_vs_float": ("fixed", "float", {"lava"}),
+    "fixed_vs_torch": ("fixed", None, {"lava"}), "emu_vs_lava_fixed": ("emu", "fixed", {"lava", "emu"}),
+    "emu_vs_torch": ("emu", None, {"emu"}),
+}
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0) -> VerifyReport:
+def _agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names) -> tuple[int, int]:
+    same = sum(int((a[n] == b[n]).sum()) for n in names)
+    return same, sum(a[n].size for n in names)
+
+
+def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0,
+                 backends: tuple[str, ...] = ("lava",)) -> VerifyReport:
     """Calls at diffusion steps ``fraction * steps`` (100, 500, 900 for 1000 steps)."""
+    unknown = sorted(set(backends) - {"lava", "emu"})
+    if unknown or not backends:
+        raise SncError(f"unknown verify backend(s) {', '.join(unknown) or '(none)'}; use lava, emu or lava,emu")
     model = load_host_model(build)
     timesteps = [int(model.config.diffusion_steps * f) for f in fractions]
     pairs = noisy_inputs(model, n, timesteps, seed)
     torch_runs = [torch_spikes(model, build, x.double(), t) for x, t in pairs]
-    lava_runs = {}
-    for mode in ("float", "fixed"):
-        with ChipDenoiser(build, mode, batch=len(pairs[0][0]), record=True) as chip:
-            runs = []
-            for x, t in pairs:
-                eps = chip(x.double(), t)
-                runs.append((eps, chip.last.spikes))
-            lava_runs[mode] = runs
+    runs: dict[str, list[tuple[torch.Tensor, CallResult]]] = {}
+    for label, (backend, mode) in RUNS.items():
+        if backend not in backends:
+            continue
+        with ChipDenoiser(build, mode, batch=len(pairs[0][0]), record=True, backend=backend) as chip:
+            runs[label] = [(chip(x.double(), t), chip.last) for x, t in pairs]
+    comparisons = {k: (a, b) for k, (a, b, needs) in COMPARISONS.items() if needs <= set(backends)}
     report = VerifyReport(n=len(pairs[0][0]), timesteps=list(timesteps))
-    comparisons = {"float_vs_torch": ("float", None), "fixed_vs_float": ("fixed", "float"),
-                   "fixed_vs_torch": ("fixed", None)}
     totals = {k: [0, 0] for k in comparisons}
     for name in torch_runs[0][1]:
         row: dict[str, Any] = {"population": name, "neurons": int(np.prod(build.graph.nodes[name].shape))}
@@ -95,18 +118,20 @@ def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 
         for key, (a, b) in comparisons.items():
             same = total = 0
             for i in range(len(pairs)):
-                sa = lava_runs[a][i][1][name]
-                sb = torch_runs[i][1][name] if b is None else lava_runs[b][i][1][name]
-                same += int((sa == sb).sum())
-                total += sa.size
+                reference = torch_runs[i][1] if b is None else runs[b][i][1].spikes
+                counts = _agreement(runs[a][i][1].spikes, reference, [name])
+                same, total = same + counts[0], total + counts[1]
             row[key] = same / total
             totals[key][0] += same
             totals[key][1] += total
         report.layers.append(row)
     report.agreement = {k: s / t for k, (s, t) in totals.items()}
-    ref = torch.cat([eps for eps, _ in torch_runs])
-    flt = torch.cat([eps for eps, _ in lava_runs["float"]])
-    fix = torch.cat([eps for eps, _ in lava_runs["fixed"]])
-    report.output_rel_error = {"float_vs_torch": _rel(flt, ref), "fixed_vs_float": _rel(fix, flt),
-                               "fixed_vs_torch": _rel(fix, ref)}
+    if "emu_vs_lava_fixed" in comparisons:  # exact: relays too, and the readout itself
+        counts = [_agreement(e.spikes, f.spikes, f.spikes) for (_, e), (_, f) in zip(runs["emu"], runs["fixed"])]
+        report.agreement["emu_vs_lava_fixed"] = sum(c[0] for c in counts) / sum(c[1] for c in counts)
+        report.readout_identical["emu_vs_lava_fixed"] = all(
+            np.array_equal(e.readout, f.readout) for (_, e), (_, f) in zip(runs["emu"], runs["fixed"]))
+    eps = {label: torch.cat([e for e, _ in r]) for label, r in runs.items()}
+    ref = torch.cat([e for e, _ in torch_runs])
+    report.output_rel_error = {k: _rel(eps[a], ref if b is None else eps[b]) for k, (a, b) in comparisons.items()}
     return report

@@ -93,8 +93,11 @@ def train(
 def sample(
     model: Path = typer.Argument(..., help="snc checkpoint (.pt) or build directory (snc compile)"),
     output: Path = typer.Option(Path("out/samples.png"), "-o", "--output", help="PNG grid; the raw samples go beside it as .npy"),
-    backend: str = typer.Option("torch", "--backend", help="torch (float reference) | lava (build only)"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="Lava mode: fixed | float (default: the build's)"),
+    backend: str = typer.Option("torch", "--backend",
+                                help="torch (float reference) | lava | emu (bit-exact emulator of Lava fixed_pt); "
+                                     "lava and emu need a build"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Lava mode: fixed | float (default: the build's; "
+                                                            "emu is fixed)"),
     sampler: str = typer.Option("ddim", "--sampler", help="ddpm | ddim"),
     steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps (ddim; ddpm always runs all)"),
     eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0: deterministic)"),
@@ -114,24 +117,27 @@ def sample(
     from snc.runtime.images import save_grid
     from snc.runtime.samplers import sample as run_sampler
 
-    if backend not in ("torch", "lava"):
-        raise SncError(f"unknown backend {backend!r}; available: torch, lava")
+    if backend not in ("torch", "lava", "emu"):
+        raise SncError(f"unknown backend {backend!r}; available: torch, lava, emu")
     if n < 1:
         raise SncError("-n must be at least 1")
+    chip = backend in ("lava", "emu")
+    if backend == "emu" and mode not in (None, "fixed"):
+        raise SncError(f"--backend emu emulates Lava fixed_pt only, not --mode {mode}; use --backend lava for floating_pt")
     build = read_build(model) if model.is_dir() else None
-    if backend == "lava" and build is None:
-        raise SncError(f"--backend lava needs a build directory (snc compile {model} -o build/), not {model}")
-    mode = mode or (build.meta.get("mode", "fixed") if build else None)
+    if chip and build is None:
+        raise SncError(f"--backend {backend} needs a build directory (snc compile {model} -o build/), not {model}")
+    mode = "fixed" if backend == "emu" else mode or (build.meta.get("mode", "fixed") if build else None)
     with contextlib.ExitStack() as stack:
-        if backend == "lava":
-            denoiser = stack.enter_context(ChipDenoiser(build, mode, batch=n))
+        if chip:
+            denoiser = stack.enter_context(ChipDenoiser(build, mode, batch=n, backend=backend))
             cfg = denoiser.model.config
         else:
             net = load_host_model(build).float() if build else load_checkpoint(model).model
             denoiser, cfg = net, net.config
         start = time.perf_counter()
         with _progress() as progress:
-            label = f"{sampler} on {backend}" + (f" {mode}_pt" if backend == "lava" else "")
+            label = f"{sampler} on {backend}" + (f" {mode}_pt" if chip else "")
             task = progress.add_task(label, total=None, info="")
             images = run_sampler(
                 denoiser,
@@ -150,7 +156,7 @@ def sample(
     npy = output.with_suffix(".npy")
     np.save(npy, images.numpy())
     result = {
-        "model": str(model), "backend": backend, "mode": mode if backend == "lava" else None, "sampler": sampler,
+        "model": str(model), "backend": backend, "mode": mode if chip else None, "sampler": sampler,
         "steps": steps, "eta": eta, "n": n, "seed": seed, "seconds": round(seconds, 2), "png": str(output),
         "npy": str(npy),
     }
@@ -371,38 +377,51 @@ def compile_cmd(
 def verify(
     build_dir: Path = typer.Argument(..., help="build directory from snc compile"),
     n: int = typer.Option(8, "-n", help="images per call"),
+    backends: str = typer.Option("lava", "--backends", help="lava | emu | lava,emu: chip backends to run and compare"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """One denoiser call per diffusion step through torch, Lava floating_pt and fixed_pt; compare."""
-    from rich.table import Table
-
+    """One denoiser call per diffusion step through torch and chip backends (Lava floating_pt and fixed_pt,
+    the emulator); compare spikes and outputs (emu vs Lava fixed_pt must be identical)."""
     from snc.compiler.build import read_build
     from snc.runtime.verify import verify_build
 
     if n < 1:
         raise SncError("-n must be at least 1")
+    chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
+    if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= {"lava", "emu"}:
+        raise SncError(f"--backends takes lava, emu or lava,emu, got {backends!r}")
     start = time.perf_counter()
-    report = verify_build(read_build(build_dir), n=n, seed=seed)
+    report = verify_build(read_build(build_dir), n=n, seed=seed, backends=chosen)
     result = report.as_dict() | {"seconds": round(time.perf_counter() - start, 1)}
+    exact = report.agreement.get("emu_vs_lava_fixed", 1.0) == 1.0 and all(report.readout_identical.values())
     if as_json:
         print(json.dumps(result, indent=2))
-        return
+    else:
+        _print_verify(report, result["seconds"])
+    if not exact:
+        raise SncError("the emulator and Lava fixed_pt differ: a bug in one of them (see the report above)")
+
+
+def _print_verify(report, seconds: float) -> None:
+    from rich.table import Table
+
+    keys = list(report.agreement)
     table = Table(title=f"spike agreement over {report.n} images x diffusion steps {report.timesteps}")
-    for col in ("population", "neurons", "torch rate", "float vs torch", "fixed vs float", "fixed vs torch"):
+    for col in ["population", "neurons", "torch rate"] + [k.replace("_", " ") for k in keys]:
         table.add_column(col, justify="left" if col == "population" else "right")
     for r in report.layers:
-        table.add_row(r["population"], str(r["neurons"]), f"{r['torch_rate']:.3f}", f"{r['float_vs_torch']:.2%}",
-                      f"{r['fixed_vs_float']:.2%}", f"{r['fixed_vs_torch']:.2%}")
+        table.add_row(r["population"], str(r["neurons"]), f"{r['torch_rate']:.3f}", *[f"{r[k]:.2%}" for k in keys])
     console.print(table)
     a, e = report.agreement, report.output_rel_error
-    console.print(
-        f"all layers: float vs torch {a['float_vs_torch']:.4%}, fixed vs float {a['fixed_vs_float']:.4%}, "
-        f"fixed vs torch {a['fixed_vs_torch']:.4%}\n"
-        f"output relative error: float vs torch {e['float_vs_torch']:.2e}, fixed vs float {e['fixed_vs_float']:.2e}, "
-        f"fixed vs torch {e['fixed_vs_torch']:.2e}  ({result['seconds']} s)",
-        highlight=False,
-    )
+    lines = ["all layers: " + ", ".join(f"{k.replace('_', ' ')} {a[k]:.4%}" for k in keys),
+             "output relative error: " + ", ".join(f"{k.replace('_', ' ')} {e[k]:.2e}" for k in keys)
+             + f"  ({seconds} s)"]
+    if "emu_vs_lava_fixed" in a:
+        same = report.readout_identical["emu_vs_lava_fixed"]
+        lines.append(f"emu vs Lava fixed_pt: {a['emu_vs_lava_fixed']:.4%} of spikes equal (relays included), "
+                     f"readout {'identical' if same else 'DIFFERENT'} in every call")
+    console.print("\n".join(lines), highlight=False)
 
 
 def _energy_build(source: Optional[Path], preset: Optional[str], seed: int, target: str, scratch: Path):
@@ -454,8 +473,8 @@ def energy(
     profile_name: Optional[str] = typer.Option(None, "--profile", help="hw_profiles/NAME.toml to price with "
                                                "(default: the build's target)"),
     target: str = typer.Option("loihi2", "--target", help="compile target for a checkpoint or preset"),
-    backend: str = typer.Option("torch", "--backend", help="spike counts from torch | lava; a comma list "
-                                "(torch,lava) compares them, the first prices"),
+    backend: str = typer.Option("torch", "--backend", help="spike counts from torch | lava | emu; a comma "
+                                "list (torch,lava) compares them, the first prices"),
     mode: str = typer.Option("fixed", "--mode", help="Lava mode: fixed | float"),
     steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps per sample (default: the model's)"),
     n: int = typer.Option(4, "-n", help="images per calibration step"),

@@ -73,18 +73,18 @@ def test_fixed_pt_synapses_are_bit_exact_on_their_own_spikes():
     """Lava's readout equals integer arithmetic on Lava's own spikes (upsampled convs, split signs, relays)."""
     from scipy import sparse
 
-    from snc.compiler.ir import Population
-    from snc.runtime.lava_backend import edge_matrix
+    from snc.compiler.lower import lower, synapse_matrix
 
     model, graph, ir = _compiled("digits-unet", **SMALL_UNET)
-    with LavaNetwork(ir, "fixed", batch=2, record=True) as net:
-        out = net.call(_currents(ir, _inputs(model, graph, seed=4)))
+    net = lower(ir, "fixed")
+    with LavaNetwork(net, "fixed", batch=2, record=True) as lava:
+        out = lava.call(_currents(ir, _inputs(model, graph, seed=4)))
     expected = 0
-    for e in ir.edges:
-        if e.dst == ir.readout.name and isinstance(ir.nodes[e.src], Population):
-            w = sparse.kron(sparse.identity(2), edge_matrix(e, "fixed")).toarray()
-            s = out.spikes[e.src].reshape(ir.timestep, -1).astype(np.int64)
-            expected = expected + (s @ w.T) * 2 ** e.fixed["weight_exp"]
+    for s in net.synapses:
+        if s.dst == net.readout.name:
+            w = sparse.kron(sparse.identity(2), synapse_matrix(s)).toarray()
+            spikes = out.spikes[s.src].reshape(ir.timestep, -1).astype(np.int64)
+            expected = expected + (spikes @ w.T) * 2 ** s.weight_exp
     assert np.array_equal(out.readout.reshape(ir.timestep, -1) * ir.readout.scale, expected)
 
 

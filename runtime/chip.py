@@ -1,0 +1,108 @@
+"""What every chip backend (Lava, the emulator) takes and returns.
+
+A backend executes a ``Netlist`` for a batch of ``B`` independent images.
+``call(currents)`` runs one denoiser call (``depth + T`` steps with the same
+host currents every step) and returns a ``CallResult``: the readout and, when
+recording, every group's spikes, both for the T logical steps (each group
+read at its own depth). ``trace(steps, currents)`` runs ``steps`` steps and
+returns every step of every group's spikes, u and v and the raw readout: the
+backends' exactness is checked on traces. Both keep counting time steps
+across calls, as Lava does.
+
+Host currents are model-unit floats [B, *shape] per input group; in fixed
+mode they are rounded to integers at the group's scale, and a value whose
+``a_in << 6`` would leave the 24-bit current is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+from snc.compiler.ir import Graph
+from snc.compiler.lower import Netlist, lower
+from snc.errors import SncError
+
+BACKENDS = ("lava", "emu")
+HOST_CURRENT_LIMIT = 1 << 17  # a_in << 6 must stay inside the 24-bit current
+
+
+@dataclass
+class CallResult:
+    readout: np.ndarray  # [T, B, *shape], model units, chip part only (host adds bias and host currents)
+    spikes: dict[str, np.ndarray] = field(default_factory=dict)  # [T, B, *shape] per neuron population
+
+
+@dataclass
+class Trace:
+    """Every step of a run: spikes (bool), u and v after the step, and the readout in integer units."""
+    spikes: dict[str, np.ndarray]  # [steps, B, n]
+    u: dict[str, np.ndarray]  # [steps, B, n]
+    v: dict[str, np.ndarray]  # [steps, B, n]
+    readout: np.ndarray  # [steps, B, n_readout]
+
+
+def as_netlist(source: Union[Graph, Netlist], mode: str) -> Netlist:
+    """A netlist as given (its mode must be ``mode``), or the lowering of a compiled graph."""
+    if isinstance(source, Netlist):
+        if source.mode != mode:
+            raise SncError(f"the netlist is in {source.mode} mode, not {mode}")
+        source.check()
+        return source
+    return lower(source, mode)
+
+
+def host_values(net: Netlist, currents: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """Per input group: [B, n] int64 (fixed: rounded at the group's scale) or float64 (float)."""
+    values = {}
+    for name, scale in net.inputs.items():
+        if name not in currents:
+            raise SncError(f"no host current for population {name}")
+        n = net.groups[name].n
+        x = np.asarray(currents[name], dtype=np.float64)
+        if x.size != batch * n:
+            raise SncError(f"host current for {name} has {x.size} values, expected {batch * n}")
+        x = x.reshape(batch, n)
+        if net.mode == "fixed":
+            scaled = np.round(x * scale)
+            if np.abs(scaled).max(initial=0) >= HOST_CURRENT_LIMIT:
+                raise SncError(f"host current into {name} exceeds the 24-bit range at this scale "
+                               f"(peak {np.abs(x).max():.3g}); recompile with calibration data like these inputs")
+            values[name] = scaled.astype(np.int64)
+        else:
+            values[name] = x
+    return values
+
+
+def call_result(net: Netlist, readout: np.ndarray, spikes: dict[str, np.ndarray], batch: int) -> CallResult:
+    """A CallResult from one call's per-step readout [L, B, n] and spikes [L, B, n]: the T logical steps."""
+    d, T = net.depth, net.timestep
+    out = readout[d:d + T].reshape(T, batch, *net.readout.shape)
+    if net.mode == "fixed":
+        out = out / net.readout.scale
+    windows = {}
+    for name, s in spikes.items():
+        g = net.groups[name]
+        windows[name] = s[g.depth:g.depth + T].reshape(T, batch, *g.shape) != 0
+    return CallResult(out, windows)
+
+
+def open_network(source: Union[Graph, Netlist], backend: str, mode: str = "fixed", batch: int = 1,
+                 record: bool = False, every_step: bool = False):
+    """A LavaNetwork or EmuNetwork (both: ``call``, ``trace``, ``close``, context manager).
+
+    The emulator integrates only the logical windows unless ``every_step``
+    (same CallResults, see ``EmuNetwork``); Lava always runs every step.
+    """
+    if backend == "lava":
+        from .lava_backend import LavaNetwork
+        return LavaNetwork(source, mode, batch, record)
+    if backend == "emu":
+        if mode != "fixed":
+            raise SncError(f"the emulator runs Lava's fixed_pt semantics only, not {mode}; "
+                           "use --backend lava for floating_pt")
+        from .emulator import EmuNetwork
+        return EmuNetwork(source, batch, record, windows_only=not every_step)
+    raise SncError(f"unknown chip backend {backend!r}; available: {', '.join(BACKENDS)}")

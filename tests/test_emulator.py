@@ -1,0 +1,311 @@
+"""The emulator against Lava's fixed_pt process models: every step's spikes, u, v and readout.
+
+Random netlists (hypothesis: Dense, Sparse with dense/conv/identity ops,
+DelaySparse delays, Lava Conv with stride and padding, LIF and LIFReset,
+recurrent loops, delay lines, extreme parameters), a netlist built to hit
+every wrap and saturation, and the compiled digits U-Net and MLP over
+several diffusion steps. Lava always runs as real processes, stopped in
+``finally`` (context managers); the fixture below checks none is left.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import sparse
+
+from snc.compiler.build import Build, read_build
+from snc.compiler.export import export_model
+from snc.compiler.ir import Population
+from snc.compiler.linear import LinearOp
+from snc.compiler.lower import Netlist, NeuronGroup, ReadoutPort, Synapse, lower
+from snc.compiler.pipeline import compile_graph
+from snc.errors import SncError
+from snc.models.checkpoint import shipped_checkpoint
+from snc.runtime.compiled import calibrator, host_inputs, load_host_model, noisy_inputs
+from snc.runtime.emulator import EmuNetwork, lava_weights
+from snc.runtime.ir_executor import host_currents
+from snc.runtime.lava_backend import LavaNetwork
+
+from conftest import make_model, run_snc
+from test_cli import _clean_error, _ok
+
+
+@pytest.fixture(autouse=True)
+def no_lava_process_left():
+    yield
+    assert not multiprocessing.active_children()
+
+
+def _assert_same_trace(lava, emu, net: Netlist) -> None:
+    for name in net.groups:
+        for key in ("spikes", "u", "v"):
+            a, b = getattr(lava, key)[name], getattr(emu, key)[name]
+            assert a.shape == b.shape, (name, key)
+            bad = np.argwhere(a != b)
+            assert bad.size == 0, f"{name}.{key} differs first at (step, image, neuron) {tuple(bad[0])}: " \
+                                  f"lava {a[tuple(bad[0])]}, emu {b[tuple(bad[0])]}"
+    assert np.array_equal(lava.readout, emu.readout)
+
+
+def _run_both(net: Netlist, batch: int, steps: int, currents: dict[str, np.ndarray]) -> None:
+    emu = EmuNetwork(net, batch, record=True).trace(steps, currents)
+    with LavaNetwork(net, "fixed", batch, record=True) as lava:
+        _assert_same_trace(lava.trace(steps, currents), emu, net)
+
+
+# --- Lava's weight rules ---------------------------------------------------------------------------
+@pytest.mark.parametrize("low,high", [(-300, 300), (0, 400), (-400, 0), (-256, 255), (0, 0)])
+@pytest.mark.parametrize("bits", [8, 7, 5, 1])
+def test_weight_clipping_and_truncation_equal_lavas(low, high, bits):
+    from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+
+    w = np.random.default_rng(bits).integers(low, high + 1, (40, 30))
+    w[::3] = 0  # implicit zeros of a sparse matrix must not change the sign mode
+    for m in (w, sparse.csr_matrix(w)):
+        mode = determine_sign_mode(m)
+        lava = truncate_weights(clip_weights(m, mode, num_bits=8), mode, bits)
+        lava = lava.toarray() if sparse.issparse(lava) else lava
+        assert np.array_equal(lava_weights(w, bits), lava)
+
+
+# --- random netlists -------------------------------------------------------------------------------
+@st.composite
+def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
+    """A small random netlist, its batch (1 with a Lava Conv), steps and host currents.
+
+    Every netlist has the same skeleton, so that every example exercises each
+    feature: g0 (C, H, W) -conv-> g1 -identity-> g2 (a delay line or a neuron)
+    -dense-> g3, an optional second conv g0 -> g1 (like split_signs' halves),
+    0-2 recurrent synapses (into the source itself or an earlier group) and a
+    readout. Hypothesis draws every kind, geometry and parameter; arrays come
+    from a numpy generator it seeds, mixing ordinary values with extremes
+    (weights at and beyond 8 bits, the largest biases).
+    """
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    groups: list[NeuronGroup] = []
+    synapses: list[Synapse] = []
+
+    def group(shape, relay: bool = False) -> NeuronGroup:
+        n = int(np.prod(shape))
+        name = f"g{len(groups)}"
+        if relay:  # the shape of balance_delays' relays: a delay line
+            return NeuronGroup(name, shape, 4095, draw(st.sampled_from([0, 4095])), 1, np.zeros(n, np.int64),
+                               np.zeros(n, np.int64))
+        du = draw(st.sampled_from([4095, 0, 1, 2048]) | st.integers(0, 4095))
+        dv = draw(st.sampled_from([0, 4095, 1]) | st.integers(0, 4095))
+        vth = draw(st.sampled_from([0, 1, 2**17 - 1]) | st.integers(0, 3000))
+        bias_mant = rng.integers(-4096, 4096, n) * (rng.random(n) < draw(st.sampled_from([0.0, 0.5, 1.0])))
+        interval = draw(st.sampled_from([0, 3, 5, 7]))
+        offset = draw(st.integers(0, max(interval - 1, 0)))
+        return NeuronGroup(name, shape, du, dv, vth, bias_mant.astype(np.int64), rng.integers(0, 8, n), interval, offset)
+
+    def weights(shape) -> np.ndarray:
+        style = draw(st.sampled_from(["mixed", "positive", "negative", "even", "extreme"]))
+        lo, hi = {"mixed": (-256, 256), "positive": (0, 256), "negative": (-255, 1), "even": (-128, 128),
+                  "extreme": (-40000, 40000)}[style]
+        w = rng.integers(lo, hi, shape) * (rng.random(shape) < 0.7) * (2 if style == "even" else 1)
+        return np.clip(w, -(2**15 - 1), 2**15 - 1).astype(np.int64)
+
+    def synapse(src: NeuronGroup, dst: str, op: LinearOp, kind: str = "sparse") -> Synapse:
+        lava_conv = kind == "conv"
+        return Synapse(f"s{len(synapses)}", src.name, dst, kind, op,
+                       weight_exp=0 if lava_conv else draw(st.integers(-8, 7)),
+                       num_weight_bits=8 if lava_conv else draw(st.sampled_from([8, 7]) | st.integers(1, 8)),
+                       delay=draw(st.integers(0, 4)) if kind == "sparse" else 0)
+
+    def dense(src: NeuronGroup, out_shape) -> LinearOp:
+        return LinearOp("dense", src.shape, tuple(out_shape), weights((int(np.prod(out_shape)), src.n)))
+
+    g0 = group((draw(st.integers(1, 3)), draw(st.integers(3, 5)), draw(st.integers(3, 5))))
+    groups.append(g0)
+    conv_kind = draw(st.sampled_from(["sparse", "conv"]))  # Lava Sparse of the conv's matrix, or Lava Conv
+    k = draw(st.integers(1, 3))
+    stride, padding = draw(st.integers(1, 2)), draw(st.integers(0, k - 1))
+    up = 1 if conv_kind == "conv" else draw(st.integers(1, 2))
+    out_channels = draw(st.integers(1, 3))
+    conv = LinearOp.conv(weights((out_channels, g0.shape[0], k, k)), g0.shape, stride, padding, up)
+    conv = replace(conv, weight=conv.weight.astype(np.int64))
+    g1 = group(conv.out_shape)
+    groups.append(g1)
+    synapses.append(synapse(g0, g1.name, conv, conv_kind))
+    if draw(st.booleans()):  # a second synapse with the same geometry, as split_signs makes
+        synapses.append(synapse(g0, g1.name, replace(conv, weight=weights(conv.weight.shape)), conv_kind))
+    g2 = group(g1.shape, relay=draw(st.booleans()))
+    groups.append(g2)
+    synapses.append(synapse(g1, g2.name, LinearOp("identity", g1.shape, g1.shape, weights((1,)))))
+    g3 = group(draw(st.sampled_from([(5,), (1, 2, 3)])))
+    groups.append(g3)
+    src = groups[draw(st.integers(0, 2))]
+    synapses.append(synapse(src, g3.name, dense(src, g3.shape), draw(st.sampled_from(["sparse", "dense"]))))
+    for _ in range(draw(st.integers(0, 2))):
+        a, b = sorted(draw(st.lists(st.integers(0, len(groups) - 1), min_size=2, max_size=2)))
+        synapses.append(synapse(groups[b], groups[a].name, dense(groups[b], groups[a].shape),
+                                draw(st.sampled_from(["sparse", "dense"]))))
+    for g in draw(st.lists(st.sampled_from(groups), min_size=1, max_size=2, unique_by=lambda g: g.name)):
+        synapses.append(synapse(g, "out", dense(g, (3,))))
+    inputs = [g.name for g in groups if g is g0 or draw(st.booleans())]
+    net = Netlist("fixed", {g.name: g for g in groups}, synapses, ReadoutPort("out", (3,), 1.0, 0), timestep=1,
+                  inputs=dict.fromkeys(inputs, 1.0))
+    net.check()
+    batch = 1 if conv_kind == "conv" else 2
+    currents = {name: rng.integers(-(2**17) + 1, 2**17, (batch, net.groups[name].n)).astype(np.float64)
+                * (rng.random((batch, net.groups[name].n)) < 0.5) for name in inputs}
+    return net, batch, draw(st.integers(6, 14)), currents
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(netlists())
+def test_random_netlists_equal_lava_at_every_step(case):
+    net, batch, steps, currents = case
+    _run_both(net, batch, steps, currents)
+
+
+def full(shape, value: int) -> np.ndarray:
+    return np.full(shape, value, dtype=np.int64)
+
+
+def test_extreme_values_wrap_and_saturate_like_lava():
+    """A netlist built to hit every overflow rule: the int32 wrap of ``a_in << 6``, the one-step
+    24-bit wrap of u, v's saturation, Conv's 24-bit wrap, floor shifts, even mixed-sign weights."""
+    n = 1100
+    drive = NeuronGroup("drive", (n,), 4095, 0, 0, full(n, 4095), full(n, 7))  # spikes every step from step 1
+    image = NeuronGroup("image", (30, 3, 3), 4095, 0, 0, full(270, 4095), full(270, 7))
+    wide = NeuronGroup("wide", (4,), 100, 0, 2**17 - 1, full(4, -4096), full(4, 7), reset_interval=7)
+    narrow = NeuronGroup("narrow", (3,), 4095, 5, 50, full(3, 0), full(3, 0))
+    conv = NeuronGroup("conv", (2, 1, 1), 4095, 0, 10, full(2, 0), full(2, 0))
+    big = np.stack([full(n, 255), full(n, -256), full(n, 127) * (np.arange(n) % 2), full(n, -1)])
+    conv_w = np.stack([full((30, 3, 3), 32767), full((30, 3, 3), -32767)])
+    synapses = [
+        Synapse("wrap32", "drive", "wide", "dense", LinearOp("dense", (n,), (4,), big), weight_exp=7),
+        Synapse("u24", "drive", "narrow", "sparse", LinearOp("dense", (n,), (3,), np.stack(
+            [full(n, 10), full(n, -10), full(n, 3)])), weight_exp=4),
+        Synapse("floor", "drive", "narrow", "sparse", LinearOp("dense", (n,), (3,), full((3, n), -3)), weight_exp=-8),
+        Synapse("conv24", "image", "conv", "conv", LinearOp("conv", (30, 3, 3), (2, 1, 1), conv_w)),
+        Synapse("conv24-out", "image", "out", "conv", LinearOp("conv", (30, 3, 3), (2, 1, 1), conv_w)),
+        Synapse("wide-out", "wide", "out", "sparse", LinearOp("dense", (4,), (2, 1, 1), full((2, 4), 255)), weight_exp=7),
+    ]
+    net = Netlist("fixed", {g.name: g for g in (drive, image, wide, narrow, conv)}, synapses,
+                  ReadoutPort("out", (2, 1, 1), 1.0, 0), timestep=1)
+    emu = EmuNetwork(net, record=True).trace(12, {})
+    assert emu.v["wide"].min() == -(2**23 - 1)  # saturated
+    assert np.abs(emu.u["wide"]).max() > 2**30  # a_in << 6 wrapped at int32: u leaves 24 bits, as in Lava
+    a_in = 1100 * 10 * 2**4 + (-3 * 1100 >> 8)  # u24 plus the floor of floor's right shift
+    assert emu.u["narrow"][-1, 0, 0] == a_in * 64 - 2**24  # the one-step 24-bit wrap of u
+    with LavaNetwork(net, "fixed", 1, record=True) as lava:
+        _assert_same_trace(lava.trace(12, {}), emu, net)
+
+
+# --- compiled models ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def unet_build(tmp_path_factory) -> Build:
+    """The shipped digits U-Net compiled by ``snc compile`` (as a user would)."""
+    out = tmp_path_factory.mktemp("emu") / "unet"
+    _ok(run_snc("compile", str(shipped_checkpoint("digits-unet")), "--target", "loihi2", "-o", str(out)))
+    return read_build(out)
+
+
+@pytest.fixture(scope="module")
+def digits_unet(unet_build):
+    return load_host_model(unet_build), unet_build.nir_graph, unet_build.graph
+
+
+def _call_currents(model, nir_graph, ir, batch: int, timesteps: list[int]) -> list[dict[str, np.ndarray]]:
+    out = []
+    for x, t in noisy_inputs(model, batch, timesteps, seed=0):
+        currents = host_currents(ir, host_inputs(model, nir_graph, x.double(), t))
+        out.append({k: v.numpy() for k, v in currents.items()})
+    return out
+
+
+def _assert_same_calls(lava, emu_nets, calls) -> None:
+    for currents in calls:
+        reference = lava.call(currents)
+        for emu in emu_nets:
+            result = emu.call(currents)
+            assert np.array_equal(result.readout, reference.readout)
+            assert result.spikes.keys() == reference.spikes.keys()
+            for name, spikes in reference.spikes.items():
+                assert np.array_equal(result.spikes[name], spikes), name
+
+
+def test_digits_unet_calls_and_state_equal_lava(digits_unet):
+    """Three calls (diffusion steps 900, 500, 100), then every step's u and v for a few steps."""
+    model, nir_graph, ir = digits_unet
+    calls = _call_currents(model, nir_graph, ir, 2, [900, 500, 100])
+    every_step = EmuNetwork(ir, 2, record=True)
+    windows = EmuNetwork(ir, 2, record=True, windows_only=True)
+    assert windows.windowed
+    assert len(every_step.lines) == sum(p.role == "relay" for p in ir.of_type(Population))  # all proven delay lines
+    with LavaNetwork(ir, "fixed", 2, record=True) as lava:
+        _assert_same_calls(lava, [every_step, windows], calls)
+        _assert_same_trace(lava.trace(2, calls[0]), every_step.trace(2, calls[0]), lower(ir, "fixed"))
+
+
+def test_digits_mlp_calls_and_state_equal_lava():
+    model = make_model("digits-mlp").double()
+    nir_graph = export_model(model)
+    ir = compile_graph(nir_graph, model.config.timestep, calibrate=calibrator(model, nir_graph, n=2))
+    calls = _call_currents(model, nir_graph, ir, 4, [950, 700, 400, 150, 10])
+    every_step = EmuNetwork(ir, 4, record=True)
+    windows = EmuNetwork(ir, 4, record=True, windows_only=True)
+    assert windows.windowed
+    with LavaNetwork(ir, "fixed", 4, record=True) as lava:
+        _assert_same_calls(lava, [every_step, windows], calls)
+        net = lower(ir, "fixed")
+        _assert_same_trace(lava.trace(7, calls[1]), every_step.trace(7, calls[1]), net)
+
+
+def test_windows_only_needs_a_separable_netlist_and_has_no_trace(digits_unet):
+    _, _, ir = digits_unet
+    net = lower(ir, "fixed")
+    windows = EmuNetwork(net, 1, windows_only=True)
+    with pytest.raises(SncError, match="no trace"):
+        windows.trace(3, {})
+    name = next(iter(net.groups))
+    broken = replace(net, groups={**net.groups, name: replace(net.groups[name], reset_offset=0)})
+    assert not EmuNetwork(broken, 1, windows_only=True).windowed  # falls back to every step
+
+
+def test_bad_netlists_are_one_clear_error():
+    g = NeuronGroup("a", (2,), 5000, 0, 2**17, np.zeros(2, np.int64), np.full(2, 9))
+    op = LinearOp("dense", (2,), (2,), np.full((2, 2), 1.5))
+    net = Netlist("fixed", {"a": g}, [Synapse("s", "a", "nowhere", "conv", op, weight_exp=3)],
+                  ReadoutPort("out", (2,), 1.0, 0), timestep=1)
+    with pytest.raises(SncError) as err:
+        EmuNetwork(net)
+    message = str(err.value)
+    assert "\n" not in message
+    for needle in ("du 5000", "vth 131072", "bias_exp", "nowhere"):
+        assert needle in message
+    with pytest.raises(SncError, match="fixed_pt semantics only"):
+        from snc.runtime.chip import open_network
+        open_network(net, "emu", mode="float")
+
+
+# --- the command line ------------------------------------------------------------------------------
+def test_verify_and_sample_on_emu(unet_build, tmp):
+    report = json.loads(_ok(run_snc("verify", str(unet_build.path), "--backends", "lava,emu", "-n", "1",
+                                    "--json")).stdout)
+    assert report["agreement"]["emu_vs_lava_fixed"] == 1.0
+    assert report["readout_identical"] == {"emu_vs_lava_fixed": True}
+    assert report["output_rel_error"]["emu_vs_lava_fixed"] == 0.0
+    assert report["agreement"]["emu_vs_torch"] == report["agreement"]["fixed_vs_torch"]
+    res = json.loads(_ok(run_snc("sample", str(unet_build.path), "--backend", "emu", "--steps", "3", "-n", "2",
+                                 "-o", str(tmp / "emu.png"), "--json")).stdout)
+    assert res["backend"] == "emu" and res["mode"] == "fixed" and np.load(tmp / "emu.npy").shape == (2, 1, 8, 8)
+
+
+def test_emu_usage_errors(unet_build, tmp):
+    build = str(unet_build.path)
+    _clean_error(run_snc("sample", build, "--backend", "emu", "--mode", "float", "-o", str(tmp / "x.png")),
+                 "fixed_pt only")
+    _clean_error(run_snc("sample", str(shipped_checkpoint("digits-unet")), "--backend", "emu"), "needs a build")
+    _clean_error(run_snc("verify", build, "--backends", "lava,gpu"), "--backends takes")
