@@ -12,7 +12,9 @@
                           (8 magnitude bits and an exponent each instead of 7 shared)
       7. quantize         8-bit weights + exponent, vth, du/dv, bias mantissa/exponent,
                           all range-checked
-      8. map_cores        neurons and synapses onto the target's cores and chips; every
+      8. guide_thresholds threshold guidance: every neuron threshold x S (default 1), refused
+                          where the integer vth cannot express it
+      9. map_cores        neurons and synapses onto the target's cores and chips; every
                           violation of its limits listed at once (the DRC)
     -> lowered graph (runtime.lava_backend builds Lava processes from it)
 
@@ -33,8 +35,8 @@ from snc.errors import SncError
 from snc.hw_profiles import compile_targets, load_profile
 
 from .ir import Graph
-from .passes import (balance_delays, fold_thresholds, import_nir, map_cores, partition_host, quantize, reassociate,
-                     split_signs)
+from .passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, map_cores, partition_host,
+                     quantize, reassociate, split_signs)
 
 Calibrate = Callable[[Graph], dict[str, float]]
 
@@ -47,11 +49,13 @@ def compile_graph(
     dump_ir: Optional[Path] = None,
     verify: bool = True,
     allow_oversize: bool = False,
+    threshold_scale: float = 1.0,
 ) -> Graph:
     """Run every pass; ``verify`` runs each pass's verifier after it.
 
     ``allow_oversize`` keeps a graph that does not fit the target (the
-    violations stay in the log) instead of failing.
+    violations stay in the log) instead of failing; ``threshold_scale`` is
+    the threshold guidance factor S.
     """
     profile = load_profile(target)
     if "fixed_point" not in profile:
@@ -71,6 +75,8 @@ def compile_graph(
          fold_thresholds.verify),
         ("split_signs", split_signs.run, split_signs.verify),
         ("quantize", lambda g: quantize.run(g, fixed), lambda g: quantize.verify(g, fixed)),
+        ("guide_thresholds", lambda g: guide_thresholds.run(g, threshold_scale, fixed["vth_bits"]),
+         lambda g: guide_thresholds.verify(g, threshold_scale)),
         ("map_cores", lambda g: map_cores.run(g, profile, allow_oversize), map_cores.verify),
     ]
     ir: Graph = None  # type: ignore[assignment]  # import_nir makes it

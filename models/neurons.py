@@ -8,7 +8,7 @@ which is what one denoiser call of a spiking diffusion model needs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -70,6 +70,16 @@ class IFNeuron(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return f"threshold={c.threshold}, decay={c.decay}, fire_at_threshold={c.fire_at_threshold}"
+
+
+def scale_thresholds(model: nn.Module, factor: float) -> nn.Module:
+    """Threshold guidance (SDDPM 4.3): every spiking neuron's threshold times ``factor``, in place."""
+    if not factor > 0:
+        raise ValueError(f"threshold scale must be positive, got {factor}")
+    for module in model.modules():
+        if isinstance(module, IFNeuron):
+            module.config = replace(module.config, threshold=module.config.threshold * factor)
+    return model
 
 
 class Swish(nn.Module):

@@ -7,7 +7,7 @@ Lava, emulator) provide one. Randomness comes only from the generator passed in.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from snc.models.diffusion import Schedule
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int], None]
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "analytic")
 
 
 def ddim_timesteps(total: int, steps: int) -> list[int]:
@@ -43,6 +43,7 @@ def sample(
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
     on_step: Optional[StepCallback] = None,
+    eps_moment: Optional[Mapping[int, float]] = None,
 ) -> torch.Tensor:
     """Generate ``shape[0]`` images from pure noise; returns float32 in [-1, 1].
 
@@ -50,6 +51,11 @@ def sample(
       the schedule length), posterior variance beta~_t ("fixedsmall").
     - ``ddim``: Song et al. 2021 over ``steps`` evenly spaced steps; ``eta`` = 0
       is deterministic, ``eta`` = 1 matches DDPM's variance.
+    - ``analytic``: Analytic-DPM (Bao et al. 2022) over ``steps`` evenly spaced
+      steps: the DDPM posterior mean between the chosen steps with the optimal
+      variance ``lambda^2 + (sqrt(bbar_n / a_n|s) - sqrt(bbar_s - lambda^2))^2
+      (1 - bbar_n Gamma_n)``, where ``Gamma_n = E||eps(x_n, n)||^2 / d`` is the
+      model's moment on its data (``eps_moment[t]``, see ``snc.runtime.moments``).
     The predicted x_0 is clipped to [-1, 1] at every step, as in the SDDPM code.
     """
     if sampler not in SAMPLERS:
@@ -60,6 +66,11 @@ def sample(
         timesteps = list(range(schedule.steps - 1, -1, -1))
     else:
         timesteps = ddim_timesteps(schedule.steps, steps or 50)
+    if sampler == "analytic":
+        missing = [t for t in timesteps if eps_moment is None or t not in eps_moment]
+        if missing:
+            raise SncError(f"analytic sampling needs the model's epsilon moments at {len(missing)} of its steps "
+                           f"(first: {missing[0]})")
     ab = schedule.alphas_bar
     x = torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
     batch = shape[0]
@@ -75,8 +86,13 @@ def sample(
         else:
             # recompute eps from the clipped x0 so the update stays consistent
             eps = (x - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt()
-            var = eta**2 * (1 - ab_prev) / (1 - ab[t]) * (1 - ab[t] / ab_prev)
+            posterior = (1 - ab_prev) / (1 - ab[t]) * (1 - ab[t] / ab_prev)  # lambda^2 of DDPM between the steps
+            var = eta**2 * posterior if sampler == "ddim" else posterior
             mean = ab_prev.sqrt() * x0 + (1 - ab_prev - var).clamp(min=0).sqrt() * eps
+            if sampler == "analytic" and t_prev >= 0:
+                gap = ((1 - ab[t]) / (ab[t] / ab_prev)).sqrt() - (1 - ab_prev - posterior).clamp(min=0).sqrt()
+                # Gamma_n bounded to [0, 1/bbar_n] keeps the variance between its two analytic bounds
+                var = posterior + gap**2 * min(max(1 - (1 - ab[t].item()) * eps_moment[t], 0.0), 1.0)
         if t_prev >= 0 and var > 0:
             x = mean + var.sqrt() * torch.randn(x.shape, generator=generator, dtype=torch.float64)
         else:

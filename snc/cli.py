@@ -98,15 +98,23 @@ def sample(
                                      "lava and emu need a build"),
     mode: Optional[str] = typer.Option(None, "--mode", help="Lava mode: fixed | float (default: the build's; "
                                                             "emu is fixed)"),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddpm | ddim"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps (ddim; ddpm always runs all)"),
+    sampler: str = typer.Option("ddim", "--sampler", help="ddpm | ddim | analytic (Analytic-DPM)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps (ddim, analytic; ddpm always runs all)"),
     eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0: deterministic)"),
+    threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
+                                          "threshold x S (e.g. 0.997)"),
     n: int = typer.Option(16, "-n", help="number of images"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ) -> None:
     """Generate images with a diffusion sampler driving the denoiser on a backend."""
     import contextlib
+    import copy
+    import dataclasses
+
+    from snc.compiler.passes import guide_thresholds
+    from snc.hw_profiles import load_profile
+    from snc.models.neurons import scale_thresholds
 
     import torch
 
@@ -115,6 +123,8 @@ def sample(
     from snc.models.diffusion import Schedule
     from snc.runtime.compiled import ChipDenoiser, load_host_model
     from snc.runtime.images import save_grid
+    from snc.runtime.moments import cached_moments
+    from snc.runtime.samplers import ddim_timesteps
     from snc.runtime.samplers import sample as run_sampler
 
     if backend not in ("torch", "lava", "emu"):
@@ -128,13 +138,26 @@ def sample(
     if chip and build is None:
         raise SncError(f"--backend {backend} needs a build directory (snc compile {model} -o build/), not {model}")
     mode = "fixed" if backend == "emu" else mode or (build.meta.get("mode", "fixed") if build else None)
+    if threshold_scale <= 0:
+        raise SncError("--threshold-scale must be positive")
     with contextlib.ExitStack() as stack:
         if chip:
+            if threshold_scale != 1.0:  # on top of the guidance the build was compiled with, if any
+                vth_bits = load_profile(build.meta.get("target", "loihi2"))["fixed_point"]["vth_bits"]
+                guided = guide_thresholds.run(copy.deepcopy(build.graph), threshold_scale, vth_bits)
+                build = dataclasses.replace(build, graph=guided)
             denoiser = stack.enter_context(ChipDenoiser(build, mode, batch=n, backend=backend))
-            cfg = denoiser.model.config
+            host = denoiser.model
         else:
-            net = load_host_model(build).float() if build else load_checkpoint(model).model
-            denoiser, cfg = net, net.config
+            host = load_host_model(build).float() if build else load_checkpoint(model).model
+            denoiser = scale_thresholds(copy.deepcopy(host), threshold_scale)
+        cfg = host.config
+        schedule = Schedule(steps=cfg.diffusion_steps)
+        moments = None
+        if sampler == "analytic":
+            with console.status("epsilon moments of the model on its data (Analytic-DPM)"):
+                moments = cached_moments(build.path if build else None, host, schedule,
+                                         ddim_timesteps(schedule.steps, steps or 50))
         start = time.perf_counter()
         with _progress() as progress:
             label = f"{sampler} on {backend}" + (f" {mode}_pt" if chip else "")
@@ -142,12 +165,13 @@ def sample(
             images = run_sampler(
                 denoiser,
                 (n, cfg.img_ch, cfg.img_size, cfg.img_size),
-                Schedule(steps=cfg.diffusion_steps),
+                schedule,
                 sampler=sampler,
                 steps=steps,
                 eta=eta,
                 generator=torch.Generator().manual_seed(seed),
                 on_step=lambda i, total: progress.update(task, completed=i, total=total),
+                eps_moment=moments,
             )
         seconds = time.perf_counter() - start
     images = images.float()
@@ -157,7 +181,8 @@ def sample(
     np.save(npy, images.numpy())
     result = {
         "model": str(model), "backend": backend, "mode": mode if chip else None, "sampler": sampler,
-        "steps": steps, "eta": eta, "n": n, "seed": seed, "seconds": round(seconds, 2), "png": str(output),
+        "steps": steps, "eta": eta, "threshold_scale": threshold_scale, "n": n, "seed": seed,
+        "seconds": round(seconds, 2), "png": str(output),
         "npy": str(npy),
     }
     _emit(result, as_json, [f"wrote {n} samples to {output} (and {npy}) in {seconds:.1f} s"])
@@ -272,7 +297,8 @@ def _layer_rows(graph) -> list[dict]:
 
 
 def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: str, mode: str, calibration: int,
-             output: Path, dump_ir: Optional[Path] = None, verify: bool = True, allow_oversize: bool = False):
+             output: Path, dump_ir: Optional[Path] = None, verify: bool = True, allow_oversize: bool = False,
+             threshold_scale: float = 1.0):
     """Compile a checkpoint, .nir file or preset (random init) into the build directory ``output``."""
     import resource
 
@@ -287,7 +313,8 @@ def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: st
     arch, config, net, nir_graph, checkpoint = _compile_source(model, preset, seed)
     timestep = config if isinstance(config, int) else config.timestep
     calibrate = calibrator(net.double(), nir_graph, calibration, seed) if net is not None and calibration > 0 else None
-    graph = compile_graph(nir_graph, timestep, arch, target, calibrate, dump_ir, verify, allow_oversize)
+    graph = compile_graph(nir_graph, timestep, arch, target, calibrate, dump_ir, verify, allow_oversize,
+                          threshold_scale)
     rows = _layer_rows(graph)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -296,7 +323,7 @@ def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: st
     meta = {
         "arch": arch, "target": target, "mode": mode, "timestep": timestep, "depth": graph.depth,
         "call_steps": graph.depth + timestep, "source": str(model) if model else f"preset {preset} (random init)",
-        "calibrated": calibrate is not None, "layers": rows, "host_ops": host_ops,
+        "calibrated": calibrate is not None, "threshold_scale": threshold_scale, "layers": rows, "host_ops": host_ops,
         "synapses_before_reassociation": reassoc["synapses_before"],
         "synapses": sum(r["synapses_in"] for r in rows),
         "compile_seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb),
@@ -324,6 +351,8 @@ def compile_cmd(
     calibration: int = typer.Option(4, "--calibration", help="images per calibration step (0: none)"),
     allow_oversize: bool = typer.Option(False, "--allow-oversize", help="write the build even if it does not fit "
                                         "the target (the violations are listed)"),
+    threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
+                                          "threshold x S (refused where vth cannot express it)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -331,7 +360,7 @@ def compile_cmd(
     from rich.table import Table
 
     build, total_seconds = _compile(model, preset, seed, target, mode, calibration, output, dump_ir, verify,
-                                    allow_oversize)
+                                    allow_oversize, threshold_scale)
     meta, graph = build.meta, build.graph
     rows = meta["layers"]
     cores = next(entry for entry in graph.log if entry["pass"] == "map_cores")
@@ -358,6 +387,9 @@ def compile_cmd(
     reassoc = next(entry for entry in graph.log if entry["pass"] == "reassociate")
     fits = "does NOT fit the target (--allow-oversize): " + "; ".join(cores["violations"]) if cores["violations"] \
         else "fits the target"
+    guided = next(entry for entry in graph.log if entry["pass"] == "guide_thresholds")["populations"]
+    guidance = (f"threshold guidance x{threshold_scale}: x{min(r['effective_scale'] for r in guided):.5f}.."
+                f"{max(r['effective_scale'] for r in guided):.5f} after vth rounding\n") if guided else ""
     console.print(
         f"host: {', '.join(meta['host_ops'] + ['time embedding', 'tail'])}\n"
         f"synapses: {meta['synapses']:,} on chip (the NIR graph's ops had {meta['synapses_before_reassociation']:,}; "
@@ -365,6 +397,7 @@ def compile_cmd(
         "w bits / w exp: weight magnitude bits and exponents of the synapses in; w err: their largest relative L2 "
         "quantization error; partition chip+host: the population also takes a host current\n"
         f"pipeline depth {graph.depth}, {meta['call_steps']} Lava steps per denoiser call (T={meta['timestep']})\n"
+        f"{guidance}"
         f"resources (one image, readout included): {cores['neurons']:,} neurons, {cores['synapses']:,} synapses, "
         f"{_count(cores.get('cores'))} cores, {_count(cores.get('chips'))} chips: {fits}\n"
         f"wrote {output}: compiled in {meta['compile_seconds']:.1f} s, {total_seconds:.1f} s with writing; "

@@ -102,8 +102,23 @@ def test_dump_ir_writes_every_pass(tmp):
     compile_graph(export_model(model), model.config.timestep, dump_ir=tmp)
     assert [p.name for p in sorted(tmp.iterdir())] == [
         "01-import_nir.json", "02-partition_host.json", "03-reassociate.json", "04-balance_delays.json",
-        "05-fold_thresholds.json", "06-split_signs.json", "07-quantize.json", "08-map_cores.json",
+        "05-fold_thresholds.json", "06-split_signs.json", "07-quantize.json", "08-guide_thresholds.json",
+        "09-map_cores.json",
     ]
+
+
+def test_threshold_guidance_survives_quantization_or_is_refused():
+    model = make_model("digits-mlp")
+    graph = export_model(model)
+    plain = compile_graph(graph, model.config.timestep)
+    guided = compile_graph(graph, model.config.timestep, threshold_scale=0.997)
+    for name, p in guided.nodes.items():
+        if isinstance(p, Population) and p.role == "neuron":
+            before = plain.nodes[name].fixed["vth"]
+            assert p.fixed["vth"] == round(plain.nodes[name].threshold * 0.997 * p.scale) != before
+            assert p.threshold == pytest.approx(plain.nodes[name].threshold * 0.997)
+    with pytest.raises(GraphError, match="rounds away in"):
+        compile_graph(graph, model.config.timestep, threshold_scale=1.00001)
 
 
 def test_quantize_weights_follow_lava_rules():

@@ -58,3 +58,23 @@ def test_q_sample_marginal_statistics():
     ab = schedule.alphas_bar[500].item()
     assert xt.mean().item() == pytest.approx(ab**0.5, abs=0.02)
     assert xt.var().item() == pytest.approx(1 - ab, abs=0.02)
+
+
+def test_analytic_dpm_variance_sits_between_its_bounds():
+    schedule = Schedule()
+    target = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).view(1, 1, 8, 8)
+    steps = ddim_timesteps(1000, 20)
+    # point-mass data: the true eps is the noise itself, so Gamma_t = 1
+    out = sample(_point_mass_denoiser(target, schedule), (4, 1, 8, 8), schedule, "analytic", 20,
+                 generator=torch.Generator().manual_seed(0), eps_moment={t: 1.0 for t in steps})
+    assert torch.allclose(out.double(), target.expand(4, -1, -1, -1), atol=1e-3)
+    # Gamma_t = 1 / bbar_t is the lower bound: the variance is DDPM's posterior, i.e. DDIM with eta = 1
+    ab = schedule.alphas_bar
+    lower = {t: 1 / (1 - ab[t].item()) for t in steps}
+    denoiser = lambda x, t: 0.3 * x  # noqa: E731
+    analytic = sample(denoiser, (2, 1, 8, 8), schedule, "analytic", 20, generator=torch.Generator().manual_seed(3),
+                      eps_moment=lower)
+    ddim = sample(denoiser, (2, 1, 8, 8), schedule, "ddim", 20, 1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(analytic, ddim, atol=1e-6)
+    with pytest.raises(SncError, match="epsilon moments"):
+        sample(denoiser, (1, 1, 8, 8), schedule, "analytic", 20)
