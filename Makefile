@@ -16,13 +16,15 @@ BUILD := build/digits-unet
 
 # Compile the shipped digits U-Net for Loihi 2, check it against torch on Lava
 # (floating_pt and fixed_pt), then sample digits with DDIM with the denoiser on
-# Lava's CPU simulator (fixed_pt) and score them.
+# Lava's CPU simulator (fixed_pt), score them, and report energy per layer on
+# Loihi 2 (an estimate) from the emulator's spike counts.
 demo: setup
 	$(SNC) compile $(MODEL) --target loihi2 -o $(BUILD)
 	$(SNC) verify $(BUILD)
 	$(SNC) sample $(BUILD) --backend lava --mode fixed --sampler ddim --steps 20 -n 16 --seed 0 -o out/demo_lava.png
 	$(SNC) eval out/demo_lava.npy
-	@echo "demo grid (Lava fixed_pt): out/demo_lava.png"
+	$(SNC) energy $(BUILD) --profile loihi2 --backend emu --plot out/demo_energy.png
+	@echo "demo grid (Lava fixed_pt): out/demo_lava.png; energy per layer: out/demo_energy.png"
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: setup

@@ -21,6 +21,8 @@ What the graph holds, per spiking step (the host runs it T times per call):
   or the MLP's readout currents.
 
 Node names follow the torch module paths, so every node traces to its module.
+A model with SDM's TSM scales (``TSMConv2d``) is refused: p[t] varies with the
+spiking step and has no lowering yet.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from torch import nn
 from snc.errors import SncError
 from snc.models.mlp import SpikingMLP
 from snc.models.neurons import IFNeuron, NeuronConfig
-from snc.models.unet import ResBlock, SpikingUNet, UpSample
+from snc.models.unet import ResBlock, SpikingUNet, TSMConv2d, UpSample
 
 from .nir_io import NIR_DT, NearestUpsample2d
 
@@ -210,6 +212,10 @@ EXPORTERS = {SpikingUNet: ("spiking-unet", _export_unet), SpikingMLP: ("spiking-
 @torch.no_grad()
 def export_model(model: nn.Module) -> nir.NIRGraph:
     """NIR graph of one spiking step of ``model``'s core (model must be in eval mode)."""
+    if any(isinstance(m, TSMConv2d) for m in model.modules()):
+        # p[t] changes with the spiking step: folding it into static weights would silently drop it
+        raise SncError("TSM per-step scales have no lowering yet: a model with TSM scales p[t] "
+                       f"({type(model).__name__}) runs on the torch backend only")
     if type(model) not in EXPORTERS:
         raise SncError(f"no NIR exporter for {type(model).__name__}")
     if model.training:

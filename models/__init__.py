@@ -7,7 +7,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, shipped_ch
 from .mlp import MLPConfig, SpikingMLP
 from .neurons import IFNeuron, NeuronConfig
 from .presets import PRESETS, ann_twin, build_model, preset
-from .unet import SpikingUNet, UNetConfig
+from .unet import SpikingUNet, SpikingUNetTSM, TSMConv2d, UNetConfig
 
 __all__ = [
     "Checkpoint",
@@ -17,6 +17,8 @@ __all__ = [
     "PRESETS",
     "SpikingMLP",
     "SpikingUNet",
+    "SpikingUNetTSM",
+    "TSMConv2d",
     "UNetConfig",
     "ann_twin",
     "build_model",

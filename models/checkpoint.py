@@ -1,12 +1,15 @@
-"""snc checkpoint files: one dict, loaded without executing code.
+"""snc checkpoint files, and the public SDDPM / SDM ones: one dict, loaded without executing code.
 
 Layout (format version 1)::
 
     {"format": "snc-checkpoint", "format_version": 1, "arch": str,
      "config": dict, "state_dict": {name: tensor}, "meta": dict}
 
-Loading uses ``torch.load(..., weights_only=True)``: a pickle that asks for
-any global beyond tensors and plain containers is refused, never executed.
+``load_checkpoint(path, arch="sddpm"|"sdm-tsm", config=...)`` reads the
+public code's ``{"net_model", "ema_model", ...}`` files instead (see
+``reference.py``). Loading uses ``torch.load(..., weights_only=True)``: a
+pickle that asks for any global beyond tensors and plain containers is
+refused, never executed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
@@ -25,6 +28,7 @@ from torch import nn
 from snc.errors import CheckpointError, SncError
 
 from .presets import Config, build_model, config_from_dict, config_to_dict
+from .reference import REFERENCE_ARCHS, WEIGHTS, reference_config
 
 FORMAT = "snc-checkpoint"
 FORMAT_VERSION = 1
@@ -86,8 +90,20 @@ def check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
         raise CheckpointError(f"{source}: non-finite (NaN/inf) values in {len(bad)} tensor(s): {', '.join(bad)}")
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load an snc checkpoint into a model in eval mode; any problem is a CheckpointError."""
+def load_checkpoint(
+    path: str | Path, arch: Optional[str] = None, config: Optional[Mapping[str, Any]] = None, weights: str = "net"
+) -> Checkpoint:
+    """Load a checkpoint into a model in eval mode; any problem is one SncError (CheckpointError for the file).
+
+    ``arch=None``: an snc checkpoint. ``arch="sddpm"|"sdm-tsm"``: a checkpoint of
+    the public code, ``config`` its constructor's arguments, ``weights`` "net"
+    or "ema" for its ``net_model`` / ``ema_model`` state_dict.
+    """
+    if arch is not None:
+        return _load_reference(Path(path), arch, config, weights)
+    if config is not None or weights != "net":
+        raise SncError("a config and a choice of weights apply to checkpoints of the public code only "
+                       f"(arch {' or '.join(REFERENCE_ARCHS)})")
     raw = read_raw(path)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an snc checkpoint (no 'format': '{FORMAT}' entry)")
@@ -103,13 +119,40 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model = build_model(raw["arch"], config)
     except SncError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    state_dict = raw["state_dict"]
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
-    check_finite(state_dict, str(path))
-    load_state_dict_strict(model, state_dict, str(path))
-    model.eval()
+    _load_weights(model, raw["state_dict"], str(path), "state_dict")
     return Checkpoint(raw["arch"], config, model, dict(raw.get("meta", {})))
+
+
+def _load_reference(path: Path, arch: str, config: Optional[Mapping[str, Any]], weights: str) -> Checkpoint:
+    if config is None:
+        raise SncError(f"a {arch} checkpoint needs its constructor's arguments as config (--config cfg.json)")
+    model_config = reference_config(arch, config)
+    if weights not in WEIGHTS:
+        raise SncError(f"unknown weights {weights!r}; choose {' or '.join(WEIGHTS)}")
+    raw = read_raw(path)
+    entry = f"{weights}_model"
+    if not isinstance(raw, dict) or entry not in raw:
+        if isinstance(raw, dict) and raw.get("format") == FORMAT:
+            raise CheckpointError(f"{path}: an snc checkpoint, not one of the public code: load it without an arch")
+        held = ", ".join(map(str, raw)) if isinstance(raw, dict) else f"a {type(raw).__name__}"
+        raise CheckpointError(f"{path}: no '{entry}' entry, so not a {arch} checkpoint with {weights} weights "
+                              f"(the file holds {held or 'nothing'})")
+    snc_arch = REFERENCE_ARCHS[arch]
+    model = build_model(snc_arch, model_config)
+    _load_weights(model, raw[entry], f"{path} [{entry}]", entry)
+    meta: dict[str, Any] = {"reference_arch": arch, "weights": weights, "reference_config": dict(config)}
+    if isinstance(raw.get("step"), int):
+        meta["step"] = raw["step"]
+    return Checkpoint(snc_arch, model_config, model, meta)
+
+
+def _load_weights(model: nn.Module, state_dict: Any, source: str, entry: str) -> None:
+    """Strict, finite-checked load of ``state_dict`` into ``model``, which ends in eval mode."""
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{source}: '{entry}' is not a mapping of tensors")
+    check_finite(state_dict, source)
+    load_state_dict_strict(model, state_dict, source)
+    model.eval()
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

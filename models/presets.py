@@ -10,12 +10,13 @@ from torch import nn
 from snc.errors import SncError
 
 from .mlp import MLPConfig, SpikingMLP
-from .unet import SpikingUNet, UNetConfig
+from .unet import SpikingUNet, SpikingUNetTSM, UNetConfig
 
 Config = Union[UNetConfig, MLPConfig]
 
 ARCHS: dict[str, tuple[type, type[nn.Module]]] = {
     "spiking-unet": (UNetConfig, SpikingUNet),
+    "spiking-unet-tsm": (UNetConfig, SpikingUNetTSM),  # SDM's per-step conv scales (paper 004, IV-B)
     "spiking-mlp": (MLPConfig, SpikingMLP),
 }
 

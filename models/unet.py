@@ -14,6 +14,11 @@ state_dict of that code maps key for key:
   over [B, C, H, W, T] + BN + Swish added residually, then the membrane-style
   output sum_t 0.8^(T-1-t) h_t.
 
+``SpikingUNetTSM`` is SDM's TSM variant (paper 004, section IV-B; the public
+``Spk_UNet_TSM``): every Conv2d becomes a ``TSMConv2d`` whose output at
+spiking step t is scaled by a learned p[t]; its state_dict adds ``tsmp`` and
+nests the conv weights under ``tsmconv`` as the public code does.
+
 The forward pass is split so the host-side parts can be separated from the
 spiking core: ``encode`` (direct input encoding), ``time_biases`` (the
 time-embedding MLP and per-block projections, constant over spiking steps and
@@ -23,6 +28,8 @@ pixels), ``core`` (the spiking network) and ``decode`` (the tail).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
@@ -59,23 +66,58 @@ class UNetConfig:
             raise ValueError("the ANN twin runs one step: set timestep=1")
 
 
+class TSMConv2d(nn.Module):
+    """Conv2d whose output at spiking step t is multiplied by a learned scalar p[t] (SDM's TSM).
+
+    Takes the frames of T steps flattened step-major, [T*B, C, H, W] (what
+    ``per_step`` passes), and returns ``p[t] * (W x_t + b)``: the bias is
+    scaled too and the BatchNorm after the layer sees the scaled current, as
+    in the public code. p starts at 1 (the plain conv).
+    """
+
+    def __init__(self, timestep: int, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0) -> None:
+        super().__init__()
+        self.tsmconv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding)
+        self.tsmp = nn.Parameter(torch.ones(timestep, 1, 1, 1, 1))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        y = self.tsmconv(frames)
+        return (y.reshape(self.tsmp.shape[0], -1, *y.shape[1:]) * self.tsmp).flatten(0, 1)
+
+
+ConvLayer = Callable[..., nn.Module]
+"""``(in_ch, out_ch, kernel_size, stride=1, padding=0) -> module`` on [T*B, C, H, W] frames."""
+
+
+def conv_weights(layer: nn.Module) -> nn.Conv2d:
+    """The Conv2d holding a conv layer's weights: the layer itself or a TSMConv2d's ``tsmconv``."""
+    return layer.tsmconv if isinstance(layer, TSMConv2d) else layer
+
+
+def _init_conv(layer: nn.Module, gain: float = 1.0) -> None:
+    conv = conv_weights(layer)
+    init.xavier_uniform_(conv.weight, gain=gain)
+    init.zeros_(conv.bias)
+
+
 class ResBlock(nn.Module):
     """Pre-spike residual block; ``forward(x, bias)`` with x real-valued [T,B,C,H,W]."""
 
-    def __init__(self, in_ch: int, out_ch: int, tdim: int, cfg: UNetConfig) -> None:
+    def __init__(self, in_ch: int, out_ch: int, tdim: int, cfg: UNetConfig, conv_layer: ConvLayer = nn.Conv2d) -> None:
         super().__init__()
         self.temb_proj = temb_projection(tdim, out_ch)
         self.neuron1 = make_activation(cfg.spiking, cfg.neuron)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=1, padding=1)
+        self.conv1 = conv_layer(in_ch, out_ch, 3, stride=1, padding=1)
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.neuron2 = make_activation(cfg.spiking, cfg.neuron)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1)
+        self.conv2 = conv_layer(out_ch, out_ch, 3, stride=1, padding=1)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-        for module in (self.conv1, self.conv2, self.shortcut):
-            if isinstance(module, nn.Conv2d):
-                init.xavier_uniform_(module.weight)
-                init.zeros_(module.bias)
+        self.shortcut = conv_layer(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        # initialised after all three are built: keeps the RNG draws (and so `snc train`) as they were
+        for layer in (self.conv1, self.conv2, self.shortcut):
+            if not isinstance(layer, nn.Identity):
+                _init_conv(layer)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         h = per_step(self.bn1, per_step(self.conv1, self.neuron1(x)))
@@ -87,20 +129,19 @@ class ResBlock(nn.Module):
 class _Resample(nn.Module):
     """IF -> conv3x3 + BN: the common part of the down- and up-sampling layers."""
 
-    def __init__(self, ch: int, cfg: UNetConfig, stride: int) -> None:
+    def __init__(self, ch: int, cfg: UNetConfig, stride: int, conv_layer: ConvLayer) -> None:
         super().__init__()
         self.neuron = make_activation(cfg.spiking, cfg.neuron)
-        self.conv = nn.Conv2d(ch, ch, 3, stride=stride, padding=1)
+        self.conv = conv_layer(ch, ch, 3, stride=stride, padding=1)
         self.bn = nn.BatchNorm2d(ch)
-        init.xavier_uniform_(self.conv.weight)
-        init.zeros_(self.conv.bias)
+        _init_conv(self.conv)
 
 
 class DownSample(_Resample):
     """IF -> stride-2 conv3x3 + BN."""
 
-    def __init__(self, ch: int, cfg: UNetConfig) -> None:
-        super().__init__(ch, cfg, stride=2)
+    def __init__(self, ch: int, cfg: UNetConfig, conv_layer: ConvLayer = nn.Conv2d) -> None:
+        super().__init__(ch, cfg, stride=2, conv_layer=conv_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return per_step(self.bn, per_step(self.conv, self.neuron(x)))
@@ -109,8 +150,8 @@ class DownSample(_Resample):
 class UpSample(_Resample):
     """IF -> nearest x2 -> conv3x3 + BN."""
 
-    def __init__(self, ch: int, cfg: UNetConfig) -> None:
-        super().__init__(ch, cfg, stride=1)
+    def __init__(self, ch: int, cfg: UNetConfig, conv_layer: ConvLayer = nn.Conv2d) -> None:
+        super().__init__(ch, cfg, stride=1, conv_layer=conv_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = per_step(lambda f: nn.functional.interpolate(f, scale_factor=2, mode="nearest"), self.neuron(x))
@@ -118,18 +159,21 @@ class UpSample(_Resample):
 
 
 class SpikingUNet(nn.Module):
-    """``forward(x, t)``: x [B, C, H, W] noisy images, t [B] diffusion steps -> epsilon."""
+    """``forward(x, t)``: x [B, C, H, W] noisy images, t [B] diffusion steps -> epsilon.
 
-    def __init__(self, config: UNetConfig) -> None:
+    ``conv_layer`` builds every 2D conv (default ``nn.Conv2d``; ``SpikingUNetTSM`` passes ``TSMConv2d``).
+    """
+
+    def __init__(self, config: UNetConfig, conv_layer: ConvLayer = nn.Conv2d) -> None:
         super().__init__()
         self.config = cfg = config
         ch = cfg.ch
         tdim = ch * 4
         self.time_embedding = TimeEmbedding(cfg.diffusion_steps, ch, tdim)
-        self.conv = nn.Conv2d(cfg.img_ch, ch, 3, stride=1, padding=1)
+        self.conv = conv_layer(cfg.img_ch, ch, 3, stride=1, padding=1)
         self.bn = nn.BatchNorm2d(ch)
         self.neuron = make_activation(cfg.spiking, cfg.neuron)
-        self.conv_identity = nn.Conv2d(ch, ch, 3, stride=1, padding=1)
+        self.conv_identity = conv_layer(ch, ch, 3, stride=1, padding=1)
         self.bn_identity = nn.BatchNorm2d(ch)
 
         self.downblocks = nn.ModuleList()
@@ -138,34 +182,32 @@ class SpikingUNet(nn.Module):
         for level, mult in enumerate(cfg.ch_mult):
             out_ch = ch * mult
             for _ in range(cfg.num_res_blocks):
-                self.downblocks.append(ResBlock(now_ch, out_ch, tdim, cfg))
+                self.downblocks.append(ResBlock(now_ch, out_ch, tdim, cfg, conv_layer))
                 now_ch = out_ch
                 chs.append(now_ch)
             if level != len(cfg.ch_mult) - 1:
-                self.downblocks.append(DownSample(now_ch, cfg))
+                self.downblocks.append(DownSample(now_ch, cfg, conv_layer))
                 chs.append(now_ch)
         self.middleblocks = nn.ModuleList(
-            [ResBlock(now_ch, now_ch, tdim, cfg), ResBlock(now_ch, now_ch, tdim, cfg)]
+            [ResBlock(now_ch, now_ch, tdim, cfg, conv_layer), ResBlock(now_ch, now_ch, tdim, cfg, conv_layer)]
         )
         self.upblocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.ch_mult))):
             out_ch = ch * mult
             for _ in range(cfg.num_res_blocks + 1):
-                self.upblocks.append(ResBlock(chs.pop() + now_ch, out_ch, tdim, cfg))
+                self.upblocks.append(ResBlock(chs.pop() + now_ch, out_ch, tdim, cfg, conv_layer))
                 now_ch = out_ch
             if level != 0:
-                self.upblocks.append(UpSample(now_ch, cfg))
+                self.upblocks.append(UpSample(now_ch, cfg, conv_layer))
 
         self.tail_bn = nn.BatchNorm2d(now_ch)
         self.tail_swish = Swish()
-        self.tail_conv = nn.Conv2d(now_ch, cfg.img_ch, 3, stride=1, padding=1)
+        self.tail_conv = conv_layer(now_ch, cfg.img_ch, 3, stride=1, padding=1)
         self.T_output_layer = nn.Conv3d(cfg.img_ch, cfg.img_ch, (3, 3, 1), padding=(1, 1, 0))
         self.last_bn = nn.BatchNorm2d(cfg.img_ch)
         self.swish = Swish()
-        init.xavier_uniform_(self.conv.weight)
-        init.zeros_(self.conv.bias)
-        init.xavier_uniform_(self.tail_conv.weight, gain=1e-5)
-        init.zeros_(self.tail_conv.bias)
+        _init_conv(self.conv)
+        _init_conv(self.tail_conv, gain=1e-5)
 
     # --- the four parts of a denoiser call -------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,3 +250,29 @@ class SpikingUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.decode(self.core(self.encode(x), self.time_biases(t)))
+
+
+class SpikingUNetTSM(SpikingUNet):
+    """The U-Net with SDM's temporal-wise spiking mechanism: every 2D conv a ``TSMConv2d``.
+
+    Same config, graph and host split as ``SpikingUNet``; ``config.timestep``
+    sets the length of every p. The state_dict matches the public
+    ``Spk_UNet_TSM`` key for key. No NIR export yet (p[t] changes with the
+    spiking step, so it does not fold into static weights).
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__(config, conv_layer=partial(TSMConv2d, config.timestep))
+
+    @classmethod
+    def from_unet(cls, base: SpikingUNet) -> "SpikingUNetTSM":
+        """The TSM variant of ``base`` with its weights and every p[t] = 1: the same function as ``base``."""
+        if isinstance(base, SpikingUNetTSM):
+            raise ValueError("the model already has TSM scales")
+        with torch.random.fork_rng():  # the throw-away init must not move the caller's RNG
+            model = cls(base.config).to(next(base.parameters()).dtype)
+        weights = base.state_dict()
+        state = {key: value if key.endswith(".tsmp") else weights[key.replace(".tsmconv.", ".")]
+                 for key, value in model.state_dict().items()}
+        model.load_state_dict(state)
+        return model.train(base.training)

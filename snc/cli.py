@@ -53,38 +53,57 @@ def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
 
 @app.command()
 def train(
-    preset: str = typer.Option(..., "--preset", help="digits-unet | digits-mlp (any preset name)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="digits-unet | digits-mlp (any preset name)"),
+    tsm_finetune: Optional[Path] = typer.Option(None, "--tsm-finetune", help="instead of --preset: fine-tune SDM's "
+                                                "per-step scales p[t] of this snc U-Net checkpoint (all else "
+                                                "frozen) into a spiking-unet-tsm checkpoint"),
     output: Path = typer.Option(..., "-o", "--output", help="checkpoint file to write"),
-    steps: int = typer.Option(None, "--steps", help="optimizer steps (default: the preset's)"),
+    steps: int = typer.Option(None, "--steps", help="optimizer steps (default: the preset's; 250 for --tsm-finetune)"),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(None, "--batch-size"),
     lr: float = typer.Option(None, "--lr"),
 ) -> None:
-    """Train a denoiser with DDPM (epsilon prediction, 1000 steps) on scikit-learn's digits."""
-    from snc.models import preset as get_preset
-    from snc.models.checkpoint import save_checkpoint
-    from snc.models.train import TrainSettings, default_settings, train_denoiser
+    """Train a denoiser with DDPM (epsilon prediction, 1000 steps) on scikit-learn's digits, or fine-tune
+    the TSM scales of a trained U-Net (--tsm-finetune)."""
+    import dataclasses
 
-    arch, config = get_preset(preset)
+    from snc.models import preset as get_preset
+    from snc.models.checkpoint import load_checkpoint, save_checkpoint
+    from snc.models.train import TSM_FINETUNE_SETTINGS, default_settings, finetune_tsm, train_denoiser
+
+    if (preset is None) == (tsm_finetune is None):
+        raise SncError("give --preset NAME to train, or --tsm-finetune CHECKPOINT to fine-tune TSM scales")
+    if tsm_finetune is not None:
+        base = load_checkpoint(tsm_finetune)
+        if base.arch != "spiking-unet":
+            raise SncError(f"{tsm_finetune}: --tsm-finetune needs a spiking-unet checkpoint, not {base.arch}")
+        arch, config, defaults, what = "spiking-unet-tsm", base.config, TSM_FINETUNE_SETTINGS, str(tsm_finetune)
+        origin = {"tsm_finetune_of": str(tsm_finetune)}
+    else:
+        arch, config = get_preset(preset)
+        defaults, what, origin = default_settings(preset), f"preset {preset!r}", {"preset": preset}
     if (config.img_ch, config.img_size) != (1, 8):
-        raise SncError(f"preset {preset!r} is not a digits model (8x8x1); snc trains only on digits")
-    base = default_settings(preset)
-    settings = TrainSettings(
-        steps=steps if steps is not None else base.steps,
-        batch_size=batch_size if batch_size is not None else base.batch_size,
-        lr=lr if lr is not None else base.lr,
+        raise SncError(f"{what} is not a digits model (8x8x1); snc trains only on digits")
+    settings = dataclasses.replace(
+        defaults,
+        steps=steps if steps is not None else defaults.steps,
+        batch_size=batch_size if batch_size is not None else defaults.batch_size,
+        lr=lr if lr is not None else defaults.lr,
         seed=seed,
     )
     if settings.steps < 1 or settings.batch_size < 1:
         raise SncError("--steps and --batch-size must be positive")
     with _progress() as progress:
-        task = progress.add_task(f"train {preset}", total=settings.steps, info="")
+        task = progress.add_task(f"train {preset}" if preset else "TSM fine-tune", total=settings.steps, info="")
 
         def on_step(step: int, loss: float) -> None:
             progress.update(task, completed=step + 1, info=f"loss {loss:.4f}")
 
-        model, meta = train_denoiser(arch, config, settings, on_step)
-    meta.update(preset=preset, command=" ".join(["snc", *sys.argv[1:]]))
+        if tsm_finetune is not None:
+            model, meta = finetune_tsm(base.model, settings, on_step)
+        else:
+            model, meta = train_denoiser(arch, config, settings, on_step)
+    meta.update(origin, command=" ".join(["snc", *sys.argv[1:]]))
     save_checkpoint(output, arch, model, meta)
     console.print(f"wrote {output} ({meta['train_seconds']} s, final loss {meta['final_loss_smoothed']:.4f})")
 
@@ -243,8 +262,13 @@ def export(
     _emit(result, as_json, [f"wrote {output}: {len(graph.nodes)} nodes, {len(graph.edges)} edges ({summary})"])
 
 
-def _compile_source(model: Optional[Path], preset: Optional[str], seed: int):
-    """(arch, config, model or None, NIR graph, checkpoint path or None) for snc compile."""
+def _compile_source(model: Optional[Path], preset: Optional[str], seed: int, reference_arch: Optional[str] = None,
+                    reference_config: Optional[Path] = None, weights: str = "net"):
+    """(arch, config, model or None, NIR graph, checkpoint path or None, meta) for snc compile.
+
+    The checkpoint path is the snc checkpoint to copy into the build; when it is
+    None and there is a model, meta is what to save the model's checkpoint with.
+    """
     import torch
 
     from snc.compiler.export import export_model
@@ -252,25 +276,36 @@ def _compile_source(model: Optional[Path], preset: Optional[str], seed: int):
     from snc.models import build_model
     from snc.models import preset as get_preset
     from snc.models.checkpoint import load_checkpoint
+    from snc.models.reference import read_config_json
 
     if model is None and preset is None:
         raise SncError("give a model (checkpoint .pt or .nir) or --preset NAME")
     if model is not None and preset is not None:
         raise SncError("give a model or --preset NAME, not both")
+    if reference_arch is None and (reference_config is not None or weights != "net"):
+        raise SncError("--config and --weights describe a checkpoint of the public code: give --arch sddpm|sdm-tsm")
+    if reference_arch is not None and (model is None or model.suffix == ".nir"):
+        raise SncError("--arch reads a checkpoint (.pt) of the public SDDPM / SDM code; give its path")
     if preset is not None:
         arch, config = get_preset(preset)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             net = build_model(arch, config).eval()
-        return arch, config, net, export_model(net), None
+        return arch, config, net, export_model(net), None, {"preset": preset, "seed": seed, "random_init": True}
     if model.suffix == ".nir":
         graph = read_graph(model)
         timestep = graph.metadata.get("snc.timestep")
         if timestep is None:
             raise SncError(f"{model}: no snc.timestep in the NIR metadata; snc needs T to compile a .nir file")
-        return str(graph.metadata.get("snc.arch", "")), int(timestep), None, graph, None
+        return str(graph.metadata.get("snc.arch", "")), int(timestep), None, graph, None, {}
+    if reference_arch is not None:
+        config = read_config_json(reference_config) if reference_config is not None else None
+        ckpt = load_checkpoint(model, reference_arch, config, weights)
+        # the build keeps an snc checkpoint of the converted model: sample / verify read only that format
+        meta = ckpt.meta | {"converted_from": str(model)}
+        return ckpt.arch, ckpt.config, ckpt.model, export_model(ckpt.model), None, meta
     ckpt = load_checkpoint(model)
-    return ckpt.arch, ckpt.config, ckpt.model, export_model(ckpt.model), model
+    return ckpt.arch, ckpt.config, ckpt.model, export_model(ckpt.model), model, {}
 
 
 def _layer_rows(graph) -> list[dict]:
@@ -298,8 +333,10 @@ def _layer_rows(graph) -> list[dict]:
 
 def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: str, mode: str, calibration: int,
              output: Path, dump_ir: Optional[Path] = None, verify: bool = True, allow_oversize: bool = False,
-             threshold_scale: float = 1.0):
-    """Compile a checkpoint, .nir file or preset (random init) into the build directory ``output``."""
+             threshold_scale: float = 1.0, reference_arch: Optional[str] = None,
+             reference_config: Optional[Path] = None, weights: str = "net"):
+    """Compile a checkpoint (snc's, or the public code's with ``reference_arch``), .nir file or preset
+    (random init) into the build directory ``output``."""
     import resource
 
     from snc.compiler.build import write_build
@@ -310,7 +347,8 @@ def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: st
     if mode not in ("fixed", "float"):
         raise SncError("--mode must be fixed or float")
     start = time.perf_counter()
-    arch, config, net, nir_graph, checkpoint = _compile_source(model, preset, seed)
+    arch, config, net, nir_graph, checkpoint, host_meta = _compile_source(model, preset, seed, reference_arch,
+                                                                         reference_config, weights)
     timestep = config if isinstance(config, int) else config.timestep
     calibrate = calibrator(net.double(), nir_graph, calibration, seed) if net is not None and calibration > 0 else None
     graph = compile_graph(nir_graph, timestep, arch, target, calibrate, dump_ir, verify, allow_oversize,
@@ -320,18 +358,21 @@ def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: st
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reassoc = next(entry for entry in graph.log if entry["pass"] == "reassociate")
     host_ops = next(entry for entry in graph.log if entry["pass"] == "partition_host")["host_ops"]
+    source = f"preset {preset} (random init)" if model is None else str(model)
+    if reference_arch is not None:
+        source += f" ({reference_arch} checkpoint of the public code, {weights} weights)"
     meta = {
         "arch": arch, "target": target, "mode": mode, "timestep": timestep, "depth": graph.depth,
-        "call_steps": graph.depth + timestep, "source": str(model) if model else f"preset {preset} (random init)",
+        "call_steps": graph.depth + timestep, "source": source,
         "calibrated": calibrate is not None, "threshold_scale": threshold_scale, "layers": rows, "host_ops": host_ops,
         "synapses_before_reassociation": reassoc["synapses_before"],
         "synapses": sum(r["synapses_in"] for r in rows),
         "compile_seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb),
     }
-    if preset is not None:  # keep the random weights: the build then samples, verifies and counts spikes
-        output.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None and net is not None:  # a preset's random weights or a converted reference checkpoint:
+        output.mkdir(parents=True, exist_ok=True)  # saved so the build samples, verifies and counts spikes
         checkpoint = output / "model.pt"
-        save_checkpoint(checkpoint, arch, net.float(), {"preset": preset, "seed": seed, "random_init": True})
+        save_checkpoint(checkpoint, arch, net.float(), host_meta)
     return write_build(output, graph, nir_graph, meta, checkpoint), time.perf_counter() - start
 
 
@@ -341,7 +382,8 @@ def _count(value: Optional[int]) -> str:
 
 @app.command("compile")
 def compile_cmd(
-    model: Optional[Path] = typer.Argument(None, help="snc checkpoint (.pt) or NIR graph (.nir)"),
+    model: Optional[Path] = typer.Argument(None, help="snc checkpoint (.pt), the public code's (with --arch) or NIR "
+                                                       "graph (.nir)"),
     target: str = typer.Option("loihi2", "--target", help="hardware profile (hw_profiles/NAME.toml)"),
     output: Path = typer.Option(Path("build"), "-o", "--output", help="build directory to write"),
     mode: str = typer.Option("fixed", "--mode", help="default Lava mode of the build: fixed | float"),
@@ -353,6 +395,12 @@ def compile_cmd(
                                         "the target (the violations are listed)"),
     threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
                                           "threshold x S (refused where vth cannot express it)"),
+    reference_arch: Optional[str] = typer.Option(None, "--arch", help="the model is a checkpoint of the public "
+                                                 "code: sddpm (Spk_UNet) | sdm-tsm (Spk_UNet_TSM)"),
+    reference_config: Optional[Path] = typer.Option(None, "--config", help="with --arch: JSON of the reference "
+                                                    "constructor's arguments (T, ch, ch_mult, attn, num_res_blocks, "
+                                                    "dropout, timestep, img_ch; img_size, default 32)"),
+    weights: str = typer.Option("net", "--weights", help="with --arch: net | ema (net_model or ema_model)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -360,7 +408,7 @@ def compile_cmd(
     from rich.table import Table
 
     build, total_seconds = _compile(model, preset, seed, target, mode, calibration, output, dump_ir, verify,
-                                    allow_oversize, threshold_scale)
+                                    allow_oversize, threshold_scale, reference_arch, reference_config, weights)
     meta, graph = build.meta, build.graph
     rows = meta["layers"]
     cores = next(entry for entry in graph.log if entry["pass"] == "map_cores")

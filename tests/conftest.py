@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,10 @@ def run_snc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def no_lava_process_left():
+    """Every test, Lava's included, must stop every process it started."""
+    yield
+    assert not multiprocessing.active_children()

@@ -5,13 +5,12 @@ DelaySparse delays, Lava Conv with stride and padding, LIF and LIFReset,
 recurrent loops, delay lines, extreme parameters), a netlist built to hit
 every wrap and saturation, and the compiled digits U-Net and MLP over
 several diffusion steps. Lava always runs as real processes, stopped in
-``finally`` (context managers); the fixture below checks none is left.
+``finally`` (context managers); conftest's autouse fixture checks none is left.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 from dataclasses import replace
 
 import numpy as np
@@ -35,12 +34,6 @@ from snc.runtime.lava_backend import LavaNetwork
 
 from conftest import make_model, run_snc
 from test_cli import _clean_error, _ok
-
-
-@pytest.fixture(autouse=True)
-def no_lava_process_left():
-    yield
-    assert not multiprocessing.active_children()
 
 
 def _assert_same_trace(lava, emu, net: Netlist) -> None:

@@ -20,6 +20,16 @@ def test_cifar10_preset_matches_reference_state_dict_layout():
     assert sum(p.numel() for p in model.parameters()) == ref["params_including_frozen_time_table"]
 
 
+def test_cifar10_tsm_matches_reference_state_dict_layout():
+    ref = json.loads((DATA / "reference_state_dicts.json").read_text())["sdm_tsm_cifar10_T8"]
+    _, config = m.preset("cifar10-sddpm")
+    with torch.device("meta"):
+        model = m.build_model("spiking-unet-tsm", dataclasses.replace(config, timestep=8))
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == ref["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == ref["params_including_frozen_time_table"] == 66_696_949
+
+
 def test_if_neuron_integrates_fires_strictly_above_threshold_and_hard_resets():
     x = torch.tensor([0.6, 0.4, 0.5, 0.6, 1.5, 0.2]).view(6, 1)
     s = IFNeuron(NeuronConfig())(x).view(-1).tolist()
