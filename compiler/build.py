@@ -5,6 +5,7 @@
       graph.nir       the exported NIR graph
       lowered.json    the compiled IR (structure) ...
       lowered.npz     ... and its arrays (float weights and the quantized integers)
+      moments.json    (written by Analytic-DPM sampling) the model's epsilon moments
       model.pt        host-side parts: the snc checkpoint the build came from
                       (time embedding, stem and tail run on the host); absent when
                       compiled from a .nir file
@@ -124,6 +125,7 @@ def write_build(directory: Path, graph: Graph, nir_graph: nir.NIRGraph, meta: di
             shutil.copyfile(checkpoint, directory / "model.pt")
     elif (directory / "model.pt").exists():
         (directory / "model.pt").unlink()  # a stale copy from an earlier build would mislead
+    (directory / "moments.json").unlink(missing_ok=True)  # the cached epsilon moments were the old model's
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "log": graph.log}
     (directory / "build.json").write_text(json.dumps(meta, indent=1, default=_json_default))
     return Build(directory, meta, graph, nir_graph)

@@ -74,8 +74,8 @@ class IFNeuron(nn.Module):
 
 def scale_thresholds(model: nn.Module, factor: float) -> nn.Module:
     """Threshold guidance (SDDPM 4.3): every spiking neuron's threshold times ``factor``, in place."""
-    if not factor > 0:
-        raise ValueError(f"threshold scale must be positive, got {factor}")
+    if not 0 < factor < float("inf"):
+        raise ValueError(f"threshold scale must be a positive finite number, got {factor}")
     for module in model.modules():
         if isinstance(module, IFNeuron):
             module.config = replace(module.config, threshold=module.config.threshold * factor)

@@ -22,6 +22,7 @@ from snc.errors import SncError
 from snc.models.checkpoint import load_checkpoint
 from snc.models.data import digits
 from snc.models.diffusion import Schedule, q_sample
+from snc.models.neurons import scale_thresholds
 
 from .chip import CallResult, open_network
 from .host import core_inputs
@@ -72,7 +73,9 @@ def load_host_model(build: Build) -> nn.Module:
     if build.model_path is None:
         raise SncError(f"{build.path} was compiled from a NIR file: it has no host-side parts "
                        "(time embedding, stem, tail); compile the checkpoint to sample or verify")
-    return load_checkpoint(build.model_path).model.double().eval()
+    model = load_checkpoint(build.model_path).model.double().eval()
+    # the torch side of a guided build is the guided model (the chip's vth were guided at compile time)
+    return scale_thresholds(model, float(build.meta.get("threshold_scale", 1.0)))
 
 
 class ChipDenoiser:

@@ -60,6 +60,10 @@ How it is fast:
   ``windows_only`` (what ``ChipDenoiser`` uses) a window-separable netlist
   (see ``EmuNetwork``) integrates each group only in its T logical steps of
   a call, which gives the same ``CallResult`` as all ``depth + T`` steps.
+- **Memory reuse.** A call at batch 64 allocates about 90 MB of
+  temporaries; the ``snc`` command (and the bench) raise glibc's mmap and
+  trim thresholds (``snc.allocator``) so freed blocks are reused instead of
+  faulted in again every call (about 15 % of a call otherwise).
 - **Integer work where it is cheap.** Neuron state is int64 numpy with
   explicit wraps and saturation; when every input of a run is below 2^17 in
   magnitude no wrap can occur and u, v run in int32 without the wrap passes.
@@ -67,7 +71,6 @@ How it is fast:
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -409,7 +412,6 @@ class EmuNetwork:
                  windows_only: bool = False) -> None:
         if batch < 1:
             raise SncError("batch must be at least 1")
-        _reuse_freed_memory()
         net = as_netlist(source, "fixed")
         self.net, self.batch, self.record = net, batch, record
         self.length = net.call_steps
@@ -668,28 +670,6 @@ class EmuNetwork:
             steps = run.span[name][1] - run.span[name][0]
             run.u.setdefault(name, np.empty((steps, *a.shape[1:]), np.int64))[first:first + k] = u_trace
             run.v.setdefault(name, np.empty((steps, *a.shape[1:]), np.int64))[first:first + k] = v
-
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def _reuse_freed_memory() -> None:
-    """Let the allocator keep freed blocks for the next call instead of returning them to the OS.
-
-    A call at batch 64 allocates about 90 MB of temporaries; by default glibc
-    hands blocks above its mmap threshold back to the OS when they are freed,
-    and the next call faults every page in again (about 15 % of a call's
-    time). Raising the mmap and trim thresholds keeps them in the heap. This
-    changes the process's memory reuse only, never a result; off glibc there
-    is nothing to tune.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _any_spike(rows: torch.Tensor) -> torch.Tensor:

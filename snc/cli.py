@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from snc.allocator import keep_freed_memory
 from snc.errors import SncError
 
 app = typer.Typer(
@@ -157,8 +158,8 @@ def sample(
     if chip and build is None:
         raise SncError(f"--backend {backend} needs a build directory (snc compile {model} -o build/), not {model}")
     mode = "fixed" if backend == "emu" else mode or (build.meta.get("mode", "fixed") if build else None)
-    if threshold_scale <= 0:
-        raise SncError("--threshold-scale must be positive")
+    if not 0 < threshold_scale < float("inf"):
+        raise SncError("--threshold-scale must be a positive finite number")
     with contextlib.ExitStack() as stack:
         if chip:
             if threshold_scale != 1.0:  # on top of the guidance the build was compiled with, if any
@@ -584,6 +585,9 @@ def energy(
         raise SncError("-n and --steps must be positive")
     if mode not in ("fixed", "float"):
         raise SncError("--mode must be fixed or float")
+    for path in (csv_path, plot):  # before minutes of counting, not after
+        if path is not None and not path.parent.is_dir():
+            raise SncError(f"{path}: no such directory {path.parent}")
     with tempfile.TemporaryDirectory(prefix="snc-energy-") as scratch:
         build = _energy_build(source, preset, seed, target, Path(scratch))
         profile = load_profile(profile_name or build.meta.get("target", target))
@@ -594,14 +598,17 @@ def energy(
         report = energy_report(build, profile, counts, steps)
         random_init = "random init" in str(build.meta.get("source", ""))
     result = report.as_dict() | {"random_init": random_init}
-    if csv_path is not None:
-        keys = list(dict.fromkeys(k for r in report.layers for k in r))
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(report.layers)
-    if plot is not None:
-        _energy_plot(report, plot)
+    try:
+        if csv_path is not None:
+            keys = list(dict.fromkeys(k for r in report.layers for k in r))
+            with open(csv_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(report.layers)
+        if plot is not None:
+            _energy_plot(report, plot)
+    except OSError as exc:
+        raise SncError(f"cannot write the report: {exc}") from None
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -660,6 +667,7 @@ INTERRUPTED = 130  # the shell's code for SIGINT; typer returns it for Ctrl-C wh
 
 
 def main() -> None:
+    keep_freed_memory()
     try:
         status = app(standalone_mode=False)
     except SncError as exc:

@@ -136,11 +136,13 @@ def test_drc_lists_every_violation_at_once():
     text = "\n".join(report["violations"])
     assert "chips of 2 cores; the target has 1" in text
     assert "b: one neuron has 3 synapses, more than a core's 2" in text
-    assert "a.delay1->output: weights [0, 128] exceed 4 magnitude bits" in text
+    assert "a.delay1->output: weights [0, 128] exceed 4 magnitude bits and a sign" in text
     with pytest.raises(GraphError) as err:
         map_cores.run(graph, tiny)
     assert f"{len(report['violations'])} violation(s)" in str(err.value)
     assert map_cores.run(graph, tiny, allow_oversize=True) is graph
+    int8 = "\n".join(map_cores.map_to_cores(graph, load_profile("cmos45nm-int8"))["violations"])
+    assert "weights [0, 128] exceed 8-bit two's complement" in int8  # Loihi's 8 bits + sign are 9 in int8
 
 
 def test_energy_cli_on_a_compiled_mlp(tmp):
@@ -167,6 +169,7 @@ def test_energy_and_compile_errors_are_one_line(tmp):
         (("energy", str(tmp / "nothing")), "no such file"),
         (("energy", "--preset", "digits-mlp", "--profile", "nope"), "unknown profile 'nope'"),
         (("energy", "--preset", "digits-mlp", "--backend", "gpu"), "--backend takes"),
+        (("energy", "--preset", "digits-mlp", "--csv", str(tmp / "no" / "e.csv")), "no such directory"),
         (("compile", "--preset", "digits-mlp", "--target", "cmos45nm-fp32", "-o", str(tmp / "b")),
          "not a compile target"),
     ]:

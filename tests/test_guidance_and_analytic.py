@@ -6,6 +6,10 @@ import json
 
 import numpy as np
 
+from snc.compiler.build import read_build
+from snc.models.neurons import IFNeuron
+from snc.runtime.compiled import load_host_model
+
 from conftest import run_snc
 from test_cli import _clean_error, _ok
 
@@ -32,3 +36,11 @@ def test_guided_compile_and_analytic_sampling(tmp):
         assert runs[backend].shape == (3, 1, 8, 8) and np.all(np.abs(runs[backend]) <= 1)
     moments = json.loads((build / "moments.json").read_text())  # cached in the build for every backend
     assert len(moments["gamma"]) == 5 and all(0 < g < 2 for g in moments["gamma"].values())
+
+    # the torch side of a guided build (sample --backend torch, verify, energy) is the guided model
+    host = load_host_model(read_build(build))
+    assert {m.config.threshold for m in host.modules() if isinstance(m, IFNeuron)} == {0.997}
+    _clean_error(run_snc("sample", str(build), "--threshold-scale", "nan", "-o", str(tmp / "x.png")),
+                 "positive finite")
+    _ok(run_snc("compile", str(ckpt), "-o", str(build)))
+    assert not (build / "moments.json").exists()  # a new build's model: the cached moments are gone

@@ -24,24 +24,24 @@ from ..ir import Graph, Population
 
 
 def run(graph: Graph, factor: float, vth_bits: int) -> Graph:
-    if not factor > 0:
-        raise GraphError(f"threshold scale must be positive, got {factor}")
+    if not 0 < factor < float("inf"):
+        raise GraphError(f"threshold scale must be a positive finite number, got {factor}")
     rows, problems = [], []
-    for p in graph.of_type(Population):
-        if p.role != "neuron" or factor == 1.0:
-            continue
+    guided = [p for p in graph.of_type(Population) if p.role == "neuron" and factor != 1.0]
+    for p in guided:
         before = int(p.fixed["vth"])
         after = int(round(p.threshold * factor * p.scale))
         if after == before:
             problems.append(f"{p.name}: vth {before} stays {after} (resolution {1 / max(before, 1):.2%})")
         elif not 0 < after < 2 ** vth_bits:
             problems.append(f"{p.name}: guided vth {after} outside {vth_bits} bits")
-        p.threshold *= factor
-        p.fixed["vth"] = after
         rows.append({"population": p.name, "vth": [before, after], "effective_scale": after / before if before else None})
-    if problems:
+    if problems:  # checked before anything changes: a refused guidance leaves the graph as it was
         raise GraphError(f"threshold scale {factor} rounds away in {len(problems)} population(s) on this target "
                          "(its vth mantissa cannot express it):\n  " + "\n  ".join(problems))
+    for p, row in zip(guided, rows):
+        p.threshold *= factor
+        p.fixed["vth"] = row["vth"][1]
     graph.log.append({"pass": "guide_thresholds", "factor": factor, "populations": rows})
     return graph
 

@@ -13,6 +13,7 @@ Resource model (per image; a batch of images is that many copies):
 
 Checks, all reported at once: one neuron's synapses must fit one core; the
 cores must fit the target's chips; weights must fit the target's weight bits
+(``weight_format``: Loihi's sign-magnitude, the default, or two's complement)
 and delays its maximum delay. Profiles without core limits (a von Neumann
 accelerator) only get the weight check.
 
@@ -79,13 +80,15 @@ def map_to_cores(graph: Graph, profile: dict[str, Any]) -> dict[str, Any]:
                 violations.append(f"needs {report['cores']:,} cores = {report['chips']:,} chips of "
                                   f"{limits['cores_per_chip']} cores; the target has {limits['chips']}")
     if "weight_bits" in limits:
-        # Loihi's weight format: a magnitude of weight_bits and a sign ([-256, 255] for 8 bits)
-        bound = 2 ** limits["weight_bits"]
+        bits = limits["weight_bits"]
+        if limits.get("weight_format", "sign-magnitude") == "sign-magnitude":
+            lo, hi, what = -2 ** bits, 2 ** bits - 1, f"{bits} magnitude bits and a sign"  # Loihi: [-256, 255]
+        else:
+            lo, hi, what = -2 ** (bits - 1), 2 ** (bits - 1) - 1, f"{bits}-bit two's complement"
         for e in graph.edges:
             w = e.fixed.get("weight")
-            if w is not None and np.asarray(w).size and (np.min(w) < -bound or np.max(w) >= bound):
-                violations.append(f"{e.name}: weights [{int(np.min(w))}, {int(np.max(w))}] exceed "
-                                  f"{limits['weight_bits']} magnitude bits")
+            if w is not None and np.asarray(w).size and (np.min(w) < lo or np.max(w) > hi):
+                violations.append(f"{e.name}: weights [{int(np.min(w))}, {int(np.max(w))}] exceed {what}")
     if "max_delay" in limits:
         violations += [f"{e.name}: delay {e.delay} > {limits['max_delay']}" for e in graph.edges
                        if e.delay > limits["max_delay"]]
