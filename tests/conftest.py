@@ -41,6 +41,16 @@ def make_model(preset: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return model.eval()
 
 
+class HostilePickle:
+    """Unpickling this object would create the file ``marker``: a checkpoint loader must refuse it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def run_snc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the installed ``snc`` console script."""
     exe = Path(sys.executable).with_name("snc")

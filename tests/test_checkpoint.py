@@ -6,7 +6,7 @@ import torch
 from snc.errors import CheckpointError
 from snc.models.checkpoint import load_checkpoint, save_checkpoint
 
-from conftest import make_model
+from conftest import HostilePickle, make_model
 
 
 def _save(path, model, arch="spiking-mlp"):
@@ -23,17 +23,9 @@ def test_round_trip_is_exact(tmp):
     assert not ckpt.model.training
 
 
-class _Hostile:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_hostile_pickle_is_refused_and_never_executed(tmp):
     marker = tmp / "pwned"
-    torch.save({"format": "snc-checkpoint", "payload": _Hostile(str(marker))}, tmp / "evil.pt")
+    torch.save({"format": "snc-checkpoint", "payload": HostilePickle(str(marker))}, tmp / "evil.pt")
     assert not marker.exists()  # saving only records the call
     with pytest.raises(CheckpointError, match="refused to load"):
         load_checkpoint(tmp / "evil.pt")
@@ -42,7 +34,7 @@ def test_hostile_pickle_is_refused_and_never_executed(tmp):
 
 def test_raw_pickle_file_is_refused(tmp):
     marker = tmp / "pwned"
-    (tmp / "raw.pt").write_bytes(pickle.dumps(_Hostile(str(marker))))
+    (tmp / "raw.pt").write_bytes(pickle.dumps(HostilePickle(str(marker))))
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp / "raw.pt")
     assert not marker.exists()

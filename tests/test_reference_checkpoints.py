@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from snc.errors import CheckpointError, SncError
 from snc.models.checkpoint import load_checkpoint
 
-from conftest import DATA, run_snc
+from conftest import DATA, HostilePickle, run_snc
 from test_cli import _clean_error, _ok
 
 TINY = {"T": 50, "ch": 8, "ch_mult": [1, 2], "attn": [], "num_res_blocks": 1, "dropout": 0.1, "timestep": 4,
@@ -310,17 +310,9 @@ def test_an_snc_checkpoint_read_as_a_reference_one(tmp):
         load_checkpoint(shipped_checkpoint("digits-unet"), arch="sddpm", config=TINY)
 
 
-class _Hostile:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_hostile_reference_pickle_is_refused_and_never_executed(tmp):
     marker = tmp / "pwned"
-    torch.save({"net_model": random_state_dict(TINY, False, 0), "optim": _Hostile(str(marker))}, tmp / "evil.pt")
+    torch.save({"net_model": random_state_dict(TINY, False, 0), "optim": HostilePickle(str(marker))}, tmp / "evil.pt")
     with pytest.raises(CheckpointError, match="refused to load"):
         load_checkpoint(tmp / "evil.pt", arch="sddpm", config=TINY)
     assert not marker.exists()
