@@ -20,9 +20,13 @@ What the graph holds, per spiking step (the host runs it T times per call):
 - Output ``output``: the U-Net's last real-valued stream (the tail is host-side),
   or the MLP's readout currents.
 
+- SDM's TSM (``TSMConv2d``, p[t] times the conv output, bias included,
+  before BatchNorm): ``BN(p[t] (W x + b)) = p[t] (s W x + s b) + c`` with the
+  BatchNorm's scale s and shift c, so the conv node ``<conv>`` holds ``s W``
+  and ``s b`` and the extension node ``<conv>.tsm`` (``snc.StepScale``)
+  multiplies by p[t] and adds c.
+
 Node names follow the torch module paths, so every node traces to its module.
-A model with SDM's TSM scales (``TSMConv2d``) is refused: p[t] varies with the
-spiking step and has no lowering yet.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ from torch import nn
 from snc.errors import SncError
 from snc.models.mlp import SpikingMLP
 from snc.models.neurons import IFNeuron, NeuronConfig
-from snc.models.unet import ResBlock, SpikingUNet, TSMConv2d, UpSample
+from snc.models.unet import ResBlock, SpikingUNet, SpikingUNetTSM, TSMConv2d, UpSample, conv_weights
 
-from .nir_io import NIR_DT, NearestUpsample2d
+from .nir_io import NIR_DT, NearestUpsample2d, StepScale
 
 FORMAT = "snc-nir"
 FORMAT_VERSION = 1
@@ -49,10 +53,15 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().copy()
 
 
+def bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """An eval-mode BatchNorm's per-channel factor (float64): BN(z) = scale * z + shift."""
+    return bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+
+
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """Conv/affine weights with an eval-mode BatchNorm after them folded in (float64 math)."""
     dtype = weight.dtype
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    scale = bn_scale(bn)
     w = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))
     b = bias.double() if bias is not None else torch.zeros_like(scale)
     b = (b - bn.running_mean.double()) * scale + bn.bias.double()
@@ -92,6 +101,34 @@ class _Builder:
         self.edges.extend((s, name) for s in sources)
         return name
 
+    def conv_layer(self, name: str, layer: nn.Module, bn: nn.BatchNorm2d | None, shape, *sources: str,
+                   channels: slice = slice(None), with_bias: bool = True) -> str:
+        """A conv (``nn.Conv2d`` or ``TSMConv2d``) on ``channels`` of its input, with ``bn`` folded in.
+
+        Returns the node holding the result: the conv, or for TSM its ``.tsm`` StepScale.
+        ``with_bias=False`` drops the constant terms (the other parts of a split concat carry them).
+        """
+        conv = conv_weights(layer)
+        tsm = isinstance(layer, TSMConv2d)
+        if bn is None:
+            weight, bias = _np(conv.weight), _np(conv.bias)
+            shift = np.zeros(conv.out_channels, dtype=weight.dtype)
+        elif not tsm:  # the BatchNorm's shift folds into the conv's bias
+            weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
+        else:  # p[t] sits between the conv (bias included) and the shift: BN(p (Wx + b)) = p (sWx + sb) + c
+            weight, shift = fold_batchnorm(conv.weight, None, bn)
+            bias = _np((conv.bias.double() * bn_scale(bn)).to(conv.bias.dtype))
+        w = weight[:, channels].copy()
+        b = bias if with_bias else np.zeros(w.shape[0], dtype=w.dtype)
+        node = self.conv(name, w, b, conv, shape, *sources)
+        if not tsm:
+            return node
+        out_shape = _conv_out(conv, tuple(shape))
+        c = shift if with_bias else np.zeros(w.shape[0], dtype=w.dtype)
+        step = StepScale(input_shape=np.array(out_shape), scale=_np(layer.tsmp).reshape(-1),
+                         bias=np.broadcast_to(c[:, None, None], out_shape).copy())
+        return self.add(f"{name}.tsm", step, node)
+
     def conv(self, name: str, weight: np.ndarray, bias: np.ndarray, conv: nn.Conv2d, shape, *sources: str) -> str:
         return self.add(
             name,
@@ -125,27 +162,25 @@ def _conv_out(conv: nn.Conv2d, shape: tuple[int, int, int]) -> tuple[int, int, i
 def _export_resblock(b: _Builder, name: str, block: ResBlock, parts: list[_Stream]) -> _Stream:
     """IF -> conv1 -> BN -> +temb -> IF -> conv2 -> BN -> +shortcut, concat parts split."""
     suffixes = [""] if len(parts) == 1 else [".main", ".skip"]
-    w1, b1 = fold_batchnorm(block.conv1.weight, block.conv1.bias, block.bn1)
-    out_shape = _conv_out(block.conv1, parts[0].shape)
+    out_shape = _conv_out(conv_weights(block.conv1), parts[0].shape)
     conv1_nodes, shortcut_nodes = [], []
     start = 0
     for part, suffix in zip(parts, suffixes):
         c = part.shape[0]
         sl = slice(start, start + c)
         spikes = b.neuron(f"{name}.neuron1{suffix}", block.neuron1, part.shape, part.node)
-        bias = b1 if start == 0 else np.zeros_like(b1)  # the bias enters once
-        conv1_nodes.append(b.conv(f"{name}.conv1{suffix}", w1[:, sl].copy(), bias, block.conv1, part.shape, spikes))
-        if isinstance(block.shortcut, nn.Conv2d):
-            ws = _np(block.shortcut.weight)[:, sl].copy()
-            bs = _np(block.shortcut.bias) if start == 0 else np.zeros(ws.shape[0], dtype=ws.dtype)
-            shortcut_nodes.append(b.conv(f"{name}.shortcut{suffix}", ws, bs, block.shortcut, part.shape, part.node))
-        else:
+        # the biases enter once, with the first part
+        conv1_nodes.append(b.conv_layer(f"{name}.conv1{suffix}", block.conv1, block.bn1, part.shape, spikes,
+                                        channels=sl, with_bias=start == 0))
+        if isinstance(block.shortcut, nn.Identity):
             shortcut_nodes.append(part.node)  # identity shortcut: the stream itself
+        else:
+            shortcut_nodes.append(b.conv_layer(f"{name}.shortcut{suffix}", block.shortcut, None, part.shape,
+                                               part.node, channels=sl, with_bias=start == 0))
         start += c
     temb = b.add(f"temb.{name}", nir.Input(input_type=np.array(out_shape)))
     spikes2 = b.neuron(f"{name}.neuron2", block.neuron2, out_shape, *conv1_nodes, temb)
-    w2, b2 = fold_batchnorm(block.conv2.weight, block.conv2.bias, block.bn2)
-    conv2 = b.conv(f"{name}.conv2", w2, b2, block.conv2, out_shape, spikes2)
+    conv2 = b.conv_layer(f"{name}.conv2", block.conv2, block.bn2, out_shape, spikes2)
     out = b.add(f"{name}.out", nir.Scale(scale=np.ones(out_shape, dtype=b.dtype)), conv2, *shortcut_nodes)
     return _Stream(out, out_shape)
 
@@ -158,21 +193,18 @@ def _export_resample(b: _Builder, name: str, layer: nn.Module, stream: _Stream) 
         up = NearestUpsample2d(input_shape=np.array(shape), scale=2)
         spikes = b.add(f"{name}.upsample", up, spikes)
         shape = tuple(int(v) for v in up.output_type["output"])
-    w, bias = fold_batchnorm(layer.conv.weight, layer.conv.bias, layer.bn)
-    node = b.conv(f"{name}.conv", w, bias, layer.conv, shape, spikes)
-    return _Stream(node, _conv_out(layer.conv, shape))
+    node = b.conv_layer(f"{name}.conv", layer.conv, layer.bn, shape, spikes)
+    return _Stream(node, _conv_out(conv_weights(layer.conv), shape))
 
 
 def _export_unet(model: SpikingUNet, b: _Builder) -> None:
     cfg = model.config
     shape = (cfg.img_ch, cfg.img_size, cfg.img_size)
     x = b.add("input", nir.Input(input_type=np.array(shape)))
-    w, bias = fold_batchnorm(model.conv.weight, model.conv.bias, model.bn)
-    h = b.conv("conv", w, bias, model.conv, shape, x)
-    shape = _conv_out(model.conv, shape)
+    h = b.conv_layer("conv", model.conv, model.bn, shape, x)
+    shape = _conv_out(conv_weights(model.conv), shape)
     s = b.neuron("neuron", model.neuron, shape, h)
-    w, bias = fold_batchnorm(model.conv_identity.weight, model.conv_identity.bias, model.bn_identity)
-    stream = _Stream(b.conv("conv_identity", w, bias, model.conv_identity, shape, s), shape)
+    stream = _Stream(b.conv_layer("conv_identity", model.conv_identity, model.bn_identity, shape, s), shape)
     skips = [stream]
     for i, layer in enumerate(model.downblocks):
         name = f"downblocks.{i}"
@@ -206,16 +238,13 @@ def _export_mlp(model: SpikingMLP, b: _Builder) -> None:
     b.add("output", nir.Output(output_type=np.array([model.readout.out_features])), out)
 
 
-EXPORTERS = {SpikingUNet: ("spiking-unet", _export_unet), SpikingMLP: ("spiking-mlp", _export_mlp)}
+EXPORTERS = {SpikingUNet: ("spiking-unet", _export_unet), SpikingUNetTSM: ("spiking-unet-tsm", _export_unet),
+             SpikingMLP: ("spiking-mlp", _export_mlp)}
 
 
 @torch.no_grad()
 def export_model(model: nn.Module) -> nir.NIRGraph:
     """NIR graph of one spiking step of ``model``'s core (model must be in eval mode)."""
-    if any(isinstance(m, TSMConv2d) for m in model.modules()):
-        # p[t] changes with the spiking step: folding it into static weights would silently drop it
-        raise SncError("TSM per-step scales have no lowering yet: a model with TSM scales p[t] "
-                       f"({type(model).__name__}) runs on the torch backend only")
     if type(model) not in EXPORTERS:
         raise SncError(f"no NIR exporter for {type(model).__name__}")
     if model.training:

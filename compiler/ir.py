@@ -6,9 +6,14 @@ Nodes (all carry a ``name`` that traces to the NIR node and torch module):
   constant over the spiking steps (the analog image, time-embedding biases).
 - ``Linear``: a real-valued op with a bias (conv, affine, scale, upsample,
   flatten) as imported from NIR; ``placement`` is set by ``partition_host``.
-  After ``reassociate`` no Linear node is left.
-- ``Population``: spiking neurons (IF/LIF, threshold, decay, a static bias)
-  or a ``relay`` inserted by ``balance_delays``.
+  A ``gain`` (SDM's TSM, NIR's ``snc.StepScale``) multiplies ``op(x)`` by
+  gain[t] at logical step t. After ``reassociate`` no Linear node is left.
+- ``Population``: spiking neurons (IF/LIF, threshold, decay, a bias) or a
+  ``relay`` inserted by ``balance_delays``.
+
+Per-step values (TSM): an edge's ``gain`` [T] multiplies its current at
+logical step t; a bias is either full-shape (the same every step) or
+[T, *shape] (one per logical step, ``bias_at``).
 - ``Readout``: the graph's output, read by the host every step.
 
 Edges carry a ``LinearOp``. Before ``reassociate`` they are identities between
@@ -27,7 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import networkx as nx
 import numpy as np
@@ -49,6 +54,7 @@ class Linear:
     op: LinearOp
     bias: np.ndarray  # full output shape
     placement: str = ""  # "host" or "chip" after partition_host
+    gain: Optional[np.ndarray] = None  # [T]: output gain[t] * op(x) + bias at logical step t
 
 
 @dataclass
@@ -57,7 +63,7 @@ class Population:
     shape: Shape
     threshold: float
     decay: float  # v <- decay * v + input; 1.0 is integrate-and-fire
-    bias: np.ndarray  # static, full shape, added every step
+    bias: np.ndarray  # full shape, added every step, or [T, *shape] per logical step
     role: str = "neuron"  # neuron | relay
     depth: int = -1  # steps after the call's first step at which logical step 0 is integrated
     scale: float = 1.0  # fold_thresholds: integer units per unit of model current
@@ -68,12 +74,26 @@ class Population:
 class Readout:
     name: str
     shape: Shape
-    bias: np.ndarray  # added on the host
+    bias: np.ndarray  # added on the host; full shape or [T, *shape]
     depth: int = -1
     scale: float = 1.0
 
 
 Node = Union[HostInput, Linear, Population, Readout]
+
+
+def step_bias(node: Union[Population, Readout], timestep: int) -> np.ndarray:
+    """The node's bias per logical step, [T, *shape] (a static bias repeated)."""
+    b = np.asarray(node.bias, dtype=np.float64)
+    if b.shape == tuple(node.shape):
+        return np.broadcast_to(b, (timestep, *b.shape))
+    return b
+
+
+def bias_at(node: Union[Population, Readout], t: int) -> np.ndarray:
+    """The node's bias at logical step t (full shape)."""
+    b = np.asarray(node.bias)
+    return b if b.shape == tuple(node.shape) else b[t]
 
 
 @dataclass
@@ -83,8 +103,9 @@ class Edge:
     op: LinearOp
     delay: int = 0  # extra steps beyond the one every Lava synapse adds
     origin: tuple[str, ...] = ()
-    fixed: dict[str, Any] = field(default_factory=dict)  # quantize: weight (int), weight_exp
+    fixed: dict[str, Any] = field(default_factory=dict)  # quantize: weight (int), weight_exp, gain, gain_shift
     part: str = ""  # split_signs: "+" / "-" half; reassociate: "#k" for a k-th unmergeable term
+    gain: Optional[np.ndarray] = None  # [T]: the current at logical step t is gain[t] * op(x)
 
     @property
     def name(self) -> str:
@@ -156,10 +177,16 @@ class Graph:
                     problems.append(f"edge {e.name} enters host input {e.dst}")
             if e.delay < 0:
                 problems.append(f"edge {e.name}: negative delay")
+            problems += _gain_problems(e.name, e.gain, self.timestep)
         for n in self.nodes.values():
             bias = getattr(n, "bias", None)
             if bias is not None and not np.all(np.isfinite(bias)):
                 problems.append(f"{n.name}: non-finite bias")
+            if isinstance(n, (Population, Readout)) and np.shape(bias) not in (tuple(n.shape),
+                                                                              (self.timestep, *n.shape)):
+                problems.append(f"{n.name}: bias of shape {np.shape(bias)}, not {tuple(n.shape)} or per step")
+            if isinstance(n, Linear):
+                problems += _gain_problems(n.name, n.gain, self.timestep)
         if problems:
             raise GraphError("IR check failed:\n  " + "\n  ".join(problems))
         self.topological()
@@ -181,6 +208,8 @@ class Graph:
             d = {"src": e.src, "dst": e.dst, "op": e.op.describe(), "synapses": e.op.synapse_count(), "delay": e.delay}
             if e.origin:
                 d["origin"] = list(e.origin)
+            if e.gain is not None:
+                d["gain"] = [float(v) for v in e.gain]
             if e.fixed:
                 d["fixed"] = {k: _jsonable(v) for k, v in e.fixed.items() if np.ndim(v) == 0}
             return d
@@ -194,6 +223,14 @@ class Graph:
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(self.summary(), indent=1))
+
+
+def _gain_problems(name: str, gain: Optional[np.ndarray], timestep: int) -> list[str]:
+    if gain is None:
+        return []
+    if np.shape(gain) != (timestep,):
+        return [f"{name}: per-step gain of shape {np.shape(gain)}, not ({timestep},)"]
+    return [] if np.all(np.isfinite(gain)) else [f"{name}: non-finite per-step gain"]
 
 
 def _size(node: Node, into: bool = False) -> int:

@@ -7,7 +7,8 @@ A ``Netlist`` is the one lowering target of snc and is backend-neutral:
 - **neuron groups** (Lava ``LIF``; ``LIFReset`` when ``reset_interval > 0``):
   ``du``, ``dv``, ``vth``, ``bias_mant``, ``bias_exp`` (integers in ``fixed``
   mode; in ``float`` mode the floating_pt parameters: ``bias_mant`` is the
-  float bias, ``bias_exp`` is 0);
+  float bias, ``bias_exp`` is 0). A bias per logical step (TSM) has arrays
+  [T, n] instead of [n]: snc's ``StepBiasLIFReset`` process;
 - **synapses** from a group to a group (any group: a synapse into its own
   source or into an earlier group is a recurrent connection) or to the
   readout, one Lava connection process each:
@@ -18,6 +19,11 @@ A ``Netlist`` is the one lowering target of snc and is backend-neutral:
     ``num_weight_bits``, does not clip its weights and wraps its output at 24
     bits; so a ``conv`` synapse must have ``weight_exp == 0``,
     ``num_weight_bits == 8``, no delay and no upsampling.
+
+  A ``sparse`` synapse without delay may carry a per-step ``gain`` [T]
+  (TSM): snc's ``StepGainSparse`` process multiplies its output for spikes of
+  logical step t by ``gain[t]`` (fixed: ``(a * gain[t]) >> gain_shift``,
+  an arithmetic shift, after Lava's ``weight_exp``; float: ``a * gain[t]``).
 
   Every synapse keeps its structural ``LinearOp`` with the weights the
   backend is handed (fixed: the quantized integers before Lava's own
@@ -34,7 +40,11 @@ Timing (Lava's): every synapse adds one step (a spike at step t reaches its
 target at step t + 1 + delay); ``LIFReset`` zeroes u and v at the start of
 every step with ``time_step % reset_interval == reset_offset`` (time steps
 count from 1 across calls). A denoiser call runs ``depth + T`` steps; a
-group's logical step 0 is at 0-based step ``depth`` of the call.
+group's logical step 0 is at 0-based step ``depth`` of the call. Per-step
+values of a group (bias, host current) and of a synapse (gain, indexed by its
+source group's depth) are taken at ``logical_steps``: the step of the call
+minus the depth, clipped to 0..T-1 (outside its window a group's state is
+wiped by its next reset, so any value would do; the clip makes it defined).
 
 Requires: a graph after ``quantize`` for ``fixed`` mode (any compiled graph
 for ``float``). Guarantees: ``Netlist.check`` passed (every parameter within
@@ -67,6 +77,13 @@ WEIGHT_LIMIT = 1 << 15  # raw weights handed to Lava (it clips Dense/Sparse weig
 WEIGHT_EXP_RANGE = (-8, 7)
 MAX_DELAY = 62
 CONV_SUM_LIMIT = 1 << 31  # Lava's Conv casts its float64 sums to int32
+GAIN_MANT_LIMIT = 1 << 12  # StepGainSparse: signed 13-bit gain mantissa (hw_profiles/loihi2.toml)
+GAIN_SHIFT_MAX = 12
+
+
+def logical_steps(time_steps: np.ndarray, depth: int, timestep: int, call_steps: int) -> np.ndarray:
+    """The logical step (0..T-1) whose per-step values apply at each Lava time step (counted from 1)."""
+    return np.clip((np.asarray(time_steps) - 1) % call_steps - depth, 0, timestep - 1)
 
 
 @dataclass(frozen=True)
@@ -76,8 +93,8 @@ class NeuronGroup:
     du: float  # int in fixed mode
     dv: float
     vth: float
-    bias_mant: np.ndarray  # [n]
-    bias_exp: np.ndarray  # [n]
+    bias_mant: np.ndarray  # [n], or [T, n] per logical step
+    bias_exp: np.ndarray  # same shape as bias_mant
     reset_interval: int = 0  # 0: plain LIF, no reset
     reset_offset: int = 0
     depth: int = 0  # 0-based step of a call at which logical step 0 is integrated
@@ -86,8 +103,12 @@ class NeuronGroup:
     def n(self) -> int:
         return int(np.prod(self.shape))
 
+    @property
+    def per_step(self) -> bool:
+        return self.bias_mant.ndim == 2
+
     def bias(self) -> np.ndarray:
-        """Per-neuron bias added every step: ``bias_mant << bias_exp`` (fixed), ``bias_mant`` (float)."""
+        """Bias added every step, [n] or [T, n]: ``bias_mant << bias_exp`` (fixed), ``bias_mant`` (float)."""
         if self.bias_mant.dtype.kind == "f":
             return self.bias_mant
         return self.bias_mant.astype(np.int64) << self.bias_exp.astype(np.int64)
@@ -103,6 +124,8 @@ class Synapse:
     weight_exp: int = 0
     num_weight_bits: int = 8
     delay: int = 0  # steps beyond the one every synapse adds
+    gain: Optional[np.ndarray] = None  # [T] per logical step of the source (fixed: integer mantissas)
+    gain_shift: int = 0  # fixed: the gain is gain / 2^gain_shift
 
 
 @dataclass(frozen=True)
@@ -146,7 +169,7 @@ class Netlist:
         if self.readout.name in self.groups:
             problems.append(f"readout {self.readout.name!r} has the name of a neuron group")
         for g in self.groups.values():
-            problems += _group_problems(g, self.mode)
+            problems += _group_problems(g, self.mode, self.timestep)
         names = set()
         for s in self.synapses:
             if s.name in names:
@@ -162,11 +185,13 @@ class Netlist:
             raise SncError(f"netlist check failed ({len(problems)} problem(s)): " + "; ".join(problems))
 
 
-def _group_problems(g: NeuronGroup, mode: str) -> list[str]:
+def _group_problems(g: NeuronGroup, mode: str, timestep: int) -> list[str]:
     out = []
-    if g.bias_mant.shape != (g.n,) or g.bias_exp.shape != (g.n,):
-        out.append(f"{g.name}: bias arrays must have shape ({g.n},)")
+    if g.bias_mant.shape not in ((g.n,), (timestep, g.n)) or g.bias_exp.shape != g.bias_mant.shape:
+        out.append(f"{g.name}: bias arrays must have shape ({g.n},) or ({timestep}, {g.n})")
         return out
+    if g.per_step and g.reset_interval == 0:
+        out.append(f"{g.name}: a per-step bias needs a LIFReset group (the step is counted within a call)")
     if not 0 <= g.reset_offset < max(g.reset_interval, 1):
         out.append(f"{g.name}: reset_offset {g.reset_offset} outside 0..reset_interval-1")
     if mode != "fixed":
@@ -211,6 +236,8 @@ def _synapse_problems(s: Synapse, net: Netlist) -> list[str]:
             out.append(f"{s.name}: Lava's Conv ignores weight_exp and num_weight_bits: they must be 0 and 8")
     if s.delay and s.kind != "sparse":
         out.append(f"{s.name}: only sparse synapses have delays (Lava DelaySparse)")
+    if s.gain is not None:
+        out += _gain_problems(s, net)
     if not 0 <= s.delay <= MAX_DELAY:
         out.append(f"{s.name}: delay {s.delay} outside 0..{MAX_DELAY}")
     if net.mode != "fixed":
@@ -229,6 +256,21 @@ def _synapse_problems(s: Synapse, net: Netlist) -> list[str]:
     if s.kind == "conv" and s.op.kind == "conv" and \
             np.abs(w.astype(np.int64)).sum(axis=(1, 2, 3)).max(initial=0) >= CONV_SUM_LIMIT:
         out.append(f"{s.name}: a Conv sum can exceed int32 (Lava casts it)")
+    return out
+
+
+def _gain_problems(s: Synapse, net: Netlist) -> list[str]:
+    out = []
+    if s.kind != "sparse" or s.delay:
+        out.append(f"{s.name}: only sparse synapses without delay have per-step gains (StepGainSparse)")
+    if np.shape(s.gain) != (net.timestep,):
+        return out + [f"{s.name}: gain of shape {np.shape(s.gain)}, not ({net.timestep},)"]
+    if net.mode != "fixed":
+        return out + ([] if np.all(np.isfinite(s.gain)) else [f"{s.name}: non-finite gain"])
+    if s.gain.dtype.kind not in "iu" or np.abs(s.gain).max() >= GAIN_MANT_LIMIT:
+        out.append(f"{s.name}: gain mantissas must be integers in {-GAIN_MANT_LIMIT + 1}..{GAIN_MANT_LIMIT - 1}")
+    if not 0 <= s.gain_shift <= GAIN_SHIFT_MAX:
+        out.append(f"{s.name}: gain_shift {s.gain_shift} outside 0..{GAIN_SHIFT_MAX}")
     return out
 
 
@@ -257,12 +299,15 @@ def lower(graph: Graph, mode: str) -> Netlist:
             if not p.fixed:
                 raise SncError(f"{p.name} has no fixed-point parameters: the graph was not quantized")
             f = p.fixed
-            params = dict(du=int(f["du"]), dv=int(f["dv"]), vth=int(f["vth"]),
-                          bias_mant=np.asarray(f["bias_mant"], dtype=np.int64).reshape(-1),
-                          bias_exp=np.asarray(f["bias_exp"], dtype=np.int64).reshape(-1))
+            mant = np.asarray(f["bias_mant"], dtype=np.int64)
+            rows = (-1, n) if mant.size > n else (n,)  # per logical step: [T, n]
+            params = dict(du=int(f["du"]), dv=int(f["dv"]), vth=int(f["vth"]), bias_mant=mant.reshape(rows),
+                          bias_exp=np.asarray(f["bias_exp"], dtype=np.int64).reshape(rows))
         else:
-            params = dict(du=1.0, dv=1.0 - p.decay, vth=float(p.threshold),
-                          bias_mant=np.asarray(p.bias, dtype=np.float64).reshape(-1), bias_exp=np.zeros(n, np.int64))
+            bias = np.asarray(p.bias, dtype=np.float64)
+            bias = bias.reshape((-1, n) if bias.size > n else (n,))  # per logical step: [T, n]
+            params = dict(du=1.0, dv=1.0 - p.decay, vth=float(p.threshold), bias_mant=bias,
+                          bias_exp=np.zeros(bias.shape, np.int64))
         # relays keep no state worth resetting; every other population starts each call from zero
         reset = (0, 0) if p.role == "relay" else (length, (p.depth + 1) % length)
         groups[p.name] = NeuronGroup(p.name, tuple(p.shape), reset_interval=reset[0], reset_offset=reset[1],
@@ -275,8 +320,12 @@ def lower(graph: Graph, mode: str) -> Netlist:
             if e.dst in groups:
                 inputs[e.dst] = float(graph.nodes[e.dst].scale) if mode == "fixed" else 1.0
             continue
+        gain, gain_shift = e.gain, 0
+        if gain is not None and mode == "fixed":
+            gain, gain_shift = np.asarray(e.fixed["gain"], dtype=np.int64), int(e.fixed["gain_shift"])
         synapses.append(Synapse(e.name, e.src, e.dst, "sparse", _lowered_op(e.op, e.fixed, mode),
-                                weight_exp=int(e.fixed["weight_exp"]) if mode == "fixed" else 0, delay=e.delay))
+                                weight_exp=int(e.fixed["weight_exp"]) if mode == "fixed" else 0, delay=e.delay,
+                                gain=gain, gain_shift=gain_shift))
     r = graph.readout
     readout = ReadoutPort(r.name, tuple(r.shape), float(r.scale) if mode == "fixed" else 1.0, r.depth)
     net = Netlist(mode, groups, synapses, readout, graph.timestep, inputs)

@@ -12,6 +12,14 @@ Extension nodes:
     ``y[c, i, j] = x[c, i // s, j // s]``: output (C, s*H, s*W). Linear and
     stateless, like a Conv2d; the U-Net's ``F.interpolate(mode='nearest')``.
 
+``snc.StepScale(input_shape, scale=p[T], bias=b)``
+    ``y_t = p[t] * x_t + b`` at spiking step t (0-based within a denoiser
+    call of T steps), ``b`` full-shape and constant. SDM's temporal-wise
+    spiking mechanism (TSM): the conv output scaled per step, then the
+    folded BatchNorm's shift. The only extension whose function changes with
+    the step: a reader that ignores it computes a different network, so a
+    graph holding it needs snc's reader.
+
 Time: NIR is continuous-time and stores no dt. snc exports with
 ``NIR_DT`` = 1e-4 s (the snnTorch / SpikingJelly convention) and bakes it into
 the parameters: an IF neuron has ``r = 1 / dt`` so that one Euler step adds
@@ -69,7 +77,38 @@ class NearestUpsample2d(nir.NIRNode):
         return cls(**kwargs)
 
 
-EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d}
+@dataclass(eq=False)
+class StepScale(nir.NIRNode):
+    """snc extension: ``y_t = scale[t] * x_t + bias`` at spiking step t (SDM's TSM)."""
+
+    input_shape: np.ndarray  # the signal's shape
+    scale: np.ndarray  # [T]
+    bias: np.ndarray  # input_shape
+
+    TYPE = "snc.StepScale"
+
+    def __post_init__(self) -> None:
+        self.input_shape = np.asarray(self.input_shape, dtype=np.int64).reshape(-1)
+        self.scale = np.asarray(self.scale).reshape(-1)
+        self.bias = np.asarray(self.bias)
+        shape = tuple(int(v) for v in self.input_shape)
+        if self.bias.shape != shape:
+            raise ValueError(f"bias has shape {self.bias.shape}, not the input's {shape}")
+        self.input_type = {"input": np.array(shape)}
+        self.output_type = {"output": np.array(shape)}
+
+    def to_dict(self) -> Dict[str, Any]:
+        ret = super().to_dict()
+        ret["type"] = self.TYPE
+        return ret
+
+    @classmethod
+    def from_dict(cls, kwargs: Dict[str, Any]) -> "StepScale":
+        kwargs = {k: v for k, v in kwargs.items() if k != "type"}
+        return cls(**kwargs)
+
+
+EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d, StepScale.TYPE: StepScale}
 
 
 def _as_str(value: Any) -> str:

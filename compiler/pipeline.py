@@ -4,14 +4,15 @@
       1. import_nir       NIR nodes -> IR (neurons with thresholds in input units)
       2. partition_host   real-valued ops that see only host inputs run on the host
       3. reassociate      every on-chip edge carries spikes: compose linear maps,
-                          push biases through, host ops become per-call currents
+                          push biases through, host ops become per-call currents;
+                          TSM's per-step scales become per-step synapse gains and biases
       4. balance_delays   pipeline depth per population, relays for shorter paths,
                           reset offsets
       5. fold_thresholds  one power-of-two scale per population (calibrated peaks)
       6. split_signs      mixed-sign synapses become an excitatory and an inhibitory one
                           (8 magnitude bits and an exponent each instead of 7 shared)
       7. quantize         8-bit weights + exponent, vth, du/dv, bias mantissa/exponent,
-                          all range-checked
+                          per-step gain mantissa/shift, all range-checked
       8. guide_thresholds threshold guidance: every neuron threshold x S (default 1), refused
                           where the integer vth cannot express it
       9. map_cores        neurons and synapses onto the target's cores and chips; every

@@ -257,8 +257,7 @@ class SpikingUNetTSM(SpikingUNet):
 
     Same config, graph and host split as ``SpikingUNet``; ``config.timestep``
     sets the length of every p. The state_dict matches the public
-    ``Spk_UNet_TSM`` key for key. No NIR export yet (p[t] changes with the
-    spiking step, so it does not fold into static weights).
+    ``Spk_UNet_TSM`` key for key.
     """
 
     def __init__(self, config: UNetConfig) -> None:

@@ -9,7 +9,9 @@ returns every step of every group's spikes, u and v and the raw readout: the
 backends' exactness is checked on traces. Both keep counting time steps
 across calls, as Lava does.
 
-Host currents are model-unit floats [B, *shape] per input group; in fixed
+Host currents are model-unit floats per input group, [B, *shape] (the same
+every step) or [T, B, *shape] (one per logical step: TSM); at each Lava step
+a group gets the current of ``logical_steps`` (compiler/lower.py). In fixed
 mode they are rounded to integers at the group's scale, and a value whose
 ``a_in << 6`` would leave the 24-bit current is refused.
 """
@@ -22,7 +24,7 @@ from typing import Union
 import numpy as np
 
 from snc.compiler.ir import Graph
-from snc.compiler.lower import Netlist, lower
+from snc.compiler.lower import Netlist, logical_steps, lower
 from snc.errors import SncError
 
 BACKENDS = ("lava", "emu")
@@ -55,16 +57,18 @@ def as_netlist(source: Union[Graph, Netlist], mode: str) -> Netlist:
 
 
 def host_values(net: Netlist, currents: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    """Per input group: [B, n] int64 (fixed: rounded at the group's scale) or float64 (float)."""
+    """Per input group: [T, B, n] int64 (fixed: rounded at the group's scale) or float64 (float)."""
     values = {}
+    T = net.timestep
     for name, scale in net.inputs.items():
         if name not in currents:
             raise SncError(f"no host current for population {name}")
         n = net.groups[name].n
         x = np.asarray(currents[name], dtype=np.float64)
-        if x.size != batch * n:
-            raise SncError(f"host current for {name} has {x.size} values, expected {batch * n}")
-        x = x.reshape(batch, n)
+        if x.size not in (batch * n, T * batch * n):
+            raise SncError(f"host current for {name} has {x.size} values, expected {batch * n} "
+                           f"or {T * batch * n} (one per logical step)")
+        x = np.broadcast_to(x.reshape(-1, batch, n), (T, batch, n))
         if net.mode == "fixed":
             scaled = np.round(x * scale)
             if np.abs(scaled).max(initial=0) >= HOST_CURRENT_LIMIT:
@@ -74,6 +78,11 @@ def host_values(net: Netlist, currents: dict[str, np.ndarray], batch: int) -> di
         else:
             values[name] = x
     return values
+
+
+def step_rows(net: Netlist, name: str, first: int, count: int) -> np.ndarray:
+    """Indices into a group's per-logical-step values for Lava time steps first..first+count-1."""
+    return logical_steps(np.arange(first, first + count), net.groups[name].depth, net.timestep, net.call_steps)
 
 
 def call_result(net: Netlist, readout: np.ndarray, spikes: dict[str, np.ndarray], batch: int) -> CallResult:

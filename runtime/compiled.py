@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from snc.compiler.build import Build
-from snc.compiler.ir import Graph
+from snc.compiler.ir import Graph, step_bias
 from snc.errors import SncError
 from snc.models.checkpoint import load_checkpoint
 from snc.models.data import digits
@@ -103,7 +103,8 @@ class ChipDenoiser:
         currents = {k: v.numpy() for k, v in host_currents(graph, inputs).items()}
         self.last = self.network.call(currents)
         readout = torch.from_numpy(self.last.readout)
-        readout = readout + torch.as_tensor(graph.readout.bias)
+        bias = step_bias(graph.readout, graph.timestep)  # [T, *shape]
+        readout = readout + torch.as_tensor(bias).unsqueeze(1)
         if graph.readout.name in currents:  # host terms of the output are host work
             readout = readout + torch.from_numpy(currents[graph.readout.name])
         return self.model.decode(readout).to(x.dtype)

@@ -23,7 +23,11 @@ Lava's arithmetic, replicated (``platform-facts.md``):
   + u + (bias_mant << bias_exp), +-(2^23 - 1))``; spike when
   ``v > vth << 6``, then ``v = 0``; ``LIFReset`` zeroes u and v first at
   steps with ``time_step % reset_interval == reset_offset``;
-- the readout (Lava's Extractor) sums its synapses' int32 outputs exactly.
+- the readout (Lava's Extractor) sums its synapses' int32 outputs exactly;
+- snc's step processes (``lava_processes/step.py``): a gained synapse's
+  output after the ``weight_exp`` shift is ``floor(a * gain / 2^gain_shift)``
+  with the gain of its source's logical step; a per-step bias and host
+  current are those of the group's logical step (``logical_steps``).
 
 How it is fast:
 
@@ -80,10 +84,10 @@ import torch
 import torch.nn.functional as F
 
 from snc.compiler.ir import Graph
-from snc.compiler.lower import Netlist, NeuronGroup, Synapse, synapse_matrix
+from snc.compiler.lower import Netlist, NeuronGroup, Synapse, logical_steps, synapse_matrix
 from snc.errors import SncError
 
-from .chip import CallResult, Trace, as_netlist, call_result, host_values
+from .chip import CallResult, Trace, as_netlist, call_result, host_values, step_rows
 
 FLOAT32_EXACT = 1 << 24  # integers below this are exact in float32
 V_LIMIT = (1 << 23) - 1
@@ -153,16 +157,35 @@ class _Term:
     bound: int  # max over outputs of sum |w|: every partial sum is below it
     exp: int = 0  # remaining right shift (negative weight_exp): floor(y * 2^exp)
     wrap_bits: int = 0  # per-synapse wrap (24: Lava Conv; 32: an int32 channel into the readout)
+    gain: Optional["_Gain"] = None
 
     @property
     def mergeable(self) -> bool:
-        return self.exp == 0 and self.wrap_bits == 0
+        return self.exp == 0 and self.wrap_bits == 0 and self.gain is None
 
     @property
     def out_bound(self) -> int:
         if self.wrap_bits:
             return 1 << (self.wrap_bits - 1)
-        return -(-self.bound >> -self.exp) if self.exp < 0 else self.bound
+        bound = -(-self.bound >> -self.exp) if self.exp < 0 else self.bound
+        if self.gain is not None:
+            bound = -(-bound * int(np.abs(self.gain.mant).max()) >> self.gain.shift)
+        return bound
+
+
+@dataclass
+class _Gain:
+    """A StepGainSparse's gain: ``floor(y * mant[t] / 2^shift)`` for spikes of Lava step ts, where t is the
+    logical step of the synapse's source (depth ``depth``) at step ``ts + lag`` (``lag``: a delay line's delay)."""
+    mant: np.ndarray  # [T] int64
+    shift: int
+    depth: int
+    lag: int
+
+    def rows(self, spike_steps: np.ndarray, net: Netlist) -> torch.Tensor:
+        """Per spike step: the factor mant / 2^shift, float64 (exact: |mant| < 2^12)."""
+        t = logical_steps(np.asarray(spike_steps) + self.lag, self.depth, net.timestep, net.call_steps)
+        return torch.from_numpy(self.mant[t] / float(1 << self.shift))
 
 
 def _candidate_synapse_weights(w: np.ndarray, upsample: int) -> np.ndarray:
@@ -191,7 +214,7 @@ def _lava_leaves_conv_alone(w: np.ndarray, num_weight_bits: int, upsample: int) 
     return bool(np.abs(values).max(initial=0) <= 255 and np.all(values % step == 0))
 
 
-def _term(s: Synapse, src: str, delay: int, to_readout: bool) -> _Term:
+def _term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) -> _Term:
     """The evaluated form of one synapse with Lava's effective weights and its exactness bound."""
     op = s.op
     if s.kind == "conv":  # Lava Conv: raw weights, no weight_exp, 24-bit wrap
@@ -219,6 +242,8 @@ def _term(s: Synapse, src: str, delay: int, to_readout: bool) -> _Term:
     if exp > 0:  # a left shift is an exact product: fold it into the weights
         w, bound, exp = w * float(1 << exp), bound << exp, 0
     term = _Term(src, s.dst, delay, kind, w, geometry, bound, exp)
+    if s.gain is not None:
+        term.gain = _Gain(s.gain.astype(np.int64), s.gain_shift, net.groups[s.src].depth, delay - 1 - s.delay)
     if to_readout and term.out_bound >= 1 << 31:  # the Extractor adds int32 channel values: wrap each
         term.wrap_bits = 32
     return term
@@ -320,10 +345,13 @@ def _out_size(t: _Term, n_src: int) -> int:
     return t.weight.shape[0]
 
 
-def _post(y: torch.Tensor, term: _Term) -> torch.Tensor:
-    """A term's own post-processing: the floor of a right shift, a per-synapse wrap."""
+def _post(y: torch.Tensor, term: _Term, factors: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A term's own post-processing: the floor of a right shift, the floor of a per-step gain
+    (``factors`` per row of y, from ``_Gain.rows``), a per-synapse wrap."""
     if term.exp < 0:
         y = torch.floor(y * 2.0 ** term.exp)
+    if factors is not None:
+        y = torch.floor(y.double() * factors.reshape(-1, 1))
     if term.wrap_bits:
         y = _float_wrap(y.double(), term.wrap_bits)
     return y
@@ -375,7 +403,7 @@ def _delay_lines(net: Netlist) -> dict[str, _DelayLine]:
 class _State:
     u: np.ndarray  # [B, n] int64
     v: np.ndarray  # [B, n] int64
-    bias: torch.Tensor  # [n] int64
+    bias: torch.Tensor  # [n] or [T, n] int64
     history: torch.Tensor  # [H, B, n] bool: spikes of the last H steps
 
 
@@ -424,7 +452,7 @@ class EmuNetwork:
                 continue  # a delay line's input is its definition
             line = self.lines.get(s.src)
             src, extra = (line.source, line.delay) if line else (s.src, 0)
-            terms.append(_term(s, src, s.delay + 1 + extra, s.dst == net.readout.name))
+            terms.append(_term(s, src, s.delay + 1 + extra, s.dst == net.readout.name, net))
         terms = _merge(terms)
         self.windowed = windows_only and self._window_separable(terms)
         self.order = self._components(terms)
@@ -581,7 +609,7 @@ class EmuNetwork:
         else:
             a = acc.to(torch.int32 if acc.dtype == torch.float32 else torch.int64).reshape(shape)
         if name in values:
-            a += torch.from_numpy(values[name]).to(a.dtype)
+            a += torch.from_numpy(values[name][step_rows(self.net, name, start, stop - start)]).to(a.dtype)
         return a
 
     def _evaluate(self, run: _Run, bundle: _Bundle) -> None:
@@ -614,12 +642,17 @@ class EmuNetwork:
             if dense:
                 j0, j1 = max(0, -shift), min(hi - lo, length - shift)
                 if j1 > j0:
-                    acc[(j0 + shift) * b:(j1 + shift) * b] += _post(y[j0 * b:j1 * b, route.columns], t).to(acc.dtype)
+                    factors = None if t.gain is None else \
+                        t.gain.rows(np.repeat(np.arange(s0 + lo + j0, s0 + lo + j1), b), self.net)
+                    acc[(j0 + shift) * b:(j1 + shift) * b] += \
+                        _post(y[j0 * b:j1 * b, route.columns], t, factors).to(acc.dtype)
             else:
                 target = rows + shift * b
                 keep = (target >= 0) & (target < length * b)
                 if bool(keep.any()):
-                    acc.index_put_((target[keep],), _post(y[keep][:, route.columns], t).to(acc.dtype),
+                    factors = None if t.gain is None else \
+                        t.gain.rows(s0 + lo + (rows[keep] // b).numpy(), self.net)
+                    acc.index_put_((target[keep],), _post(y[keep][:, route.columns], t, factors).to(acc.dtype),
                                    accumulate=True)
 
     def _integrate_loop(self, run: _Run, members: list[str], values: dict[str, np.ndarray], trace: bool) -> None:
@@ -632,12 +665,15 @@ class EmuNetwork:
             a = {name: external[name][j:j + 1].clone() for name in members}
             for src in members:
                 for bundle in self.loop_bundles.get(src, []):
-                    x = run.spikes[src][run.span[src][0] + j - bundle.delays[0] - run.spike_start[src]]
+                    step = run.span[src][0] + j - bundle.delays[0]
+                    x = run.spikes[src][step - run.spike_start[src]]
                     if not bool(_any_spike(x).any()):
                         continue
                     y = bundle.evaluate(x.to(bundle.dtype))
                     for route in bundle.routes:
-                        a[route.term.dst][0] += _post(y[:, route.columns], route.term).to(torch.int64)
+                        t = route.term
+                        factors = None if t.gain is None else t.gain.rows(np.full(self.batch, step), self.net)
+                        a[t.dst][0] += _post(y[:, route.columns], t, factors).to(torch.int64)
             for name in members:
                 self._integrate(run, name, a[name], j, trace)
 
@@ -665,7 +701,8 @@ class EmuNetwork:
         u_trace = u.numpy().astype(np.int64) if trace else None
         row = start - run.spike_start[name]
         spikes = run.spikes[name][row:row + k].numpy()
-        v = _integrate_v(g, st, u.add_(st.bias.to(u.dtype)), spikes, resets, trace)  # u is ours: x = u + bias in place
+        bias = st.bias[step_rows(self.net, name, start, k)].unsqueeze(1) if g.per_step else st.bias
+        v = _integrate_v(g, st, u.add_(bias.to(u.dtype)), spikes, resets, trace)  # u is ours: x = u + bias in place
         if trace:
             steps = run.span[name][1] - run.span[name][0]
             run.u.setdefault(name, np.empty((steps, *a.shape[1:]), np.int64))[first:first + k] = u_trace

@@ -16,6 +16,11 @@ Counting (per image and denoiser call; per sample multiplies by the sampler's st
   analog input conv, a shortcut on the real-valued residual stream, the host
   parts) costs MACs instead: FLOPs x T per call when it runs every spiking
   step, FLOPs once when its input is constant over the call (host work);
+- **TSM gains** (SDM's per-step scales p[t]), charged as MACs: on chip a
+  multiply per output of every gained synapse and active step (re-association
+  spreads one conv's scale over every synapse composed through it), on the
+  host one per output of a gained host current and step; the papers' method
+  counts one per output of every scaled conv and step;
 - **host work** (time-embedding MLP, host-partitioned ops, the tail) in MACs,
   counted with forward hooks on the host model's conv/linear modules and
   labelled as host work;
@@ -42,6 +47,7 @@ from torch import nn
 
 from snc.compiler.build import Build
 from snc.compiler.ir import Graph, HostInput, Linear, Population, Readout
+from snc.compiler.nir_io import StepScale
 from snc.compiler.passes import import_nir, map_cores, partition_host
 from snc.errors import SncError
 from snc.models import ann_twin, build_model
@@ -187,6 +193,14 @@ def nir_layers(nir_graph: nir.NIRGraph, timestep: int) -> list[NirLayer]:
     return layers
 
 
+def tsm_papers_macs(nir_graph: nir.NIRGraph, timestep: int) -> dict[str, int]:
+    """The papers' count of TSM work per call, on chip and on the host: every output of every scaled conv,
+    every step."""
+    graph = partition_host.run(import_nir.run(nir_graph, timestep))
+    return {place: sum(n.op.n_out * timestep for n in graph.of_type(Linear) if n.gain is not None and n.placement == place)
+            for place in ("chip", "host")}
+
+
 def fan_outs(graph: Graph) -> dict[str, np.ndarray]:
     """Synapses leaving each neuron of every population over all its lowered (quantized) synapses."""
     out = {p.name: np.zeros(int(np.prod(p.shape)), dtype=np.int64) for p in graph.of_type(Population)}
@@ -299,15 +313,23 @@ def energy_report(build: Build, profile: dict[str, Any], counts: list[SpikeCount
         if layer.reads == "real":
             work_row(layer.name, "real-valued (MACs; folded into synapses on chip)", 0, layer.flops * T, pj["mac_pj"])
     # host-partitioned ops: the host evaluates each host-input edge once per call
+    scales = {n for n, node in build.nir_graph.nodes.items() if isinstance(node, StepScale)}
     host_edges: dict[str, int] = {}
     for e in graph.edges:
         if isinstance(graph.nodes[e.src], HostInput) and e.op.dense_macs():
-            key = "+".join(e.origin) or e.src
+            key = "+".join(o for o in e.origin if o not in scales) or e.src
             host_edges[key] = host_edges.get(key, 0) + e.op.dense_macs()
     papers_host = {layer.name: layer.flops for layer in layers if layer.reads == "host"}
     for key in sorted(set(host_edges) | set(papers_host)):
         work_row(key, "host (analog input, once per call)", host_edges.get(key, 0), papers_host.get(key, 0),
                  pj["host_mac_pj"])
+    papers_gains = tsm_papers_macs(build.nir_graph, T)
+    for place, price in (("chip", pj["mac_pj"]), ("host", pj["host_mac_pj"])):
+        gains = sum(e.op.n_out * T for e in graph.edges
+                    if e.gain is not None and isinstance(graph.nodes[e.src], Population) == (place == "chip"))
+        if gains or papers_gains[place]:
+            work_row(f"TSM per-step gains ({place})", f"{place} (MACs: a multiply per gained output and step)",
+                     gains, papers_gains[place], price)
     host_parts = host_parts_macs(model, graph)
     for part, modules in host_parts.items():
         macs = sum(m for _, m in modules.values())

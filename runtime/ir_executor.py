@@ -2,7 +2,8 @@
 
 Runs logical spiking steps with same-step semantics (no pipeline delays: a
 population at step t reads step t of its sources), which is what the model
-computes; relays pass their source's spikes through. Used to calibrate
+computes; relays pass their source's spikes through; per-step gains and
+biases (TSM) are taken at the logical step. Used to calibrate
 ``fold_thresholds`` and to prove that re-association kept the function.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from snc.compiler.ir import Graph, HostInput, Population, Readout
+from snc.compiler.ir import Graph, HostInput, Population, Readout, bias_at
 from snc.errors import GraphError
 
 
@@ -26,7 +27,7 @@ class IRRun:
 
 def host_currents(graph: Graph, host_inputs: dict[str, torch.Tensor],
                   dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
-    """Per-call currents [B, *shape] into each population / readout from host-input edges."""
+    """Currents [T, B, *shape] per logical step into each population / readout from host-input edges."""
     missing = sorted(n.name for n in graph.of_type(HostInput) if n.name not in host_inputs)
     if missing:
         raise GraphError(f"missing host inputs: {', '.join(missing)}")
@@ -34,8 +35,9 @@ def host_currents(graph: Graph, host_inputs: dict[str, torch.Tensor],
     for e in graph.edges:
         if isinstance(graph.nodes[e.src], HostInput):
             x = host_inputs[e.src].to(dtype)
-            y = e.op.apply(x.reshape(x.shape[0], *e.op.in_shape))
-            currents[e.dst] = currents.get(e.dst, 0) + y
+            y = e.op.apply(x.reshape(x.shape[0], *e.op.in_shape)).unsqueeze(0)
+            gain = torch.ones(graph.timestep, dtype=dtype) if e.gain is None else torch.as_tensor(e.gain, dtype=dtype)
+            currents[e.dst] = currents.get(e.dst, 0) + gain.view(-1, *([1] * (y.dim() - 1))) * y
     return currents
 
 
@@ -53,18 +55,20 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
     v: dict[str, torch.Tensor] = {}
     out = IRRun(readout=torch.empty(0))
     readouts, spikes = [], {n: [] for n in order if isinstance(graph.nodes[n], Population)}
-    for _ in range(graph.timestep):
+    for t in range(graph.timestep):
         now: dict[str, torch.Tensor] = {}
         for name in order:
             node = graph.nodes[name]
             shape = (batch, *node.shape)
-            x = torch.as_tensor(node.bias, dtype=dtype).expand(shape).clone()
+            bias = torch.as_tensor(bias_at(node, t), dtype=dtype)
+            x = bias.expand(shape).clone()
             if name in currents:
-                x = x + currents[name].reshape(shape)
+                x = x + currents[name][t].reshape(shape)
             for e in chip_edges[name]:
-                x = x + e.op.apply(now[e.src].reshape(batch, *e.op.in_shape)).reshape(shape)
+                y = e.op.apply(now[e.src].reshape(batch, *e.op.in_shape)).reshape(shape)
+                x = x + (y if e.gain is None else float(e.gain[t]) * y)
             if isinstance(node, Readout):
-                chip = x - torch.as_tensor(node.bias, dtype=dtype) - currents.get(name, 0)
+                chip = x - bias - (currents[name][t] if name in currents else 0)
                 out.peak_input[name] = max(out.peak_input.get(name, 0.0), float(chip.abs().max()))
                 readouts.append(x)
                 continue

@@ -5,6 +5,7 @@ group is ``batch`` copies long and every sparse/dense synapse block-diagonal),
 so a whole batch of images advances with one Lava time step. Per netlist item:
 
 - neuron group: ``LIFReset`` (``reset_interval > 0``) or ``LIF``;
+  ``StepBiasLIFReset`` (``lava_processes/step.py``) for a bias per logical step;
 - ``sparse`` synapse: ``Sparse``, or ``DelaySparse`` when it has a delay,
   with the op expanded to a CSR matrix in torch's orientation. By default the
   synapses are told ``num_message_bits=1``: Lava's graded path computes
@@ -12,13 +13,14 @@ so a whole batch of images advances with one Lava time step. Per netlist item:
   the binary path's sum of selected columns and about 3x faster on the digits
   U-Net (a CSR column slice costs 2.4 ns per non-zero, the mat-vec 0.8 ns).
   ``binary_path=True`` uses Lava's binary-spike path; tests check both agree;
+  ``StepGainSparse`` (``lava_processes/step.py``) for a per-step gain;
 - ``dense`` synapse: ``Dense``;
 - ``conv`` synapse: ``Conv`` (batch 1 only: Lava's Conv has no batch axis),
   handed the torch kernel flipped and transposed to Lava's (out, x, y, in)
   layout, with the group's C-order vector reshaped and transposed to Lava's
   (x, y, c) order on both sides;
 - host currents: an ``Injector`` into the group's ``a_in`` (integers in
-  ``fixed_pt`` through ``IntInjectorModel``), the same value every step of a call;
+  ``fixed_pt`` through ``IntInjectorModel``), each step the current of its logical step;
 - readout: an ``Extractor`` on the summed output synapses, read every step;
 - with ``record=True`` an ``Extractor`` on each group's spikes (relays included).
 
@@ -37,10 +39,10 @@ import numpy as np
 from scipy import sparse
 
 from snc.compiler.ir import Graph
-from snc.compiler.lower import Netlist, Synapse, synapse_matrix
+from snc.compiler.lower import Netlist, Synapse, logical_steps, synapse_matrix
 from snc.errors import SncError
 
-from .chip import CallResult, Trace, as_netlist, call_result, host_values
+from .chip import CallResult, Trace, as_netlist, call_result, host_values, step_rows
 
 MODES = {"fixed": "fixed_pt", "float": "floating_pt"}
 
@@ -136,6 +138,7 @@ class LavaNetwork:
         self.injectors: dict[str, object] = {}
         self.extractors: dict[str, object] = {}
         self._started = False
+        self.time_step = 0  # Lava's time step of the last step run
         buffer = self.length + 1
         for g in net.groups.values():
             n = batch * g.n
@@ -145,7 +148,15 @@ class LavaNetwork:
             else:
                 params = dict(du=float(g.du), dv=float(g.dv), vth=float(g.vth),
                               bias_mant=np.tile(g.bias_mant, batch).astype(np.float64), bias_exp=0)
-            if g.reset_interval:
+            if g.per_step:
+                from .lava_processes.step import StepBiasLIFReset
+                rows = step_rows(net, g.name, 1, self.length)  # one table row per step of a call
+                mant, exp = params.pop("bias_mant")[rows], params.pop("bias_exp")
+                exp = exp[rows] if np.ndim(exp) else np.zeros(mant.shape, np.int64)
+                proc = StepBiasLIFReset(shape=(n,), name=g.name, reset_interval=g.reset_interval,
+                                        reset_offset=g.reset_offset, bias_table_mant=mant, bias_table_exp=exp,
+                                        **params)
+            elif g.reset_interval:
                 proc = LIFReset(shape=(n,), name=g.name, reset_interval=g.reset_interval,
                                 reset_offset=g.reset_offset, **params)
             else:
@@ -187,6 +198,12 @@ class LavaNetwork:
                             synapse_matrix(s).astype(dtype), format="csr")
             if s.kind == "dense":
                 syn = Dense(weights=w.toarray(), name=s.name, **kw)
+            elif s.gain is not None:
+                from .lava_processes.step import StepGainSparse
+                src_depth = self.net.groups[s.src].depth
+                steps = logical_steps(np.arange(1, self.length + 1), src_depth, self.net.timestep, self.length)
+                syn = StepGainSparse(weights=w, gain=s.gain[steps].astype(dtype), gain_shift=s.gain_shift,
+                                     name=s.name, **kw)
             elif s.delay:
                 delays = w.astype(np.int64)  # DelaySparse insists on int64 delays
                 delays.data[:] = s.delay
@@ -208,16 +225,18 @@ class LavaNetwork:
                 self._anchor.create_runtime(run_cfg=self.cfg)
             self._anchor.run(condition=RunSteps(num_steps=steps, blocking=False))
             for name, inj in self.injectors.items():
-                for _ in range(steps):
-                    inj.send(values[name])
+                for row in step_rows(self.net, name, self.time_step + 1, steps):
+                    inj.send(values[name][row])
+            self.time_step += steps
             raw = [self.readout_ext.receive() for _ in range(steps)]
             spikes = {name: [ext.receive() for _ in range(steps)] for name, ext in self.extractors.items()}
             self._anchor.wait()
         return raw, spikes
 
     def _values(self, currents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = host_values(self.net, currents, self.batch)
-        return {k: v.reshape(-1).astype(np.int32 if self.mode == "fixed" else np.float64) for k, v in values.items()}
+        values = host_values(self.net, currents, self.batch)  # [T, B, n]
+        dtype = np.int32 if self.mode == "fixed" else np.float64
+        return {k: v.reshape(v.shape[0], -1).astype(dtype) for k, v in values.items()}
 
     def call(self, currents: dict[str, np.ndarray]) -> CallResult:
         """One denoiser call: host currents [B, *shape] per group -> readout [T, B, *shape]."""

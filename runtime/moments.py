@@ -5,6 +5,12 @@ training digits (Bao et al. 2022, eq. 8's Monte Carlo estimate), computed
 with the float torch model for the diffusion steps a sampler visits. A build
 directory caches them in ``moments.json`` (with the sample size and seed) so
 every backend samples with the same statistics.
+
+This is the epsilon form of the paper's moment: with the score
+``s_t = -eps_t / sqrt(bbar_t)``, the paper's ``bbar_t Gamma_t`` (score) is this
+``Gamma_t`` (epsilon), so the variance uses ``1 - Gamma_t`` (the official code's
+``ms_eps``). For the true epsilon predictor ``Gamma_t <= 1``; the sampler clips
+the variance into the paper's bounds (``snc.runtime.samplers.analytic_variance``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ so the graph must be acyclic. Neurons (forward Euler, then spike test):
 - LIF: ``v += dt / tau * (v_leak - v + r * I)``; same spike and reset
 - LI / I: as LIF / IF without spiking; output v
 - Threshold: ``I > threshold``
+- snc.StepScale: ``scale[t] * I + bias`` at step t
 
 It computes in the dtype of the inputs; run it in float64 to compare with a
 float64 torch model without rounding noise.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snc.compiler.nir_io import NIR_DT, NearestUpsample2d
+from snc.compiler.nir_io import NIR_DT, NearestUpsample2d, StepScale
 from snc.errors import GraphError
 
 State = dict
@@ -86,7 +87,7 @@ class NIRReference:
     def __init__(self, graph: nir.NIRGraph, dt: float = NIR_DT) -> None:
         unsupported = sorted(
             {f"{n} ({type(node).__name__})" for n, node in graph.nodes.items()
-             if not isinstance(node, (nir.Input, nir.Output, *NEURONS)) and _stateless(node) is None}
+             if not isinstance(node, (nir.Input, nir.Output, StepScale, *NEURONS)) and _stateless(node) is None}
         )
         if unsupported:
             raise GraphError(f"the NIR reference executor does not support: {', '.join(unsupported)}")
@@ -107,6 +108,9 @@ class NIRReference:
         if missing:
             raise GraphError(f"missing graph inputs: {', '.join(missing)}")
         steps = next(iter(inputs.values())).shape[0]
+        short = sorted(n for n, node in self.graph.nodes.items() if isinstance(node, StepScale) and node.scale.size < steps)
+        if short:
+            raise GraphError(f"{steps} steps, but the per-step scales of {', '.join(short)} are shorter")
         state: State = {}
         trace: dict[str, list[torch.Tensor]] = {}
         for t in range(steps):
@@ -122,6 +126,8 @@ class NIRReference:
                     values[name], state[name] = _neuron_step(node, v, x, self.dt)
                 elif isinstance(node, nir.Output):
                     values[name] = x
+                elif isinstance(node, StepScale):
+                    values[name] = x * float(node.scale[t]) + _t(node.bias, x)
                 else:
                     values[name] = self.ops[name](x)
             for name, value in values.items():

@@ -7,6 +7,7 @@ Lava, emulator) provide one. Randomness comes only from the generator passed in.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int], None]
 
 SAMPLERS = ("ddpm", "ddim", "analytic")
+
+PIXEL = 2 / 255  # one 8-bit grey level on the [-1, 1] scale: Bao et al.'s quantisation width
 
 
 def ddim_timesteps(total: int, steps: int) -> list[int]:
@@ -33,6 +36,62 @@ def _predict_x0(schedule_ab: torch.Tensor, x: torch.Tensor, t: int, eps: torch.T
     return ((x.double() - (1 - ab).sqrt() * eps.double()) / ab.sqrt()).clamp(-1, 1)
 
 
+def analytic_variance(ab_n: float, ab_s: float, gamma: float, half_range: float = 1.0) -> float:
+    """Analytic-DPM's reverse variance from step n down to s < n, clipped into Theorem 2's bounds.
+
+    Bao et al. 2022, eq. 7 with the epsilon form of the score moment: with
+    ``lambda^2 = bbar_s / bbar_n * (1 - a_n|s)`` (the DDPM posterior variance,
+    ``a_n|s = abar_n / abar_s``), ``gap = sqrt(bbar_n / a_n|s) - sqrt(bbar_s - lambda^2)``
+    and ``Gamma_n = E||eps(x_n, n)||^2 / d`` (= the paper's ``bbar_n E||s_n||^2 / d``),
+
+        sigma^2 = lambda^2 + gap^2 (1 - Gamma_n).
+
+    A model's Gamma_n is a biased Monte Carlo estimate, so the paper clips the
+    result into the bounds of its Theorem 2: the lower bound ``lambda^2``
+    (``Gamma_n <= 1``), the upper bound ``lambda^2 + gap^2`` (``Gamma_n >= 0``) and,
+    for data in ``[a, b]^d``, ``lambda^2 + (sqrt(abar_s) - sqrt(bbar_s - lambda^2)
+    sqrt(abar_n / bbar_n))^2 ((b - a) / 2)^2 = lambda^2 + gap^2 abar_n / bbar_n
+    ((b - a) / 2)^2``, i.e. the implied covariance of x_0 given x_n,
+    ``bbar_n / abar_n (1 - Gamma_n)``, is at most ``((b - a) / 2)^2``
+    (``half_range`` = (b - a) / 2 = 1 for images in [-1, 1]). The official
+    code (baofff/Analytic-DPM) clips that covariance into [0, 1] the same way.
+    """
+    bb_n, bb_s = 1 - ab_n, 1 - ab_s
+    a_ns = ab_n / ab_s
+    lam2 = bb_s / bb_n * (1 - a_ns)
+    gap = math.sqrt(bb_n / a_ns) - math.sqrt(max(bb_s - lam2, 0.0))
+    weight = min(max(1 - gamma, 0.0), 1.0, ab_n / bb_n * half_range**2)
+    return lam2 + gap**2 * weight
+
+
+def last_step_variance_cap(pixels: float = 2.0, pixel: float = PIXEL) -> float:
+    """Bao et al.'s cap on the variance of the last noisy step: ``(pixels * pixel * sqrt(pi / 2))^2``.
+
+    The last step that adds noise (the one landing on the smallest sampled
+    step; the final step to x_0 adds none) is clipped so that the mean absolute
+    noise it adds, ``sigma sqrt(2 / pi)``, is at most ``pixels`` quantisation
+    levels ``pixel`` of the data (2 / 255 for 8-bit images on [-1, 1]): noise
+    the model cannot remove any more shows up in the samples. The official code's
+    Analytic-DDPM runs use 2 pixels for the linear schedule (1 for the cosine one).
+    """
+    return (pixels * pixel * math.sqrt(math.pi / 2)) ** 2
+
+
+def analytic_variances(schedule: Schedule, timesteps: Sequence[int], eps_moment: Mapping[int, float],
+                       clip_pixels: Optional[float] = 2.0, half_range: float = 1.0) -> list[float]:
+    """Analytic-DPM's variance of every noisy transition ``timesteps[i] -> timesteps[i + 1]``.
+
+    Each is ``analytic_variance`` (clipped into Theorem 2's bounds); the last one
+    is further capped by ``last_step_variance_cap(clip_pixels)`` (None: not capped).
+    """
+    ab = schedule.alphas_bar
+    out = [analytic_variance(ab[t].item(), ab[s].item(), eps_moment[t], half_range)
+           for t, s in zip(timesteps[:-1], timesteps[1:])]
+    if out and clip_pixels is not None:
+        out[-1] = min(out[-1], last_step_variance_cap(clip_pixels))
+    return out
+
+
 @torch.no_grad()
 def sample(
     denoiser: Denoiser,
@@ -44,6 +103,7 @@ def sample(
     generator: Optional[torch.Generator] = None,
     on_step: Optional[StepCallback] = None,
     eps_moment: Optional[Mapping[int, float]] = None,
+    analytic_clip_pixels: Optional[float] = 2.0,
 ) -> torch.Tensor:
     """Generate ``shape[0]`` images from pure noise; returns float32 in [-1, 1].
 
@@ -54,8 +114,12 @@ def sample(
     - ``analytic``: Analytic-DPM (Bao et al. 2022) over ``steps`` evenly spaced
       steps: the DDPM posterior mean between the chosen steps with the optimal
       variance ``lambda^2 + (sqrt(bbar_n / a_n|s) - sqrt(bbar_s - lambda^2))^2
-      (1 - bbar_n Gamma_n)``, where ``Gamma_n = E||eps(x_n, n)||^2 / d`` is the
-      model's moment on its data (``eps_moment[t]``, see ``snc.runtime.moments``).
+      (1 - Gamma_n)``, where ``Gamma_n = E||eps(x_n, n)||^2 / d`` is the
+      model's moment on its data (``eps_moment[t]``, see ``snc.runtime.moments``),
+      clipped into the bounds of the paper's Theorem 2 (``analytic_variance``),
+      and the last noisy step's variance capped so that its noise stays within
+      ``analytic_clip_pixels`` 8-bit grey levels (``last_step_variance_cap``;
+      default 2 as in Bao et al.'s linear-schedule runs, None: no cap).
     The predicted x_0 is clipped to [-1, 1] at every step, as in the SDDPM code.
     """
     if sampler not in SAMPLERS:
@@ -71,6 +135,7 @@ def sample(
         if missing:
             raise SncError(f"analytic sampling needs the model's epsilon moments at {len(missing)} of its steps "
                            f"(first: {missing[0]})")
+        analytic_var = analytic_variances(schedule, timesteps, eps_moment, analytic_clip_pixels)
     ab = schedule.alphas_bar
     x = torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
     batch = shape[0]
@@ -90,9 +155,7 @@ def sample(
             var = eta**2 * posterior if sampler == "ddim" else posterior
             mean = ab_prev.sqrt() * x0 + (1 - ab_prev - var).clamp(min=0).sqrt() * eps
             if sampler == "analytic" and t_prev >= 0:
-                gap = ((1 - ab[t]) / (ab[t] / ab_prev)).sqrt() - (1 - ab_prev - posterior).clamp(min=0).sqrt()
-                # Gamma_n bounded to [0, 1/bbar_n] keeps the variance between its two analytic bounds
-                var = posterior + gap**2 * min(max(1 - (1 - ab[t].item()) * eps_moment[t], 0.0), 1.0)
+                var = torch.tensor(analytic_var[i], dtype=torch.float64)
         if t_prev >= 0 and var > 0:
             x = mean + var.sqrt() * torch.randn(x.shape, generator=generator, dtype=torch.float64)
         else:

@@ -645,7 +645,7 @@ def energy(
     call, sample, res = report.totals["per_call"], report.totals["per_sample"], report.resources
     lines = [
         f"per call: SOPs exact {call['sops_exact']:,.0f} | papers {call['sops_papers']:,.0f}; MACs exact "
-        f"{call['macs_exact']:,.0f} (host) | papers {call['macs_papers']:,.0f}; neuron updates "
+        f"{call['macs_exact']:,.0f} (host, TSM gains) | papers {call['macs_papers']:,.0f}; neuron updates "
         f"{call['neuron_updates']:,.0f}; ANN twin MACs {call['ann_macs']:,.0f}",
         f"per sample ({report.steps_per_sample} steps): exact {sample['energy_exact_mj']:.4g} mJ | papers "
         f"{sample['energy_papers_mj']:.4g} mJ | ANN twin {sample['ann_energy_mj']:.4g} mJ"

@@ -2,7 +2,8 @@
 
 Random netlists (hypothesis: Dense, Sparse with dense/conv/identity ops,
 DelaySparse delays, Lava Conv with stride and padding, LIF and LIFReset,
-recurrent loops, delay lines, extreme parameters), a netlist built to hit
+recurrent loops, delay lines, extreme parameters, and snc's TSM processes:
+per-step gains, biases and host currents over several calls), a netlist built to hit
 every wrap and saturation, and the compiled digits U-Net and MLP over
 several diffusion steps. Lava always runs as real processes, stopped in
 ``finally`` (context managers); conftest's autouse fixture checks none is left.
@@ -79,11 +80,14 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
     0-2 recurrent synapses (into the source itself or an earlier group) and a
     readout. Hypothesis draws every kind, geometry and parameter; arrays come
     from a numpy generator it seeds, mixing ordinary values with extremes
-    (weights at and beyond 8 bits, the largest biases).
+    (weights at and beyond 8 bits, the largest biases). T and the depths are
+    drawn so that per-step values (StepBiasLIFReset biases, StepGainSparse
+    gains, per-step host currents) change within and across calls.
     """
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     groups: list[NeuronGroup] = []
     synapses: list[Synapse] = []
+    T, readout_depth = draw(st.integers(1, 3)), draw(st.integers(0, 2))
 
     def group(shape, relay: bool = False) -> NeuronGroup:
         n = int(np.prod(shape))
@@ -94,10 +98,12 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
         du = draw(st.sampled_from([4095, 0, 1, 2048]) | st.integers(0, 4095))
         dv = draw(st.sampled_from([0, 4095, 1]) | st.integers(0, 4095))
         vth = draw(st.sampled_from([0, 1, 2**17 - 1]) | st.integers(0, 3000))
-        bias_mant = rng.integers(-4096, 4096, n) * (rng.random(n) < draw(st.sampled_from([0.0, 0.5, 1.0])))
         interval = draw(st.sampled_from([0, 3, 5, 7]))
         offset = draw(st.integers(0, max(interval - 1, 0)))
-        return NeuronGroup(name, shape, du, dv, vth, bias_mant.astype(np.int64), rng.integers(0, 8, n), interval, offset)
+        rows = (T, n) if interval and draw(st.booleans()) else (n,)  # a bias per logical step
+        bias_mant = rng.integers(-4096, 4096, rows) * (rng.random(rows) < draw(st.sampled_from([0.0, 0.5, 1.0])))
+        return NeuronGroup(name, shape, du, dv, vth, bias_mant.astype(np.int64), rng.integers(0, 8, rows), interval,
+                           offset, depth=draw(st.integers(0, readout_depth)))
 
     def weights(shape) -> np.ndarray:
         style = draw(st.sampled_from(["mixed", "positive", "negative", "even", "extreme"]))
@@ -108,10 +114,15 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
 
     def synapse(src: NeuronGroup, dst: str, op: LinearOp, kind: str = "sparse") -> Synapse:
         lava_conv = kind == "conv"
+        delay = draw(st.integers(0, 4)) if kind == "sparse" else 0
+        gain, gain_shift = None, 0
+        if kind == "sparse" and delay == 0 and draw(st.booleans()):  # a StepGainSparse
+            gain = rng.choice([-4095, -1, 0, 1, 2048, 4095], T) if draw(st.booleans()) else rng.integers(-4095, 4096, T)
+            gain_shift = draw(st.sampled_from([0, 12]) | st.integers(0, 12))
         return Synapse(f"s{len(synapses)}", src.name, dst, kind, op,
                        weight_exp=0 if lava_conv else draw(st.integers(-8, 7)),
                        num_weight_bits=8 if lava_conv else draw(st.sampled_from([8, 7]) | st.integers(1, 8)),
-                       delay=draw(st.integers(0, 4)) if kind == "sparse" else 0)
+                       delay=delay, gain=gain, gain_shift=gain_shift)
 
     def dense(src: NeuronGroup, out_shape) -> LinearOp:
         return LinearOp("dense", src.shape, tuple(out_shape), weights((int(np.prod(out_shape)), src.n)))
@@ -144,12 +155,14 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
     for g in draw(st.lists(st.sampled_from(groups), min_size=1, max_size=2, unique_by=lambda g: g.name)):
         synapses.append(synapse(g, "out", dense(g, (3,))))
     inputs = [g.name for g in groups if g is g0 or draw(st.booleans())]
-    net = Netlist("fixed", {g.name: g for g in groups}, synapses, ReadoutPort("out", (3,), 1.0, 0), timestep=1,
-                  inputs=dict.fromkeys(inputs, 1.0))
+    net = Netlist("fixed", {g.name: g for g in groups}, synapses, ReadoutPort("out", (3,), 1.0, readout_depth),
+                  timestep=T, inputs=dict.fromkeys(inputs, 1.0))
     net.check()
     batch = 1 if conv_kind == "conv" else 2
-    currents = {name: rng.integers(-(2**17) + 1, 2**17, (batch, net.groups[name].n)).astype(np.float64)
-                * (rng.random((batch, net.groups[name].n)) < 0.5) for name in inputs}
+    currents = {}
+    for name in inputs:
+        shape = ((T,) if draw(st.booleans()) else ()) + (batch, net.groups[name].n)  # per logical step or constant
+        currents[name] = rng.integers(-(2**17) + 1, 2**17, shape).astype(np.float64) * (rng.random(shape) < 0.5)
     return net, batch, draw(st.integers(6, 14)), currents
 
 

@@ -318,25 +318,18 @@ def test_hostile_reference_pickle_is_refused_and_never_executed(tmp):
     assert not marker.exists()
 
 
-def test_tsm_models_are_refused_by_export(tmp):
-    from snc.compiler.export import export_model
-
-    path = save_reference_checkpoint(tmp / "c.pt", random_state_dict(TINY, True, 0))
-    with pytest.raises(SncError, match="TSM per-step scales have no lowering yet"):
-        export_model(load_checkpoint(path, arch="sdm-tsm", config=TINY).model)
-
-
 # --- the command line -------------------------------------------------------------------------------
-def test_compile_and_verify_an_sddpm_reference_checkpoint(tmp):
+@pytest.mark.parametrize("arch,tsm,snc_arch", [("sddpm", False, "spiking-unet"), ("sdm-tsm", True, "spiking-unet-tsm")])
+def test_compile_and_verify_a_reference_checkpoint(tmp, arch, tsm, snc_arch):
     # 8x8x1: calibrated and verified on digits; one level (no down/up sampling) halves the Lava time
     cfg = dict(TINY, img_ch=1, ch_mult=[1])
-    path = save_reference_checkpoint(tmp / "ckpt.pt", random_state_dict(cfg, False, 0))
+    path = save_reference_checkpoint(tmp / "ckpt.pt", random_state_dict(cfg, tsm, 0))
     (tmp / "cfg.json").write_text(json.dumps(cfg))
-    res = json.loads(_ok(run_snc("compile", str(path), "--arch", "sddpm", "--config", str(tmp / "cfg.json"),
+    res = json.loads(_ok(run_snc("compile", str(path), "--arch", arch, "--config", str(tmp / "cfg.json"),
                                  "-o", str(tmp / "b"), "--json")).stdout)
-    assert res["arch"] == "spiking-unet" and res["calibrated"] and "sddpm checkpoint" in res["source"]
+    assert res["arch"] == snc_arch and res["calibrated"] and f"{arch} checkpoint" in res["source"]
     host = load_checkpoint(tmp / "b" / "model.pt")  # the build holds the converted snc checkpoint
-    assert host.meta["reference_arch"] == "sddpm" and host.config.neuron.fire_at_threshold
+    assert host.meta["reference_arch"] == arch and host.config.neuron.fire_at_threshold
     report = json.loads(_ok(run_snc("verify", str(tmp / "b"), "-n", "2", "--json")).stdout)
     assert report["agreement"]["float_vs_torch"] >= 0.999
     assert report["output_rel_error"]["float_vs_torch"] <= 1e-3
@@ -349,8 +342,6 @@ def test_compile_errors_for_reference_checkpoints(tmp):
     out = str(tmp / "b")
     _clean_error(run_snc("compile", str(tsm), "--arch", "sdm-tsm", "--config", str(cfg), "--weights", "ema",
                          "-o", out), "no 'ema_model' entry")
-    _clean_error(run_snc("compile", str(tsm), "--arch", "sdm-tsm", "--config", str(cfg), "-o", out),
-                 "TSM per-step scales have no lowering yet")
     (tmp / "bad.json").write_text("{'T': 1000")
     _clean_error(run_snc("compile", str(tsm), "--arch", "sdm-tsm", "--config", str(tmp / "bad.json"), "-o", out),
                  "not valid JSON")

@@ -68,7 +68,7 @@ def test_analytic_dpm_variance_sits_between_its_bounds():
     out = sample(_point_mass_denoiser(target, schedule), (4, 1, 8, 8), schedule, "analytic", 20,
                  generator=torch.Generator().manual_seed(0), eps_moment={t: 1.0 for t in steps})
     assert torch.allclose(out.double(), target.expand(4, -1, -1, -1), atol=1e-3)
-    # Gamma_t = 1 / bbar_t is the lower bound: the variance is DDPM's posterior, i.e. DDIM with eta = 1
+    # any Gamma_t >= 1 is clipped to the lower bound: the variance is DDPM's posterior, i.e. DDIM with eta = 1
     ab = schedule.alphas_bar
     lower = {t: 1 / (1 - ab[t].item()) for t in steps}
     denoiser = lambda x, t: 0.3 * x  # noqa: E731

@@ -1,15 +1,32 @@
-"""SDM's temporal-wise spiking mechanism: the TSM variant of a U-Net and the fine-tuning of p[t]."""
+"""SDM's temporal-wise spiking mechanism: the TSM variant of a U-Net, the fine-tuning of p[t], its
+export (snc.StepScale), compilation (per-step gains and biases) and the Lava processes that run it."""
 
 import json
 
+import nir
+import numpy as np
+import pytest
 import torch
 
 import snc.models as m
+from snc.compiler.export import export_model
+from snc.compiler.ir import Linear, Population, step_bias
+from snc.compiler.lower import lower
+from snc.compiler.nir_io import StepScale, read_graph, write_graph
+from snc.compiler.pipeline import compile_graph
+from snc.errors import GraphError
 from snc.models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
 from snc.models.train import TrainSettings, finetune_tsm
+from snc.runtime.compiled import calibrator, host_inputs
+from snc.runtime.host import core_inputs
+from snc.runtime.emulator import EmuNetwork
+from snc.runtime.ir_executor import host_currents, run_ir
+from snc.runtime.lava_backend import LavaNetwork
+from snc.runtime.nir_reference import NIRReference
 
 from conftest import make_model, run_snc
 from test_cli import _clean_error, _ok
+from test_emulator import _assert_same_trace
 
 
 def test_unit_scales_give_the_base_model_and_a_scale_acts_on_its_step_only():
@@ -46,8 +63,132 @@ def test_tsm_finetune_on_the_command_line(tmp):
     res = json.loads(_ok(run_snc("sample", str(out), "--steps", "2", "-n", "2", "-o", str(tmp / "s.png"),
                                  "--json")).stdout)
     assert res["n"] == 2
-    _clean_error(run_snc("compile", str(out), "-o", str(tmp / "b")), "TSM per-step scales have no lowering yet")
+    _ok(run_snc("compile", str(out), "-o", str(tmp / "b")))
+    res = json.loads(_ok(run_snc("sample", str(tmp / "b"), "--backend", "emu", "--steps", "2", "-n", "2",
+                                 "-o", str(tmp / "c.png"), "--json")).stdout)
+    assert res["n"] == 2
+    report = json.loads(_ok(run_snc("energy", str(tmp / "b"), "--backend", "emu", "-n", "1", "--steps", "2",
+                                    "--json")).stdout)
+    gains = {r["layer"]: r for r in report["layers"] if r["layer"].startswith("TSM per-step gains")}
+    assert set(gains) == {"TSM per-step gains (chip)", "TSM per-step gains (host)"}
+    chip = gains["TSM per-step gains (chip)"]  # every gained synapse output vs every scaled conv output, per step
+    assert chip["macs_exact"] > chip["macs_papers"] > 0
     mlp = tmp / "mlp.pt"
     save_checkpoint(mlp, "spiking-mlp", make_model("digits-mlp"), {})
     _clean_error(run_snc("train", "--tsm-finetune", str(mlp), "-o", str(out)), "needs a spiking-unet checkpoint")
     _clean_error(run_snc("train", "-o", str(out)), "give --preset NAME to train, or --tsm-finetune")
+
+
+# --- lowering --------------------------------------------------------------------------------------
+def _tiny_tsm(timestep: int = 3) -> m.SpikingUNetTSM:
+    """A small TSM U-Net with non-trivial BatchNorms, conv biases and scales p[t] (one negative)."""
+    base = make_model("digits-unet", ch=8, ch_mult=(1, 2), num_res_blocks=1, timestep=timestep).double()
+    model = m.SpikingUNetTSM.from_unet(base).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, m.unet.TSMConv2d):
+                mod.tsmconv.bias.copy_(torch.rand(mod.tsmconv.bias.shape, generator=g, dtype=torch.float64) - 0.5)
+                mod.tsmp.copy_(torch.rand(mod.tsmp.shape, generator=g, dtype=torch.float64) * 0.6 + 0.7)
+        model.downblocks[0].conv2.tsmp[1] = -0.5
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = _tiny_tsm()
+    graph = export_model(model)
+    ir = compile_graph(graph, model.config.timestep, "spiking-unet-tsm", calibrate=calibrator(model, graph, n=2))
+    x = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = torch.tensor([20, 700])
+    with torch.no_grad():
+        expected = model.core(model.encode(x), model.time_biases(t))
+    return model, graph, ir, host_inputs(model, graph, x, t), expected
+
+
+def test_export_holds_step_scales_and_computes_the_model(tiny, tmp):
+    model, graph, *_ = tiny
+    core_convs = sum(isinstance(mod, m.unet.TSMConv2d) for mod in model.modules()) - 1  # the tail is host-side
+    steps = {n for n, node in graph.nodes.items() if isinstance(node, StepScale)}
+    assert len(steps) >= core_convs and all(graph.nodes[n].scale.shape == (3,) for n in steps)
+    write_graph(tmp / "tsm.nir", graph)
+    back = read_graph(tmp / "tsm.nir")
+    assert {n for n, node in back.nodes.items() if isinstance(node, StepScale)} == steps
+    x = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    t = torch.tensor([3, 900])
+    out = NIRReference(back).run(core_inputs(model, back, x, t))["output"]
+    with torch.no_grad():
+        expected = model.core(model.encode(x), model.time_biases(t))
+    assert torch.allclose(out, expected.reshape(out.shape), rtol=0, atol=1e-12)
+
+
+def test_compiled_graph_has_per_step_gains_and_biases_and_computes_the_model(tiny):
+    model, graph, ir, inputs, expected = tiny
+    assert not list(ir.of_type(Linear))
+    gained = [e for e in ir.edges if e.gain is not None]
+    assert gained and any(np.any(e.gain < 0) for e in gained)
+    assert any(np.ndim(p.bias) == 4 for p in ir.of_type(Population))
+    for e in gained:
+        if isinstance(ir.nodes[e.src], Population):  # chip synapses: a gain mantissa within a rounding step
+            mant, shift = e.fixed["gain"], e.fixed["gain_shift"]
+            assert np.abs(mant).max() < 2**12 and np.abs(mant / 2.0**shift - e.gain).max() <= 2.0 ** -(shift + 1)
+    run = run_ir(ir, inputs, record=True)
+    ref = NIRReference(graph).run({k: v.unsqueeze(0).expand(3, *v.shape) for k, v in inputs.items()}, record=True)
+    assert torch.allclose(run.readout.reshape(expected.shape), expected, rtol=0, atol=1e-10)
+    for name, spikes in run.spikes.items():
+        if ir.nodes[name].role == "neuron":
+            assert torch.equal(spikes, ref[name]), name
+
+
+def test_lava_floating_pt_equals_torch(tiny):
+    model, graph, ir, inputs, expected = tiny
+    currents = {k: v.numpy() for k, v in host_currents(ir, inputs).items()}
+    run = run_ir(ir, inputs, record=True)
+    with LavaNetwork(ir, "float", batch=2, record=True) as lava:
+        result = lava.call(currents)
+    readout = result.readout + step_bias(ir.readout, 3)[:, None] + currents.get(ir.readout.name, 0)
+    assert np.abs(readout.reshape(expected.shape) - expected.numpy()).max() < 1e-9
+    for name, spikes in run.spikes.items():
+        assert np.array_equal(result.spikes[name], spikes.numpy().astype(bool).reshape(result.spikes[name].shape)), name
+
+
+def test_lava_fixed_pt_equals_the_emulator_at_every_step_across_calls(tiny):
+    model, graph, ir, inputs, _ = tiny
+    net = lower(ir, "fixed")
+    assert any(s.gain is not None for s in net.synapses) and any(g.per_step for g in net.groups.values())
+    currents = {k: v.numpy() for k, v in host_currents(ir, inputs).items()}
+    steps = net.call_steps + 4
+    emu = EmuNetwork(net, 2, record=True).trace(steps, currents)
+    with LavaNetwork(net, "fixed", 2, record=True) as lava:
+        _assert_same_trace(lava.trace(steps, currents), emu, net)
+    windowed = EmuNetwork(net, 2, record=True, windows_only=True).call(currents)
+    with LavaNetwork(net, "fixed", 2, record=True) as lava:
+        called = lava.call(currents)
+    assert np.array_equal(windowed.readout, called.readout)
+    assert all(np.array_equal(windowed.spikes[n], called.spikes[n]) for n in net.groups)
+
+
+def test_step_scales_of_the_wrong_length_are_one_clear_error(tiny):
+    _, graph, *_ = tiny
+    nodes = dict(graph.nodes)
+    name = next(n for n, node in nodes.items() if isinstance(node, StepScale))
+    node = nodes[name]
+    nodes[name] = StepScale(input_shape=node.input_shape, scale=np.ones(5), bias=node.bias)
+    with pytest.raises(GraphError, match=f"{name}: 5 per-step scales for T = 3"):
+        compile_graph(nir.NIRGraph(nodes=nodes, edges=graph.edges, metadata=graph.metadata), 3)
+
+
+def test_build_directory_keeps_gains_and_per_step_biases(tiny, tmp):
+    from snc.compiler.build import read_build, write_build
+
+    model, graph, ir, *_ = tiny
+    write_build(tmp / "build", ir, graph, {"arch": "spiking-unet-tsm"}, None)
+    back = read_build(tmp / "build").graph
+    assert len(back.edges) == len(ir.edges)
+    for a, b in zip(ir.edges, back.edges):
+        assert (a.gain is None) == (b.gain is None) and (a.gain is None or np.array_equal(a.gain, b.gain)), a.name
+        assert a.fixed.keys() == b.fixed.keys() and all(np.array_equal(a.fixed[k], b.fixed[k]) for k in a.fixed)
+    for name, node in ir.nodes.items():
+        if isinstance(node, Population):
+            assert np.array_equal(node.bias, back.nodes[name].bias), name
+            assert np.array_equal(node.fixed["bias_mant"], back.nodes[name].fixed["bias_mant"]), name

@@ -23,6 +23,8 @@ population starts every call from zero state wherever its pipeline stage is.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from snc.errors import GraphError
@@ -62,7 +64,7 @@ def run(graph: Graph, max_delay: int) -> Graph:
             edges.append(Edge(e.src, name, LinearOp.identity(src.shape), delay=d - 1, origin=(e.src,)))
             relays[key] = name
             inserted.append({"relay": name, "delay": d, "neurons": int(np.prod(src.shape))})
-        edges.append(Edge(relays[key], e.dst, e.op, origin=e.origin))
+        edges.append(replace(e, src=relays[key]))  # the weights, gain and part stay on the synapse
     graph.edges = edges
     graph.log.append({"pass": "balance_delays", "depth": graph.readout.depth, "relays": inserted})
     return graph

@@ -2,7 +2,8 @@
 
 Requires: a NIR graph of one spiking step, discretised with ``NIR_DT``.
 Guarantees: one IR node per NIR node (same names); NIR edges become identity
-edges (a node's inputs are summed, as in NIR); neurons become Populations with
+edges (a node's inputs are summed, as in NIR); ``snc.StepScale`` becomes a
+Linear identity with a per-step ``gain`` (its length must be T); neurons become Populations with
 a scalar threshold in units of their input (the Euler gain ``dt*r`` (IF) or
 ``dt*r/tau`` (LIF) is divided into the threshold) and ``decay = 1 - dt/tau``.
 Every unsupported node or parameter is reported at once.
@@ -17,7 +18,7 @@ from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
 from ..linear import LinearOp, upsample_op
-from ..nir_io import NIR_DT, NearestUpsample2d, check_finite
+from ..nir_io import NIR_DT, NearestUpsample2d, StepScale, check_finite
 
 
 def _uniform(values: np.ndarray, what: str, node: str, problems: list[str]) -> float:
@@ -57,7 +58,7 @@ def _pair(v, name: str, what: str, problems: list[str]) -> int:
     return int(arr.flat[0]) if arr.size else 0
 
 
-def _linear(name: str, node: nir.NIRNode, in_shape: tuple, problems: list[str]) -> Linear | None:
+def _linear(name: str, node: nir.NIRNode, in_shape: tuple, timestep: int, problems: list[str]) -> Linear | None:
     if isinstance(node, nir.Conv2d):
         if isinstance(node.padding, str):
             problems.append(f"{name}: string padding {node.padding!r} is not supported")
@@ -88,6 +89,12 @@ def _linear(name: str, node: nir.NIRNode, in_shape: tuple, problems: list[str]) 
     if isinstance(node, NearestUpsample2d):
         op = upsample_op(in_shape, node.scale)
         return Linear(name, op, np.zeros(op.out_shape))
+    if isinstance(node, StepScale):
+        gain = np.asarray(node.scale, dtype=np.float64).reshape(-1)
+        if gain.size != timestep:
+            problems.append(f"{name}: {gain.size} per-step scales for T = {timestep} spiking steps")
+            return None
+        return Linear(name, LinearOp.identity(in_shape), np.asarray(node.bias, dtype=np.float64).copy(), gain=gain)
     problems.append(f"{name}: NIR node type {type(node).__name__} has no lowering in snc")
     return None
 
@@ -97,7 +104,7 @@ def _input_shape(node: nir.NIRNode) -> tuple:
     return tuple(int(v) for v in np.asarray(types.get("input", next(iter(types.values())))))
 
 
-def _import_node(name: str, node: nir.NIRNode, problems: list[str]):
+def _import_node(name: str, node: nir.NIRNode, timestep: int, problems: list[str]):
     if isinstance(node, nir.NIRGraph):
         problems.append(f"{name}: nested NIR subgraphs are not supported; flatten the graph")
         return None
@@ -108,7 +115,7 @@ def _import_node(name: str, node: nir.NIRNode, problems: list[str]):
         return Readout(name, shape, bias=np.zeros(shape))
     if isinstance(node, (nir.IF, nir.LIF)):
         return _neuron(name, node, problems)
-    return _linear(name, node, _input_shape(node), problems)
+    return _linear(name, node, _input_shape(node), timestep, problems)
 
 
 def run(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
@@ -123,7 +130,7 @@ def run(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
         preds[dst].append(src)
     for name, node in graph.nodes.items():
         try:
-            imported = _import_node(name, node, problems)
+            imported = _import_node(name, node, timestep, problems)
         except (ValueError, TypeError, IndexError, KeyError, GraphError) as exc:  # malformed shapes or parameters
             problems.append(f"{name}: malformed {type(node).__name__} ({exc})")
             continue

@@ -12,7 +12,11 @@ Per population p with scale s (from ``fold_thresholds``), in Lava's units:
   smallest exponent that fits; for a conv after nearest upsampling the synapse
   weight is a sum of kernel taps, and that sum must fit;
 - host currents into p are rounded to integers ``h * s`` per call (runtime);
-- the readout's synapses use the readout's scale; the host divides it out.
+- the readout's synapses use the readout's scale; the host divides it out;
+- a per-step bias (TSM) is quantized step by step like a static one;
+- a synapse's per-step gain (TSM) ``g[t] = gain[t] / 2^gain_shift`` with a
+  signed ``gain_mant_bits`` mantissa and the largest shift that fits
+  (``snc``'s StepGainSparse process multiplies the synapse's output by it).
 
 Every parameter outside the target's ranges is reported at once (Lava does
 not check them). Requires: scales. Guarantees: ``fixed`` holds integers for
@@ -80,6 +84,17 @@ def quantize_weights(w: np.ndarray, scale: float, fixed: dict, upsample: int = 1
     return w_int, exp, err
 
 
+def quantize_gain(gain: np.ndarray, fixed: dict) -> tuple[np.ndarray, int, float]:
+    """(gain_mant, gain_shift, max absolute error) with the largest shift whose mantissas fit."""
+    limit = 2 ** (fixed["gain_mant_bits"] - 1) - 1
+    peak = float(np.abs(gain).max(initial=0.0))
+    shift = fixed["gain_shift_max"]
+    while shift > 0 and round(peak * 2**shift) > limit:
+        shift -= 1
+    mant = np.round(np.asarray(gain, dtype=np.float64) * 2**shift).astype(np.int64)
+    return mant, shift, float(np.abs(mant / 2**shift - gain).max(initial=0.0))
+
+
 def _edge_weights(e: Edge) -> np.ndarray:
     return np.ones(1) if e.op.kind == "identity" else e.op.weight
 
@@ -123,6 +138,13 @@ def run(graph: Graph, fixed: dict) -> Graph:
             problems.append(f"{e.name}: weights need exponent {exp} > {fixed['weight_exp_max']}")
         e.fixed = {"weight": w_int.astype(np.int16), "weight_exp": exp}  # |w| <= 256
         edge_rows.append({"edge": e.name, "weight_exp": exp, "relative_error": err})
+        if e.gain is not None:
+            mant, shift, gain_err = quantize_gain(e.gain, fixed)
+            if np.abs(mant).max() > 2 ** (fixed["gain_mant_bits"] - 1) - 1:
+                problems.append(f"{e.name}: per-step gain up to {np.abs(e.gain).max():g} does not fit "
+                                f"{fixed['gain_mant_bits']} signed bits")
+            e.fixed.update(gain=mant, gain_shift=shift)
+            edge_rows[-1].update(gain_shift=shift, gain_max_abs_error=gain_err)
     if problems:
         raise GraphError(f"{len(problems)} parameter(s) do not fit {fixed.get('target', 'the target')}:\n  "
                          + "\n  ".join(problems))
@@ -145,6 +167,8 @@ def verify(graph: Graph, fixed: dict) -> None:
             if w is None:
                 problems.append(f"{e.name}: no integer weights")
                 continue
+            if (e.gain is None) != ("gain" not in e.fixed):
+                problems.append(f"{e.name}: per-step gain without its fixed-point form")
             lo, hi = synapse_range(w, e.op.upsample)
             if lo < -(2 ** fixed["weight_bits"]) or hi > 2 ** fixed["weight_bits"] - 1:
                 problems.append(f"{e.name}: synapse weights {lo}..{hi} outside {fixed['weight_bits']} bits")

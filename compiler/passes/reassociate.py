@@ -9,19 +9,27 @@ conv feeding it, nearest upsampling into the following conv as a
 fractionally-strided kernel, affine into affine). Terms from the same source
 with the same geometry are added into one synapse.
 
+Per-step gains (SDM's TSM) multiply along a path: a term's ``gain`` is the
+product of the gains of the ops it went through, a bias that passes a gained
+op becomes a bias per logical step, and terms merge only when their gains are
+equal (a residual stream sums paths with different gains: they stay separate
+synapses, tagged ``#k``).
+
 Requires: ``partition_host`` placements.
 Guarantees: no Linear node is left. Every edge goes from a Population (an
 on-chip synapse whose input is binary spikes) or from a HostInput (a current
 the host computes per call, charged as MACs) into a Population or the
-Readout; each edge's ``origin`` lists the NIR ops composed into it. Biases of
-the removed ops, pushed through the ops after them (border-exact), are added
-to the static bias of the population or readout they reach. The float
+Readout; each edge's ``origin`` lists the NIR ops composed into it and its
+``gain`` the product of their per-step gains. Biases of the removed ops,
+pushed through the ops after them (border-exact), are added to the bias of the
+population or readout they reach (per step when a gain touched them). The float
 function of the graph is unchanged (tests compare with the NIR reference).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,37 +45,53 @@ class _Term:
     source: str
     op: LinearOp
     origin: tuple[str, ...]
+    gain: Optional[np.ndarray] = None  # [T] per logical step
 
 
 @dataclass
 class _Form:
-    """A real-valued tensor as sum(term.op(source)) + bias."""
+    """A real-valued tensor as sum(term.gain[t] * term.op(source)) + bias[t]; bias [1 or T, *shape]."""
 
     terms: list[_Term]
     bias: np.ndarray
 
 
+def _times(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    if a is None or b is None:
+        return b if a is None else a
+    return a * b
+
+
+def _same_gain(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
 def _apply_bias(op: LinearOp, bias: np.ndarray) -> np.ndarray:
-    x = torch.as_tensor(bias, dtype=torch.float64).reshape(1, *op.in_shape)
-    return op.apply(x)[0].numpy()
+    x = torch.as_tensor(bias, dtype=torch.float64).reshape(-1, *op.in_shape)
+    return op.apply(x).reshape(-1, *op.out_shape).numpy()
 
 
-def _through(form: _Form, op: LinearOp, name: str | None) -> _Form:
-    terms = [_Term(t.source, compose(op, t.op), t.origin + ((name,) if name else ())) for t in form.terms]
-    return _Form(terms, _apply_bias(op, form.bias).reshape(op.out_shape))
+def _through(form: _Form, op: LinearOp, name: str | None, gain: Optional[np.ndarray] = None) -> _Form:
+    terms = [_Term(t.source, compose(op, t.op), t.origin + ((name,) if name else ()), _times(t.gain, gain))
+             for t in form.terms]
+    bias = _apply_bias(op, form.bias)
+    if gain is not None:
+        bias = bias * gain.reshape(-1, *([1] * len(op.out_shape)))
+    return _Form(terms, bias)
 
 
 def _sum(forms: list[_Form], shape: tuple) -> _Form:
     terms: list[_Term] = []
-    bias = np.zeros(shape)
+    bias = np.zeros((1, *shape))
     for form in forms:
-        bias = bias + form.bias.reshape(shape)
+        bias = bias + form.bias.reshape(-1, *shape)
         for term in form.terms:
             for i, kept in enumerate(terms):
-                merged = add_ops(kept.op, term.op) if kept.source == term.source else None
+                same = kept.source == term.source and _same_gain(kept.gain, term.gain)
+                merged = add_ops(kept.op, term.op) if same else None
                 if merged is not None:
                     origin = kept.origin + tuple(o for o in term.origin if o not in kept.origin)
-                    terms[i] = _Term(kept.source, merged, origin)
+                    terms[i] = _Term(kept.source, merged, origin, kept.gain)
                     break
             else:
                 terms.append(term)
@@ -87,20 +111,21 @@ def run(graph: Graph) -> Graph:
         node = graph.nodes[name]
         if isinstance(node, (HostInput, Population)):
             shape = node.shape
-            forms[name] = _Form([_Term(name, LinearOp.identity(shape), ())], np.zeros(shape))
+            forms[name] = _Form([_Term(name, LinearOp.identity(shape), ())], np.zeros((1, *shape)))
         if isinstance(node, Linear):
             pre = inputs_of(name, node.op.in_shape)
-            out = _through(pre, node.op, name)
-            forms[name] = _Form(out.terms, out.bias + node.bias.reshape(node.op.out_shape))
+            out = _through(pre, node.op, name, node.gain)
+            forms[name] = _Form(out.terms, out.bias + node.bias.reshape(1, *node.op.out_shape))
             continue
         if isinstance(node, (Population, Readout)):
             form = inputs_of(name, node.shape)
-            node.bias = node.bias + form.bias
+            bias = np.asarray(node.bias, dtype=np.float64).reshape(-1, *node.shape) + form.bias
+            node.bias = bias[0] if len(bias) == 1 else bias
             seen: dict[str, int] = {}
-            for term in form.terms:  # same source twice only when geometries could not be added
+            for term in form.terms:  # same source twice only when geometries or gains differ
                 seen[term.source] = seen.get(term.source, 0) + 1
                 tag = f"#{seen[term.source]}" if seen[term.source] > 1 else ""
-                new_edges.append(Edge(term.source, name, term.op, origin=term.origin, part=tag))
+                new_edges.append(Edge(term.source, name, term.op, origin=term.origin, part=tag, gain=term.gain))
         nodes[name] = node
     graph.nodes = nodes
     graph.edges = new_edges
