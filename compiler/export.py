@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from snc.errors import SncError
+from snc.models.lateral import SpikingLateralTransformer
 from snc.models.mlp import SpikingMLP
 from snc.models.neurons import IFNeuron, NeuronConfig
 from snc.models.unet import ResBlock, SpikingUNet, SpikingUNetTSM, TSMConv2d, UpSample, conv_weights
@@ -238,6 +239,41 @@ def _export_mlp(model: SpikingMLP, b: _Builder) -> None:
     b.add("output", nir.Output(output_type=np.array([model.readout.out_features])), out)
 
 
+def export_selection(model: SpikingLateralTransformer) -> nir.NIRGraph:
+    """NIR graph of the lateral circuits of every block of a lateral transformer (paper 000, eqs. 10-11).
+
+    Per block r: input ``lateral.blocks.r`` (the host's ``A_agg l``, constant
+    over the inner steps) into the LIF population ``blocks.r.selection.omega``
+    (N neurons), whose spikes return through a ``Delay`` of one step and an
+    ``Affine`` of ``gamma A_agg`` (``.lateral``): Omega integrates
+    ``A_agg l + gamma A_agg delta[t-1]``, the model's update order. The output
+    is every block's spikes delta, concatenated: the host turns them into the
+    selection (``selection_from_spikes``). The experts and attention of the
+    blocks are not in this graph.
+    """
+    if model.training:
+        raise SncError("export needs the model in eval mode")
+    cfg = model.config
+    dtype = next(model.parameters()).detach().numpy().dtype
+    b = _Builder(dtype)
+    n, outs = cfg.experts, []
+    for r, block in enumerate(model.blocks):
+        sel, name = block.selection, f"blocks.{r}.selection"
+        drive = b.add(f"lateral.blocks.{r}", nir.Input(input_type=np.array([n])))
+        omega = b.add(f"{name}.omega", neuron_node(sel.omega, (n,), dtype), drive)
+        delay = b.add(f"{name}.delay", nir.Delay(delay=np.full(n, NIR_DT)), omega)
+        lateral = b.add(f"{name}.lateral", nir.Affine(weight=_np(sel.recurrent_weights()), bias=np.zeros(n, dtype)),
+                        delay)
+        b.edges.append((lateral, omega))  # the loop: Omega reads its own spikes of the previous step
+        place = np.zeros((cfg.depth * n, n), dtype)
+        place[r * n:(r + 1) * n] = np.eye(n)
+        outs.append(b.add(f"{name}.read", nir.Affine(weight=place, bias=np.zeros(cfg.depth * n, dtype)), omega))
+    b.add("output", nir.Output(output_type=np.array([cfg.depth * n])), *outs)
+    return b.graph({"snc.format": FORMAT, "snc.format_version": FORMAT_VERSION, "snc.arch": "lateral-selection",
+                    "snc.dt": NIR_DT, "snc.timestep": cfg.timestep,
+                    "snc.inputs": "lateral.blocks.<r>: A_agg l of block r's router, constant over the inner steps"})
+
+
 EXPORTERS = {SpikingUNet: ("spiking-unet", _export_unet), SpikingUNetTSM: ("spiking-unet-tsm", _export_unet),
              SpikingMLP: ("spiking-mlp", _export_mlp)}
 
@@ -245,6 +281,9 @@ EXPORTERS = {SpikingUNet: ("spiking-unet", _export_unet), SpikingUNetTSM: ("spik
 @torch.no_grad()
 def export_model(model: nn.Module) -> nir.NIRGraph:
     """NIR graph of one spiking step of ``model``'s core (model must be in eval mode)."""
+    if isinstance(model, SpikingLateralTransformer):
+        raise SncError("the lateral transformer's blocks (attention, experts) have no NIR export yet: "
+                       "only its lateral circuits do (snc.compiler.export.export_selection)")
     if type(model) not in EXPORTERS:
         raise SncError(f"no NIR exporter for {type(model).__name__}")
     if model.training:

@@ -7,13 +7,20 @@ Nodes (all carry a ``name`` that traces to the NIR node and torch module):
 - ``Linear``: a real-valued op with a bias (conv, affine, scale, upsample,
   flatten) as imported from NIR; ``placement`` is set by ``partition_host``.
   A ``gain`` (SDM's TSM, NIR's ``snc.StepScale``) multiplies ``op(x)`` by
-  gain[t] at logical step t. After ``reassociate`` no Linear node is left.
+  gain[t] at logical step t; a ``lag`` (NIR's ``Delay`` of whole steps)
+  outputs at step t its input of step t - lag (0 before). After
+  ``reassociate`` no Linear node is left.
 - ``Population``: spiking neurons (IF/LIF, threshold, decay, a bias) or a
   ``relay`` inserted by ``balance_delays``.
 
 Per-step values (TSM): an edge's ``gain`` [T] multiplies its current at
 logical step t; a bias is either full-shape (the same every step) or
 [T, *shape] (one per logical step, ``bias_at``).
+
+Recurrence: an edge with ``lag`` k > 0 carries the source's spikes of step
+t - k into step t of the target (a lateral / recurrent synapse). Cycles are
+allowed only through lags: ``topological`` orders the graph without the
+lagged edges and the edges into lagged Linear nodes.
 - ``Readout``: the graph's output, read by the host every step.
 
 Edges carry a ``LinearOp``. Before ``reassociate`` they are identities between
@@ -55,6 +62,7 @@ class Linear:
     bias: np.ndarray  # full output shape
     placement: str = ""  # "host" or "chip" after partition_host
     gain: Optional[np.ndarray] = None  # [T]: output gain[t] * op(x) + bias at logical step t
+    lag: int = 0  # NIR Delay: the output at step t is the input of step t - lag
 
 
 @dataclass
@@ -106,6 +114,7 @@ class Edge:
     fixed: dict[str, Any] = field(default_factory=dict)  # quantize: weight (int), weight_exp, gain, gain_shift
     part: str = ""  # split_signs: "+" / "-" half; reassociate: "#k" for a k-th unmergeable term
     gain: Optional[np.ndarray] = None  # [T]: the current at logical step t is gain[t] * op(x)
+    lag: int = 0  # the target's step t reads the source's spikes of step t - lag (1: recurrent)
 
     @property
     def name(self) -> str:
@@ -145,9 +154,15 @@ class Graph:
         return g
 
     def topological(self) -> list[str]:
-        g = self.nx()
+        """Nodes in an order where every node comes after the sources it reads at the same step."""
+        g = nx.MultiDiGraph()
+        g.add_nodes_from(self.nodes)
+        g.add_edges_from((e.src, e.dst) for e in self.edges
+                         if not e.lag and not getattr(self.nodes.get(e.dst), "lag", 0))
         if not nx.is_directed_acyclic_graph(g):
-            raise GraphError("the graph has a cycle; snc lowers feed-forward graphs (recurrence: issue 7)")
+            cycle = " -> ".join(a for a, *_ in nx.find_cycle(g))
+            raise GraphError(f"the graph has a cycle without a delay ({cycle}): a recurrent connection "
+                             "needs a delay of at least one step (NIR Delay)")
         return list(nx.topological_sort(g))
 
     @property
@@ -175,8 +190,8 @@ class Graph:
                     problems.append(f"edge {e.name}: op {e.op.in_shape}->{e.op.out_shape} does not join the nodes")
                 if isinstance(dst, HostInput):
                     problems.append(f"edge {e.name} enters host input {e.dst}")
-            if e.delay < 0:
-                problems.append(f"edge {e.name}: negative delay")
+            if e.delay < 0 or e.lag < 0:
+                problems.append(f"edge {e.name}: negative delay or lag")
             problems += _gain_problems(e.name, e.gain, self.timestep)
         for n in self.nodes.values():
             bias = getattr(n, "bias", None)
@@ -210,6 +225,8 @@ class Graph:
                 d["origin"] = list(e.origin)
             if e.gain is not None:
                 d["gain"] = [float(v) for v in e.gain]
+            if e.lag:
+                d["lag"] = e.lag
             if e.fixed:
                 d["fixed"] = {k: _jsonable(v) for k, v in e.fixed.items() if np.ndim(v) == 0}
             return d

@@ -24,6 +24,11 @@ A ``Netlist`` is the one lowering target of snc and is backend-neutral:
   (TSM): snc's ``StepGainSparse`` process multiplies its output for spikes of
   logical step t by ``gain[t]`` (fixed: ``(a * gain[t]) >> gain_shift``,
   an arithmetic shift, after Lava's ``weight_exp``; float: ``a * gain[t]``).
+  A ``window`` synapse (a recurrent edge) passes only the spikes of its
+  source's T logical steps (the same process with a gain of 0 outside them):
+  in the model there is nothing before step 0, on the chip the source's
+  last step of the previous call would reach the first step of this one.
+  ``gain_schedule`` gives the factor for every step of a call.
 
   Every synapse keeps its structural ``LinearOp`` with the weights the
   backend is handed (fixed: the quantized integers before Lava's own
@@ -126,6 +131,12 @@ class Synapse:
     delay: int = 0  # steps beyond the one every synapse adds
     gain: Optional[np.ndarray] = None  # [T] per logical step of the source (fixed: integer mantissas)
     gain_shift: int = 0  # fixed: the gain is gain / 2^gain_shift
+    window: bool = False  # only the spikes of the source's logical window (recurrent edges)
+
+    @property
+    def scheduled(self) -> bool:
+        """True when the output is scaled per step (a StepGainSparse)."""
+        return self.gain is not None or self.window
 
 
 @dataclass(frozen=True)
@@ -236,7 +247,7 @@ def _synapse_problems(s: Synapse, net: Netlist) -> list[str]:
             out.append(f"{s.name}: Lava's Conv ignores weight_exp and num_weight_bits: they must be 0 and 8")
     if s.delay and s.kind != "sparse":
         out.append(f"{s.name}: only sparse synapses have delays (Lava DelaySparse)")
-    if s.gain is not None:
+    if s.scheduled:
         out += _gain_problems(s, net)
     if not 0 <= s.delay <= MAX_DELAY:
         out.append(f"{s.name}: delay {s.delay} outside 0..{MAX_DELAY}")
@@ -262,7 +273,9 @@ def _synapse_problems(s: Synapse, net: Netlist) -> list[str]:
 def _gain_problems(s: Synapse, net: Netlist) -> list[str]:
     out = []
     if s.kind != "sparse" or s.delay:
-        out.append(f"{s.name}: only sparse synapses without delay have per-step gains (StepGainSparse)")
+        out.append(f"{s.name}: only sparse synapses without delay have per-step gains or windows (StepGainSparse)")
+    if s.gain is None:
+        return out
     if np.shape(s.gain) != (net.timestep,):
         return out + [f"{s.name}: gain of shape {np.shape(s.gain)}, not ({net.timestep},)"]
     if net.mode != "fixed":
@@ -272,6 +285,20 @@ def _gain_problems(s: Synapse, net: Netlist) -> list[str]:
     if not 0 <= s.gain_shift <= GAIN_SHIFT_MAX:
         out.append(f"{s.name}: gain_shift {s.gain_shift} outside 0..{GAIN_SHIFT_MAX}")
     return out
+
+
+def gain_schedule(s: Synapse, net: Netlist) -> np.ndarray:
+    """The factor on a scheduled synapse's output for the spikes of each step of a call [call_steps]:
+    its gain at the source's logical step (mantissas in fixed mode, over ``2^gain_shift``; 1 without a
+    gain), 0 outside the source's window for a ``window`` synapse."""
+    steps = np.arange(net.call_steps)
+    depth = net.groups[s.src].depth
+    one = 1 if net.mode == "fixed" else 1.0
+    table = np.full(net.call_steps, one) if s.gain is None else \
+        s.gain[logical_steps(steps + 1, depth, net.timestep, net.call_steps)]
+    if s.window:
+        table = table * ((steps >= depth) & (steps < depth + net.timestep))
+    return table
 
 
 def synapse_matrix(s: Synapse) -> sparse.csr_matrix:
@@ -325,7 +352,7 @@ def lower(graph: Graph, mode: str) -> Netlist:
             gain, gain_shift = np.asarray(e.fixed["gain"], dtype=np.int64), int(e.fixed["gain_shift"])
         synapses.append(Synapse(e.name, e.src, e.dst, "sparse", _lowered_op(e.op, e.fixed, mode),
                                 weight_exp=int(e.fixed["weight_exp"]) if mode == "fixed" else 0, delay=e.delay,
-                                gain=gain, gain_shift=gain_shift))
+                                gain=gain, gain_shift=gain_shift, window=e.lag > 0))
     r = graph.readout
     readout = ReadoutPort(r.name, tuple(r.shape), float(r.scale) if mode == "fixed" else 1.0, r.depth)
     net = Netlist(mode, groups, synapses, readout, graph.timestep, inputs)

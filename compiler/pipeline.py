@@ -19,6 +19,12 @@
                           violation of its limits listed at once (the DRC)
     -> lowered graph (runtime.lava_backend builds Lava processes from it)
 
+Recurrence (paper 000's lateral circuits: Omega with gamma A_agg onto
+itself) is a NIR loop through a one-step ``Delay``: import_nir gives the
+delay a lag, reassociate composes it into a recurrent edge (lag 1),
+balance_delays schedules it (Lava's one synaptic step is the model's
+previous step) and the lowering passes only in-window spikes through it.
+
 BatchNorm is folded by export (NIR has no BatchNorm node, so none reaches the
 compiler). Threshold folding comes after re-association and delay balancing
 because the scale of a population depends on the synapses that finally feed it

@@ -4,6 +4,7 @@ No compiler knowledge lives here: ``snc.compiler`` reads these modules.
 """
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, shipped_checkpoint
+from .lateral import LateralConfig, SpikingLateralTransformer
 from .mlp import MLPConfig, SpikingMLP
 from .neurons import IFNeuron, NeuronConfig
 from .presets import PRESETS, ann_twin, build_model, preset
@@ -12,9 +13,11 @@ from .unet import SpikingUNet, SpikingUNetTSM, TSMConv2d, UNetConfig
 __all__ = [
     "Checkpoint",
     "IFNeuron",
+    "LateralConfig",
     "MLPConfig",
     "NeuronConfig",
     "PRESETS",
+    "SpikingLateralTransformer",
     "SpikingMLP",
     "SpikingUNet",
     "SpikingUNetTSM",

@@ -47,6 +47,11 @@ class NeuronConfig:
     surrogate_alpha: float = 2.0
 
 
+def fire(v: torch.Tensor, config: NeuronConfig) -> torch.Tensor:
+    """Spikes (0/1) of membrane potentials v under ``config``'s threshold test, with its surrogate gradient."""
+    return _ATanSpike.apply(v - config.threshold, config.surrogate_alpha, config.fire_at_threshold)
+
+
 class IFNeuron(nn.Module):
     """Integrate-and-fire (optionally leaky) neuron with hard reset to 0."""
 
@@ -62,7 +67,7 @@ class IFNeuron(nn.Module):
         spikes = []
         for x_t in x:
             v = cfg.decay * v + x_t
-            s = _ATanSpike.apply(v - cfg.threshold, cfg.surrogate_alpha, cfg.fire_at_threshold)
+            s = fire(v, cfg)
             v = v * (1.0 - s)  # hard reset to 0
             spikes.append(s)
         return torch.stack(spikes)

@@ -9,15 +9,17 @@ from torch import nn
 
 from snc.errors import SncError
 
+from .lateral import LateralConfig, SpikingLateralTransformer
 from .mlp import MLPConfig, SpikingMLP
 from .unet import SpikingUNet, SpikingUNetTSM, UNetConfig
 
-Config = Union[UNetConfig, MLPConfig]
+Config = Union[UNetConfig, MLPConfig, LateralConfig]
 
 ARCHS: dict[str, tuple[type, type[nn.Module]]] = {
     "spiking-unet": (UNetConfig, SpikingUNet),
     "spiking-unet-tsm": (UNetConfig, SpikingUNetTSM),  # SDM's per-step conv scales (paper 004, IV-B)
     "spiking-mlp": (MLPConfig, SpikingMLP),
+    "lateral-transformer": (LateralConfig, SpikingLateralTransformer),  # paper 000
 }
 
 PRESETS: dict[str, tuple[str, Config]] = {
@@ -29,6 +31,10 @@ PRESETS: dict[str, tuple[str, Config]] = {
         UNetConfig(img_size=8, img_ch=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, timestep=4),
     ),
     "digits-mlp": ("spiking-mlp", MLPConfig(img_size=8, img_ch=1, hidden=(256, 256), timestep=4)),
+    # Paper 000's CIFAR-10 model (patch 2, 12 blocks, D = 768, N = 3, k = 2, T_s = 2): compile and energy only.
+    "cifar10-lateral": ("lateral-transformer", LateralConfig()),
+    # 8x8x1 digits: 16 tokens, 4 blocks of D = 64; trains on 2 CPU cores.
+    "digits-lateral": ("lateral-transformer", LateralConfig(img_size=8, img_ch=1, hidden=64, depth=4, mlp_ratio=2)),
 }
 
 

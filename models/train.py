@@ -157,6 +157,7 @@ def _run_meta(settings: TrainSettings, loss_avg: Optional[float], start: float) 
 PRESET_SETTINGS = {
     "digits-unet": TrainSettings(steps=2500, batch_size=64, lr=2e-3),
     "digits-mlp": TrainSettings(steps=4000, batch_size=128, lr=2e-3),
+    "digits-lateral": TrainSettings(steps=4000, batch_size=64, lr=1e-3),
 }
 
 

@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 
 from snc.compiler.ir import Graph
-from snc.compiler.lower import Netlist, NeuronGroup, Synapse, logical_steps, synapse_matrix
+from snc.compiler.lower import Netlist, NeuronGroup, Synapse, gain_schedule, synapse_matrix
 from snc.errors import SncError
 
 from .chip import CallResult, Trace, as_netlist, call_result, host_values, step_rows
@@ -169,23 +169,24 @@ class _Term:
             return 1 << (self.wrap_bits - 1)
         bound = -(-self.bound >> -self.exp) if self.exp < 0 else self.bound
         if self.gain is not None:
-            bound = -(-bound * int(np.abs(self.gain.mant).max()) >> self.gain.shift)
+            bound = -(-bound * int(np.abs(self.gain.schedule).max()) >> self.gain.shift)
         return bound
 
 
 @dataclass
 class _Gain:
-    """A StepGainSparse's gain: ``floor(y * mant[t] / 2^shift)`` for spikes of Lava step ts, where t is the
-    logical step of the synapse's source (depth ``depth``) at step ``ts + lag`` (``lag``: a delay line's delay)."""
-    mant: np.ndarray  # [T] int64
+    """A scheduled synapse (StepGainSparse): ``floor(y * schedule[cs] / 2^shift)`` for the spikes at step cs
+    of a call of the synapse's source (``gain_schedule``); ``lag``: a delay line's delay between the term's
+    source and the synapse's; ``window``: 0 outside the source's window."""
+    schedule: np.ndarray  # [call_steps] int64 mantissas
     shift: int
-    depth: int
     lag: int
+    window: bool
 
-    def rows(self, spike_steps: np.ndarray, net: Netlist) -> torch.Tensor:
-        """Per spike step: the factor mant / 2^shift, float64 (exact: |mant| < 2^12)."""
-        t = logical_steps(np.asarray(spike_steps) + self.lag, self.depth, net.timestep, net.call_steps)
-        return torch.from_numpy(self.mant[t] / float(1 << self.shift))
+    def rows(self, spike_steps: np.ndarray, call_steps: int) -> torch.Tensor:
+        """Per Lava time step of the term's source spikes: the factor, float64 (exact: |mantissa| < 2^12)."""
+        return torch.from_numpy(self.schedule[(np.asarray(spike_steps) + self.lag - 1) % call_steps]
+                                / float(1 << self.shift))
 
 
 def _candidate_synapse_weights(w: np.ndarray, upsample: int) -> np.ndarray:
@@ -242,8 +243,8 @@ def _term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) -> _
     if exp > 0:  # a left shift is an exact product: fold it into the weights
         w, bound, exp = w * float(1 << exp), bound << exp, 0
     term = _Term(src, s.dst, delay, kind, w, geometry, bound, exp)
-    if s.gain is not None:
-        term.gain = _Gain(s.gain.astype(np.int64), s.gain_shift, net.groups[s.src].depth, delay - 1 - s.delay)
+    if s.scheduled:
+        term.gain = _Gain(gain_schedule(s, net).astype(np.int64), s.gain_shift, delay - 1 - s.delay, s.window)
     if to_readout and term.out_bound >= 1 << 31:  # the Extractor adds int32 channel values: wrap each
         term.wrap_bits = 32
     return term
@@ -428,7 +429,8 @@ class EmuNetwork:
     every simulated group is a ``LIFReset`` that resets at the first step of
     its window (``reset_interval`` = call length, ``reset_offset`` = depth + 1)
     and every synapse joins a source at depth d to a target at depth
-    d + 1 + delay (``balance_delays`` builds exactly this). Then a spike
+    d + 1 + delay (``balance_delays`` builds exactly this) or is a window
+    synapse (a recurrent edge: only in-window spikes pass). Then a spike
     outside its source's window reaches its target outside the target's
     window, where it only changes state that the target's next reset wipes:
     the readout and the spikes of every window, all a ``CallResult`` holds,
@@ -492,7 +494,10 @@ class EmuNetwork:
                 return False
         if any(depth[name] != depth[line.source] + line.delay for name, line in self.lines.items()):
             return False
-        return all(depth[t.dst] == depth[t.src] + t.delay for t in terms)
+        if any(len({depth[m] for m in members}) > 1 for members in self._components(terms)):
+            return False  # a loop across pipeline stages: its members' windows do not line up
+        # a window synapse passes only in-window spikes, wherever they land: separable at any depth
+        return all(depth[t.dst] == depth[t.src] + t.delay or (t.gain is not None and t.gain.window) for t in terms)
 
     def _components(self, terms: list[_Term]) -> list[list[str]]:
         """Simulated groups as strongly connected components in topological order."""
@@ -643,7 +648,7 @@ class EmuNetwork:
                 j0, j1 = max(0, -shift), min(hi - lo, length - shift)
                 if j1 > j0:
                     factors = None if t.gain is None else \
-                        t.gain.rows(np.repeat(np.arange(s0 + lo + j0, s0 + lo + j1), b), self.net)
+                        t.gain.rows(np.repeat(np.arange(s0 + lo + j0, s0 + lo + j1), b), self.length)
                     acc[(j0 + shift) * b:(j1 + shift) * b] += \
                         _post(y[j0 * b:j1 * b, route.columns], t, factors).to(acc.dtype)
             else:
@@ -651,7 +656,7 @@ class EmuNetwork:
                 keep = (target >= 0) & (target < length * b)
                 if bool(keep.any()):
                     factors = None if t.gain is None else \
-                        t.gain.rows(s0 + lo + (rows[keep] // b).numpy(), self.net)
+                        t.gain.rows(s0 + lo + (rows[keep] // b).numpy(), self.length)
                     acc.index_put_((target[keep],), _post(y[keep][:, route.columns], t, factors).to(acc.dtype),
                                    accumulate=True)
 
@@ -661,18 +666,21 @@ class EmuNetwork:
         Every loop synapse has a delay of at least one step, so step j reads spikes of steps before j.
         """
         external = {name: self._take_input(run, name, values).to(torch.int64) for name in members}
-        for j in range(run.steps):
+        start, stop = run.span[members[0]]  # every member's (a windowed loop has one depth: _window_separable)
+        for j in range(stop - start):
             a = {name: external[name][j:j + 1].clone() for name in members}
             for src in members:
                 for bundle in self.loop_bundles.get(src, []):
                     step = run.span[src][0] + j - bundle.delays[0]
+                    if step < run.spike_start[src]:  # before a window: no spikes were kept (window synapses)
+                        continue
                     x = run.spikes[src][step - run.spike_start[src]]
                     if not bool(_any_spike(x).any()):
                         continue
                     y = bundle.evaluate(x.to(bundle.dtype))
                     for route in bundle.routes:
                         t = route.term
-                        factors = None if t.gain is None else t.gain.rows(np.full(self.batch, step), self.net)
+                        factors = None if t.gain is None else t.gain.rows(np.full(self.batch, step), self.length)
                         a[t.dst][0] += _post(y[:, route.columns], t, factors).to(torch.int64)
             for name in members:
                 self._integrate(run, name, a[name], j, trace)

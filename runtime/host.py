@@ -1,8 +1,9 @@
 """The host side of a denoiser call: what feeds the exported spiking core.
 
 The NIR graph's inputs are ``input`` (the analog image, the same every
-spiking step) and ``temb.<block>`` (each block's time-embedding bias,
-computed once per call on the host and broadcast over the block's pixels).
+spiking step), ``temb.<block>`` (each block's time-embedding bias,
+computed once per call on the host and broadcast over the block's pixels)
+and ``lateral.<block>`` (a lateral circuit's drive ``A_agg l`` from its router).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def core_inputs(model: nn.Module, graph: nir.NIRGraph, x: torch.Tensor, t: torch
         shape = tuple(int(v) for v in node.input_type["input"])
         if name == "input":
             inputs[name] = x_seq
+        elif name.startswith("lateral.") and hasattr(model, "blocks"):  # a lateral circuit's drive A_agg l
+            drive = model.get_submodule(name[len("lateral."):]).selection.drive(model.time_embedding(t))
+            inputs[name] = drive.unsqueeze(0).expand(steps, *drive.shape)
         elif name.startswith("temb.") and name[len("temb."):] in biases:
             bias = biases[name[len("temb."):]]  # [B, C]
             view = bias.view(batch, bias.shape[1], *([1] * (len(shape) - 1)))

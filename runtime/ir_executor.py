@@ -3,7 +3,8 @@
 Runs logical spiking steps with same-step semantics (no pipeline delays: a
 population at step t reads step t of its sources), which is what the model
 computes; relays pass their source's spikes through; per-step gains and
-biases (TSM) are taken at the logical step. Used to calibrate
+biases (TSM) are taken at the logical step; a recurrent edge (lag k) reads
+its source's spikes of step t - k (nothing before step 0). Used to calibrate
 ``fold_thresholds`` and to prove that re-association kept the function.
 """
 
@@ -55,6 +56,13 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
     v: dict[str, torch.Tensor] = {}
     out = IRRun(readout=torch.empty(0))
     readouts, spikes = [], {n: [] for n in order if isinstance(graph.nodes[n], Population)}
+
+    def source(e, now: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        if not e.lag:
+            return now[e.src]
+        past = spikes[e.src]  # a recurrent edge reads an earlier step (none before step 0)
+        return past[t - e.lag] if t >= e.lag else torch.zeros((batch, *graph.nodes[e.src].shape), dtype=dtype)
+
     for t in range(graph.timestep):
         now: dict[str, torch.Tensor] = {}
         for name in order:
@@ -65,7 +73,7 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
             if name in currents:
                 x = x + currents[name][t].reshape(shape)
             for e in chip_edges[name]:
-                y = e.op.apply(now[e.src].reshape(batch, *e.op.in_shape)).reshape(shape)
+                y = e.op.apply(source(e, now, t).reshape(batch, *e.op.in_shape)).reshape(shape)
                 x = x + (y if e.gain is None else float(e.gain[t]) * y)
             if isinstance(node, Readout):
                 chip = x - bias - (currents[name][t] if name in currents else 0)

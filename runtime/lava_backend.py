@@ -39,7 +39,7 @@ import numpy as np
 from scipy import sparse
 
 from snc.compiler.ir import Graph
-from snc.compiler.lower import Netlist, Synapse, logical_steps, synapse_matrix
+from snc.compiler.lower import Netlist, Synapse, gain_schedule, synapse_matrix
 from snc.errors import SncError
 
 from .chip import CallResult, Trace, as_netlist, call_result, host_values, step_rows
@@ -198,11 +198,9 @@ class LavaNetwork:
                             synapse_matrix(s).astype(dtype), format="csr")
             if s.kind == "dense":
                 syn = Dense(weights=w.toarray(), name=s.name, **kw)
-            elif s.gain is not None:
+            elif s.scheduled:
                 from .lava_processes.step import StepGainSparse
-                src_depth = self.net.groups[s.src].depth
-                steps = logical_steps(np.arange(1, self.length + 1), src_depth, self.net.timestep, self.length)
-                syn = StepGainSparse(weights=w, gain=s.gain[steps].astype(dtype), gain_shift=s.gain_shift,
+                syn = StepGainSparse(weights=w, gain=gain_schedule(s, self.net).astype(dtype), gain_shift=s.gain_shift,
                                      name=s.name, **kw)
             elif s.delay:
                 delays = w.astype(np.int64)  # DelaySparse insists on int64 delays

@@ -3,13 +3,16 @@
 Discrete time with Euler steps of ``dt`` (snc exports with ``NIR_DT``).
 At each step every node reads the sum of its predecessors' outputs *of the
 same step* (NIR edges carry no delay) and the nodes run in topological order,
-so the graph must be acyclic. Neurons (forward Euler, then spike test):
+so every cycle must pass a Delay. Neurons (forward Euler, then spike test):
 
 - IF:  ``v += dt * r * I``; spike if ``v > v_threshold``; then ``v = v_reset``
 - LIF: ``v += dt / tau * (v_leak - v + r * I)``; same spike and reset
 - LI / I: as LIF / IF without spiking; output v
 - Threshold: ``I > threshold``
 - snc.StepScale: ``scale[t] * I + bias`` at step t
+- Delay (whole steps of dt): its input of ``delay / dt`` steps before (0 at first)
+
+Cycles are allowed when each passes a Delay (the recurrent connections).
 
 It computes in the dtype of the inputs; run it in float64 to compare with a
 float64 torch model without rounding noise.
@@ -87,19 +90,26 @@ class NIRReference:
     def __init__(self, graph: nir.NIRGraph, dt: float = NIR_DT) -> None:
         unsupported = sorted(
             {f"{n} ({type(node).__name__})" for n, node in graph.nodes.items()
-             if not isinstance(node, (nir.Input, nir.Output, StepScale, *NEURONS)) and _stateless(node) is None}
+             if not isinstance(node, (nir.Input, nir.Output, StepScale, nir.Delay, *NEURONS))
+             and _stateless(node) is None}
         )
         if unsupported:
             raise GraphError(f"the NIR reference executor does not support: {', '.join(unsupported)}")
+        delays = {n for n, node in graph.nodes.items() if isinstance(node, nir.Delay)}
         g = nx.DiGraph()
         g.add_nodes_from(graph.nodes)
-        g.add_edges_from(graph.edges)
+        g.add_edges_from(e for e in graph.edges if e[1] not in delays)  # a delay's output is known at a step's start
         if not nx.is_directed_acyclic_graph(g):
-            raise GraphError("the NIR reference executor needs an acyclic graph (edges carry no delay)")
+            raise GraphError("the NIR reference executor needs every cycle to pass a Delay (edges carry no delay)")
         self.graph = graph
         self.dt = dt
         self.order = list(nx.topological_sort(g))
-        self.preds = {n: list(g.predecessors(n)) for n in self.order}
+        self.preds = {n: list(dict.fromkeys(a for a, b in graph.edges if b == n)) for n in self.order}
+        self.lags = {n: int(np.rint(np.asarray(graph.nodes[n].delay).flat[0] / dt)) for n in delays}
+        bad = sorted(n for n, lag in self.lags.items()
+                     if lag < 1 or not np.allclose(np.asarray(graph.nodes[n].delay) / dt, lag))
+        if bad:
+            raise GraphError(f"Delay nodes {', '.join(bad)} are not a whole number (>= 1) of steps dt")
         self.ops = {n: _stateless(node) for n, node in graph.nodes.items()}
 
     def run(self, inputs: dict[str, torch.Tensor], record: bool = False) -> dict[str, torch.Tensor]:
@@ -113,12 +123,19 @@ class NIRReference:
             raise GraphError(f"{steps} steps, but the per-step scales of {', '.join(short)} are shorter")
         state: State = {}
         trace: dict[str, list[torch.Tensor]] = {}
+        delayed: dict[str, list[torch.Tensor]] = {name: [] for name in self.lags}  # each delay's inputs so far
+        first = next(iter(inputs.values()))
         for t in range(steps):
             values: dict[str, torch.Tensor] = {}
+            for name, lag in self.lags.items():  # fixed at the end of step t - lag
+                shape = tuple(int(v) for v in self.graph.nodes[name].input_type["input"])
+                values[name] = delayed[name][t - lag] if t >= lag else first.new_zeros((first.shape[1], *shape))
             for name in self.order:
                 node = self.graph.nodes[name]
                 if isinstance(node, nir.Input):
                     values[name] = inputs[name][t]
+                    continue
+                if name in self.lags:
                     continue
                 x = sum(values[p] for p in self.preds[name])
                 if isinstance(node, NEURONS):
@@ -130,6 +147,8 @@ class NIRReference:
                     values[name] = x * float(node.scale[t]) + _t(node.bias, x)
                 else:
                     values[name] = self.ops[name](x)
+            for name in self.lags:
+                delayed[name].append(sum(values[p] for p in self.preds[name]))
             for name, value in values.items():
                 if record or name in self.graph.outputs:
                     trace.setdefault(name, []).append(value)

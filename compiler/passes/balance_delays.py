@@ -13,8 +13,15 @@ fired) fed by an identity synapse with ``d - 1`` extra steps (Lava
 DelaySparse). The expensive weight map then stays a plain synapse; the
 delayed synapse carries one connection per neuron.
 
+A recurrent edge (``lag`` k) reads the source's spikes of k steps before:
+the synapse's own step already delays them, so it needs
+``depth(dst) - depth(src) - 1 + k`` extra steps (0 for a population's
+synapse onto itself with k = 1: Lava's one-step recurrence is the model's
+update order). Depths come from the other edges; a recurrent edge that would
+need a negative delay cannot be scheduled and is reported.
+
 Requires: the re-associated graph. Guarantees: for every edge from a
-population, ``depth(dst) == depth(src) + 1 + delay``; delays only on identity
+population, ``depth(dst) == depth(src) + 1 + delay - lag``; delays only on identity
 edges into relays, each at most the target's ``max_delay``; the readout
 sees logical step 0 at call step ``graph.depth``. Each population's LIFReset
 offset is ``depth + 1`` within a call of ``depth + T`` steps, so each
@@ -41,18 +48,23 @@ def run(graph: Graph, max_delay: int) -> Graph:
         node = graph.nodes[name]
         if isinstance(node, HostInput):
             continue
-        chip = [e for e in graph.into(name) if isinstance(graph.nodes[e.src], Population)]
+        chip = [e for e in graph.into(name) if isinstance(graph.nodes[e.src], Population) and not e.lag]
         depth[name] = max((depth[e.src] + 1 for e in chip), default=0)
         node.depth = depth[name]
     relays: dict[tuple[str, int], str] = {}
     edges: list[Edge] = []
     inserted = []
+    late = [f"{e.name} (lag {e.lag}, depths {depth[e.src]} -> {depth[e.dst]})" for e in graph.edges
+            if isinstance(graph.nodes[e.src], Population) and depth[e.dst] - depth[e.src] - 1 + e.lag < 0]
+    if late:
+        raise GraphError("recurrent edges from populations deeper in the pipeline than their lag allows: "
+                         + "; ".join(late))
     for e in graph.edges:
         src = graph.nodes[e.src]
         if not isinstance(src, Population):
             edges.append(e)
             continue
-        d = depth[e.dst] - depth[e.src] - 1
+        d = depth[e.dst] - depth[e.src] - 1 + e.lag
         if d == 0:
             edges.append(e)
             continue
@@ -77,8 +89,8 @@ def verify(graph: Graph, max_delay: int) -> None:
         src, dst = graph.nodes[e.src], graph.nodes[e.dst]
         if not isinstance(src, Population):
             continue
-        if dst.depth != src.depth + 1 + e.delay:
-            problems.append(f"{e.name}: depth {src.depth} -> {dst.depth} with delay {e.delay}")
+        if dst.depth != src.depth + 1 + e.delay - e.lag:
+            problems.append(f"{e.name}: depth {src.depth} -> {dst.depth} with delay {e.delay}, lag {e.lag}")
         if e.delay and (e.op.kind != "identity" or getattr(dst, "role", "") != "relay"):
             problems.append(f"{e.name}: a delay outside a relay edge")
         if e.delay > max_delay:

@@ -28,6 +28,8 @@ def run(graph: Graph) -> Graph:
             spiking_upstream[name] = True
         elif isinstance(node, HostInput):
             spiking_upstream[name] = False
+        elif getattr(node, "lag", 0):  # a delay is ordered before its inputs; it delays spikes, on chip
+            spiking_upstream[name] = True
         else:
             spiking_upstream[name] = any(spiking_upstream[p] for p in preds)
         if isinstance(node, Linear):

@@ -15,6 +15,10 @@ op becomes a bias per logical step, and terms merge only when their gains are
 equal (a residual stream sums paths with different gains: they stay separate
 synapses, tagged ``#k``).
 
+A lagged op (NIR Delay) adds its lag to every term through it: the edge
+reads its source's spikes of earlier steps (a recurrent synapse). Its inputs
+must be spikes: a delayed real value would need state on the chip.
+
 Requires: ``partition_host`` placements.
 Guarantees: no Linear node is left. Every edge goes from a Population (an
 on-chip synapse whose input is binary spikes) or from a HostInput (a current
@@ -46,6 +50,7 @@ class _Term:
     op: LinearOp
     origin: tuple[str, ...]
     gain: Optional[np.ndarray] = None  # [T] per logical step
+    lag: int = 0  # steps between the source's spikes and their effect
 
 
 @dataclass
@@ -71,8 +76,8 @@ def _apply_bias(op: LinearOp, bias: np.ndarray) -> np.ndarray:
     return op.apply(x).reshape(-1, *op.out_shape).numpy()
 
 
-def _through(form: _Form, op: LinearOp, name: str | None, gain: Optional[np.ndarray] = None) -> _Form:
-    terms = [_Term(t.source, compose(op, t.op), t.origin + ((name,) if name else ()), _times(t.gain, gain))
+def _through(form: _Form, op: LinearOp, name: str | None, gain: Optional[np.ndarray] = None, lag: int = 0) -> _Form:
+    terms = [_Term(t.source, compose(op, t.op), t.origin + ((name,) if name else ()), _times(t.gain, gain), t.lag + lag)
              for t in form.terms]
     bias = _apply_bias(op, form.bias)
     if gain is not None:
@@ -87,11 +92,11 @@ def _sum(forms: list[_Form], shape: tuple) -> _Form:
         bias = bias + form.bias.reshape(-1, *shape)
         for term in form.terms:
             for i, kept in enumerate(terms):
-                same = kept.source == term.source and _same_gain(kept.gain, term.gain)
+                same = kept.source == term.source and kept.lag == term.lag and _same_gain(kept.gain, term.gain)
                 merged = add_ops(kept.op, term.op) if same else None
                 if merged is not None:
                     origin = kept.origin + tuple(o for o in term.origin if o not in kept.origin)
-                    terms[i] = _Term(kept.source, merged, origin, kept.gain)
+                    terms[i] = _Term(kept.source, merged, origin, kept.gain, kept.lag)
                     break
             else:
                 terms.append(term)
@@ -104,17 +109,25 @@ def run(graph: Graph) -> Graph:
     nodes = {}
     before = sum(n.op.synapse_count() for n in graph.of_type(Linear) if n.placement == "chip")
 
+    def form_of(name: str) -> _Form:
+        node = graph.nodes[name]
+        if isinstance(node, (HostInput, Population)):  # a value of its own: needs nothing upstream
+            return _Form([_Term(name, LinearOp.identity(node.shape), ())], np.zeros((1, *node.shape)))
+        return forms[name]
+
     def inputs_of(name: str, shape: tuple) -> _Form:
-        return _sum([_through(forms[e.src], e.op, None) for e in graph.into(name)], shape)
+        return _sum([_through(form_of(e.src), e.op, None) for e in graph.into(name)], shape)
 
     for name in graph.topological():
         node = graph.nodes[name]
-        if isinstance(node, (HostInput, Population)):
-            shape = node.shape
-            forms[name] = _Form([_Term(name, LinearOp.identity(shape), ())], np.zeros((1, *shape)))
         if isinstance(node, Linear):
+            if node.lag:  # ordered without its inputs: they must be spikes, whose form is their own
+                real = [e.src for e in graph.into(name) if not isinstance(graph.nodes[e.src], Population)]
+                if real:
+                    raise GraphError(f"{name}: a delay of real values ({', '.join(real)}) has no lowering; "
+                                     "delay spikes (put the Delay right after a neuron)")
             pre = inputs_of(name, node.op.in_shape)
-            out = _through(pre, node.op, name, node.gain)
+            out = _through(pre, node.op, name, node.gain, node.lag)
             forms[name] = _Form(out.terms, out.bias + node.bias.reshape(1, *node.op.out_shape))
             continue
         if isinstance(node, (Population, Readout)):
@@ -125,7 +138,8 @@ def run(graph: Graph) -> Graph:
             for term in form.terms:  # same source twice only when geometries or gains differ
                 seen[term.source] = seen.get(term.source, 0) + 1
                 tag = f"#{seen[term.source]}" if seen[term.source] > 1 else ""
-                new_edges.append(Edge(term.source, name, term.op, origin=term.origin, part=tag, gain=term.gain))
+                new_edges.append(Edge(term.source, name, term.op, origin=term.origin, part=tag, gain=term.gain,
+                                      lag=term.lag))
         nodes[name] = node
     graph.nodes = nodes
     graph.edges = new_edges
