@@ -83,7 +83,7 @@ def save_graph(graph: Graph, directory: Path) -> None:
             arrays[f"edge/{i}/fixed/gain"] = e.fixed["gain"]
         edges.append({"src": e.src, "dst": e.dst, "delay": e.delay, "origin": list(e.origin), "op": _op_dict(e.op),
                       "weight_exp": e.fixed.get("weight_exp"), "gain_shift": e.fixed.get("gain_shift"),
-                      "part": e.part})
+                      "part": e.part, "lag": e.lag})
     doc = {"arch": graph.arch, "timestep": graph.timestep, "nodes": nodes, "edges": edges}
     (directory / "lowered.json").write_text(json.dumps(doc, indent=1))
     np.savez(directory / "lowered.npz", **arrays)  # compressing float weights gains little, costs minutes
@@ -116,7 +116,7 @@ def load_graph(directory: Path) -> Graph:
         if f"edge/{i}/fixed/gain" in arrays:
             fixed.update(gain=arrays[f"edge/{i}/fixed/gain"], gain_shift=d["gain_shift"])
         edges.append(Edge(d["src"], d["dst"], _op_from(d["op"], arrays.get(f"edge/{i}/weight")), d["delay"],
-                          tuple(d["origin"]), fixed, d["part"], arrays.get(f"edge/{i}/gain")))
+                          tuple(d["origin"]), fixed, d["part"], arrays.get(f"edge/{i}/gain"), d.get("lag", 0)))
     graph = Graph(nodes, edges, timestep=doc["timestep"], arch=doc["arch"])
     graph.check()
     return graph

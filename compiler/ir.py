@@ -7,11 +7,12 @@ Nodes (all carry a ``name`` that traces to the NIR node and torch module):
 - ``Linear``: a real-valued op with a bias (conv, affine, scale, upsample,
   flatten) as imported from NIR; ``placement`` is set by ``partition_host``.
   A ``gain`` (SDM's TSM, NIR's ``snc.StepScale``) multiplies ``op(x)`` by
-  gain[t] at logical step t; a ``lag`` (NIR's ``Delay`` of whole steps)
-  outputs at step t its input of step t - lag (0 before). After
-  ``reassociate`` no Linear node is left.
+  gain[t] at logical step t; a ``lag`` (NIR's one-step ``Delay``) outputs at
+  step t its input of step t - 1 (0 before). After ``reassociate`` no Linear
+  node is left.
 - ``Population``: spiking neurons (IF/LIF, threshold, decay, a bias) or a
   ``relay`` inserted by ``balance_delays``.
+- ``Readout``: the graph's output, read by the host every step.
 
 Per-step values (TSM): an edge's ``gain`` [T] multiplies its current at
 logical step t; a bias is either full-shape (the same every step) or
@@ -21,7 +22,6 @@ Recurrence: an edge with ``lag`` k > 0 carries the source's spikes of step
 t - k into step t of the target (a lateral / recurrent synapse). Cycles are
 allowed only through lags: ``topological`` orders the graph without the
 lagged edges and the edges into lagged Linear nodes.
-- ``Readout``: the graph's output, read by the host every step.
 
 Edges carry a ``LinearOp``. Before ``reassociate`` they are identities between
 nodes (NIR's edges: inputs of a node are summed). After it, an edge from a
@@ -147,12 +147,6 @@ class Graph:
     def into(self, name: str) -> list[Edge]:
         return [e for e in self.edges if e.dst == name]
 
-    def nx(self) -> nx.MultiDiGraph:
-        g = nx.MultiDiGraph()
-        g.add_nodes_from(self.nodes)
-        g.add_edges_from((e.src, e.dst) for e in self.edges)
-        return g
-
     def topological(self) -> list[str]:
         """Nodes in an order where every node comes after the sources it reads at the same step."""
         g = nx.MultiDiGraph()
@@ -215,6 +209,10 @@ class Graph:
                     d[key] = list(getattr(n, key)) if key == "shape" else getattr(n, key)
             if isinstance(n, Linear):
                 d["op"] = n.op.describe()
+                if n.gain is not None:
+                    d["gain"] = [float(v) for v in n.gain]
+                if n.lag:
+                    d["lag"] = n.lag
             if getattr(n, "fixed", None):
                 d["fixed"] = {k: _jsonable(v) for k, v in n.fixed.items() if np.ndim(v) == 0}
             return d

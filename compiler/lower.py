@@ -24,11 +24,13 @@ A ``Netlist`` is the one lowering target of snc and is backend-neutral:
   (TSM): snc's ``StepGainSparse`` process multiplies its output for spikes of
   logical step t by ``gain[t]`` (fixed: ``(a * gain[t]) >> gain_shift``,
   an arithmetic shift, after Lava's ``weight_exp``; float: ``a * gain[t]``).
-  A ``window`` synapse (a recurrent edge) passes only the spikes of its
-  source's T logical steps (the same process with a gain of 0 outside them):
-  in the model there is nothing before step 0, on the chip the source's
-  last step of the previous call would reach the first step of this one.
-  ``gain_schedule`` gives the factor for every step of a call.
+  A recurrent synapse (``lag`` 1: the target's step t reads the source's
+  step t - 1) passes only the spikes of source steps 0..T-2 (the same
+  process with a gain of 0 at the other steps): in the model there is
+  nothing before step 0, on the chip the source's last step of the previous
+  call would reach the first step of this one. Its gain is the target's at
+  t (the source's step t - 1). ``gain_schedule`` gives the factor for every
+  step of a call.
 
   Every synapse keeps its structural ``LinearOp`` with the weights the
   backend is handed (fixed: the quantized integers before Lava's own
@@ -131,12 +133,12 @@ class Synapse:
     delay: int = 0  # steps beyond the one every synapse adds
     gain: Optional[np.ndarray] = None  # [T] per logical step of the source (fixed: integer mantissas)
     gain_shift: int = 0  # fixed: the gain is gain / 2^gain_shift
-    window: bool = False  # only the spikes of the source's logical window (recurrent edges)
+    lag: int = 0  # 1: a recurrent synapse (the target's step t reads the source's step t - 1)
 
     @property
     def scheduled(self) -> bool:
         """True when the output is scaled per step (a StepGainSparse)."""
-        return self.gain is not None or self.window
+        return self.gain is not None or self.lag > 0
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,9 @@ def _synapse_problems(s: Synapse, net: Netlist) -> list[str]:
 def _gain_problems(s: Synapse, net: Netlist) -> list[str]:
     out = []
     if s.kind != "sparse" or s.delay:
-        out.append(f"{s.name}: only sparse synapses without delay have per-step gains or windows (StepGainSparse)")
+        out.append(f"{s.name}: only sparse synapses without delay have per-step gains or lags (StepGainSparse)")
+    if s.lag not in (0, 1):
+        out.append(f"{s.name}: lag {s.lag}: only one-step recurrence is lowered")
     if s.gain is None:
         return out
     if np.shape(s.gain) != (net.timestep,):
@@ -289,15 +293,16 @@ def _gain_problems(s: Synapse, net: Netlist) -> list[str]:
 
 def gain_schedule(s: Synapse, net: Netlist) -> np.ndarray:
     """The factor on a scheduled synapse's output for the spikes of each step of a call [call_steps]:
-    its gain at the source's logical step (mantissas in fixed mode, over ``2^gain_shift``; 1 without a
-    gain), 0 outside the source's window for a ``window`` synapse."""
+    the gain of the step they reach (the source's logical step + lag; mantissas in fixed mode, over
+    ``2^gain_shift``; 1 without a gain); for a recurrent synapse 0 unless they come from source steps
+    0..T-1-lag (spikes that land in the target's window of the same call)."""
     steps = np.arange(net.call_steps)
     depth = net.groups[s.src].depth
     one = 1 if net.mode == "fixed" else 1.0
     table = np.full(net.call_steps, one) if s.gain is None else \
-        s.gain[logical_steps(steps + 1, depth, net.timestep, net.call_steps)]
-    if s.window:
-        table = table * ((steps >= depth) & (steps < depth + net.timestep))
+        s.gain[logical_steps(steps + 1 + s.lag, depth, net.timestep, net.call_steps)]
+    if s.lag:
+        table = table * ((steps >= depth) & (steps < depth + net.timestep - s.lag))
     return table
 
 
@@ -352,7 +357,7 @@ def lower(graph: Graph, mode: str) -> Netlist:
             gain, gain_shift = np.asarray(e.fixed["gain"], dtype=np.int64), int(e.fixed["gain_shift"])
         synapses.append(Synapse(e.name, e.src, e.dst, "sparse", _lowered_op(e.op, e.fixed, mode),
                                 weight_exp=int(e.fixed["weight_exp"]) if mode == "fixed" else 0, delay=e.delay,
-                                gain=gain, gain_shift=gain_shift, window=e.lag > 0))
+                                gain=gain, gain_shift=gain_shift, lag=e.lag))
     r = graph.readout
     readout = ReadoutPort(r.name, tuple(r.shape), float(r.scale) if mode == "fixed" else 1.0, r.depth)
     net = Netlist(mode, groups, synapses, readout, graph.timestep, inputs)

@@ -34,7 +34,7 @@ All spiking modules take ``[T, B, ...]`` sequences, as in ``neurons``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -102,8 +102,7 @@ class SpikeDrivenAttention(nn.Module):
         self.q_neuron = make_activation(cfg.spiking, cfg.neuron)
         self.k_neuron = make_activation(cfg.spiking, cfg.neuron)
         self.v_neuron = make_activation(cfg.spiking, cfg.neuron)
-        self.kv_neuron = make_activation(cfg.spiking, NeuronConfig(threshold=cfg.attention_threshold,
-                                                                   decay=cfg.neuron.decay))
+        self.kv_neuron = make_activation(cfg.spiking, replace(cfg.neuron, threshold=cfg.attention_threshold))
         self.proj = LinearBN(d, d)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:

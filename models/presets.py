@@ -31,7 +31,7 @@ PRESETS: dict[str, tuple[str, Config]] = {
         UNetConfig(img_size=8, img_ch=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, timestep=4),
     ),
     "digits-mlp": ("spiking-mlp", MLPConfig(img_size=8, img_ch=1, hidden=(256, 256), timestep=4)),
-    # Paper 000's CIFAR-10 model (patch 2, 12 blocks, D = 768, N = 3, k = 2, T_s = 2): compile and energy only.
+    # Paper 000's CIFAR-10 model (patch 2, 12 blocks, D = 768, N = 3, k = 2, T_s = 2), not trained here.
     "cifar10-lateral": ("lateral-transformer", LateralConfig()),
     # 8x8x1 digits: 16 tokens, 4 blocks of D = 64; trains on 2 CPU cores.
     "digits-lateral": ("lateral-transformer", LateralConfig(img_size=8, img_ch=1, hidden=64, depth=4, mlp_ratio=2)),

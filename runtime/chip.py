@@ -65,9 +65,10 @@ def host_values(net: Netlist, currents: dict[str, np.ndarray], batch: int) -> di
             raise SncError(f"no host current for population {name}")
         n = net.groups[name].n
         x = np.asarray(currents[name], dtype=np.float64)
-        if x.size not in (batch * n, T * batch * n):
-            raise SncError(f"host current for {name} has {x.size} values, expected {batch * n} "
-                           f"or {T * batch * n} (one per logical step)")
+        per_step = x.ndim >= 2 and x.shape[:2] == (T, batch) and x.size == T * batch * n
+        if not per_step and not (x.ndim >= 1 and x.shape[0] == batch and x.size == batch * n):
+            raise SncError(f"host current for {name} has shape {x.shape}; expected [{batch}, *shape] "
+                           f"or [{T}, {batch}, *shape] (one per logical step) with {n} values per image")
         x = np.broadcast_to(x.reshape(-1, batch, n), (T, batch, n))
         if net.mode == "fixed":
             scaled = np.round(x * scale)

@@ -177,11 +177,13 @@ class _Term:
 class _Gain:
     """A scheduled synapse (StepGainSparse): ``floor(y * schedule[cs] / 2^shift)`` for the spikes at step cs
     of a call of the synapse's source (``gain_schedule``); ``lag``: a delay line's delay between the term's
-    source and the synapse's; ``window``: 0 outside the source's window."""
+    source and the synapse's; ``recurrent``: a lag synapse (only spikes landing in the target's window pass);
+    ``wrap``: Lava's int32 sum wraps before the gain (its bound reaches 2^31)."""
     schedule: np.ndarray  # [call_steps] int64 mantissas
     shift: int
     lag: int
-    window: bool
+    recurrent: bool
+    wrap: bool = False
 
     def rows(self, spike_steps: np.ndarray, call_steps: int) -> torch.Tensor:
         """Per Lava time step of the term's source spikes: the factor, float64 (exact: |mantissa| < 2^12)."""
@@ -244,7 +246,8 @@ def _term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) -> _
         w, bound, exp = w * float(1 << exp), bound << exp, 0
     term = _Term(src, s.dst, delay, kind, w, geometry, bound, exp)
     if s.scheduled:
-        term.gain = _Gain(gain_schedule(s, net).astype(np.int64), s.gain_shift, delay - 1 - s.delay, s.window)
+        term.gain = _Gain(gain_schedule(s, net).astype(np.int64), s.gain_shift, delay - 1 - s.delay, s.lag > 0,
+                          term.out_bound >= 1 << 31)
     if to_readout and term.out_bound >= 1 << 31:  # the Extractor adds int32 channel values: wrap each
         term.wrap_bits = 32
     return term
@@ -352,6 +355,8 @@ def _post(y: torch.Tensor, term: _Term, factors: Optional[torch.Tensor] = None) 
     if term.exp < 0:
         y = torch.floor(y * 2.0 ** term.exp)
     if factors is not None:
+        if term.gain.wrap:  # Lava multiplies the int32 sum that its shift left behind
+            y = _float_wrap(y.double(), 32)
         y = torch.floor(y.double() * factors.reshape(-1, 1))
     if term.wrap_bits:
         y = _float_wrap(y.double(), term.wrap_bits)
@@ -377,7 +382,7 @@ def _delay_lines(net: Netlist) -> dict[str, _DelayLine]:
         if len(syns) != 1 or g.name in net.inputs or g.du != 4095 or np.any(g.bias_mant != 0):
             continue
         s = syns[0]
-        if s.kind != "sparse" or s.op.kind != "identity" or s.src == g.name:
+        if s.kind != "sparse" or s.scheduled or s.op.kind != "identity" or s.src == g.name:
             continue
         w = int(lava_weights(s.op.weight, s.num_weight_bits)[0])
         a = w << s.weight_exp if s.weight_exp >= 0 else w >> -s.weight_exp
@@ -429,8 +434,8 @@ class EmuNetwork:
     every simulated group is a ``LIFReset`` that resets at the first step of
     its window (``reset_interval`` = call length, ``reset_offset`` = depth + 1)
     and every synapse joins a source at depth d to a target at depth
-    d + 1 + delay (``balance_delays`` builds exactly this) or is a window
-    synapse (a recurrent edge: only in-window spikes pass). Then a spike
+    d + 1 + delay (``balance_delays`` builds exactly this) or is a recurrent
+    synapse (only spikes that land in the target's window pass). Then a spike
     outside its source's window reaches its target outside the target's
     window, where it only changes state that the target's next reset wipes:
     the readout and the spikes of every window, all a ``CallResult`` holds,
@@ -496,8 +501,9 @@ class EmuNetwork:
             return False
         if any(len({depth[m] for m in members}) > 1 for members in self._components(terms)):
             return False  # a loop across pipeline stages: its members' windows do not line up
-        # a window synapse passes only in-window spikes, wherever they land: separable at any depth
-        return all(depth[t.dst] == depth[t.src] + t.delay or (t.gain is not None and t.gain.window) for t in terms)
+        # a recurrent synapse passes only spikes that land in its target's window: separable at any depth
+        return all(depth[t.dst] == depth[t.src] + t.delay or (t.gain is not None and t.gain.recurrent)
+                   for t in terms)
 
     def _components(self, terms: list[_Term]) -> list[list[str]]:
         """Simulated groups as strongly connected components in topological order."""
@@ -509,7 +515,7 @@ class EmuNetwork:
 
     # --- public contract ---------------------------------------------------------------------
     def call(self, currents: dict[str, np.ndarray]) -> CallResult:
-        """One denoiser call: host currents [B, *shape] per group -> readout [T, B, *shape]."""
+        """One denoiser call: host currents [B, *shape] or [T, B, *shape] per group -> readout [T, B, *shape]."""
         values = host_values(self.net, currents, self.batch)
         if not self.windowed:
             run = self._run(self.length, values, trace=False)
@@ -672,7 +678,7 @@ class EmuNetwork:
             for src in members:
                 for bundle in self.loop_bundles.get(src, []):
                     step = run.span[src][0] + j - bundle.delays[0]
-                    if step < run.spike_start[src]:  # before a window: no spikes were kept (window synapses)
+                    if step < run.spike_start[src]:  # before a window: no spikes kept (a recurrent synapse masks them)
                         continue
                     x = run.spikes[src][step - run.spike_start[src]]
                     if not bool(_any_spike(x).any()):

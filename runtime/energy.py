@@ -17,7 +17,7 @@ Counting (per image and denoiser call; per sample multiplies by the sampler's st
   parts) costs MACs instead: FLOPs x T per call when it runs every spiking
   step, FLOPs once when its input is constant over the call (host work);
 - **TSM gains** (SDM's per-step scales p[t]), charged as MACs: on chip a
-  multiply per output of every gained synapse and active step (re-association
+  multiply per output of every gained synapse and each of the T steps (re-association
   spreads one conv's scale over every synapse composed through it), on the
   host one per output of a gained host current and step; the papers' method
   counts one per output of every scaled conv and step;
@@ -173,7 +173,8 @@ def nir_layers(nir_graph: nir.NIRGraph, timestep: int) -> list[NirLayer]:
     layers = []
     for name in graph.topological():
         node = graph.nodes[name]
-        inputs = [value[e.src] for e in graph.into(name)]
+        # a delay (lag) is ordered before its sources, which are populations: it reads spikes
+        inputs = [value.get(e.src, ("spikes", e.src, "")) for e in graph.into(name)]
         if isinstance(node, Population):
             value[name] = ("spikes", name, "")
         elif isinstance(node, HostInput):

@@ -237,7 +237,7 @@ class LavaNetwork:
         return {k: v.reshape(v.shape[0], -1).astype(dtype) for k, v in values.items()}
 
     def call(self, currents: dict[str, np.ndarray]) -> CallResult:
-        """One denoiser call: host currents [B, *shape] per group -> readout [T, B, *shape]."""
+        """One denoiser call: host currents [B, *shape] or [T, B, *shape] per group -> readout [T, B, *shape]."""
         raw, spikes = self._run(self.length, self._values(currents))
         return call_result(self.net, np.stack(raw), {k: np.stack(v) for k, v in spikes.items()}, self.batch)
 

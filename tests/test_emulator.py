@@ -115,14 +115,17 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
     def synapse(src: NeuronGroup, dst: str, op: LinearOp, kind: str = "sparse") -> Synapse:
         lava_conv = kind == "conv"
         delay = draw(st.integers(0, 4)) if kind == "sparse" else 0
-        gain, gain_shift = None, 0
-        if kind == "sparse" and delay == 0 and draw(st.booleans()):  # a StepGainSparse
+        gain, gain_shift, lag = None, 0, 0
+        if kind == "sparse" and delay == 0 and draw(st.booleans()):  # a StepGainSparse, maybe recurrent
+            lag = draw(st.integers(0, 1))
             gain = rng.choice([-4095, -1, 0, 1, 2048, 4095], T) if draw(st.booleans()) else rng.integers(-4095, 4096, T)
             gain_shift = draw(st.sampled_from([0, 12]) | st.integers(0, 12))
+            if lag and draw(st.booleans()):  # a recurrent synapse without a gain: only its window
+                gain, gain_shift = None, 0
         return Synapse(f"s{len(synapses)}", src.name, dst, kind, op,
                        weight_exp=0 if lava_conv else draw(st.integers(-8, 7)),
                        num_weight_bits=8 if lava_conv else draw(st.sampled_from([8, 7]) | st.integers(1, 8)),
-                       delay=delay, gain=gain, gain_shift=gain_shift)
+                       delay=delay, gain=gain, gain_shift=gain_shift, lag=lag)
 
     def dense(src: NeuronGroup, out_shape) -> LinearOp:
         return LinearOp("dense", src.shape, tuple(out_shape), weights((int(np.prod(out_shape)), src.n)))
@@ -172,6 +175,22 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
 def test_random_netlists_equal_lava_at_every_step(case):
     net, batch, steps, currents = case
     _run_both(net, batch, steps, currents)
+
+
+def test_a_gained_identity_synapse_is_not_a_delay_line():
+    """A relay-shaped group fed by a gained (or recurrent) identity synapse must be integrated, not copied."""
+    n = 4
+    zeros = np.zeros(n, np.int64)
+    src = NeuronGroup("a", (n,), 4095, 0, 10, np.full(n, 700), zeros, 7, 1)
+    for gain, lag in ((np.array([0, 4095, -4095]), 0), (None, 1)):
+        relay = NeuronGroup("b", (n,), 4095, 4095, 1, zeros, zeros)
+        ident = LinearOp("identity", (n,), (n,), np.array([2]))
+        net = Netlist("fixed", {"a": src, "b": relay},
+                      [Synapse("ab", "a", "b", "sparse", ident, gain=gain, gain_shift=12 if lag == 0 else 0, lag=lag),
+                       Synapse("out", "b", "r", "sparse", LinearOp("identity", (n,), (n,), np.array([1])))],
+                      ReadoutPort("r", (n,), 1.0, 1), timestep=3)
+        net.check()
+        _run_both(net, 1, 14, {})
 
 
 def full(shape, value: int) -> np.ndarray:

@@ -175,3 +175,57 @@ def test_a_cycle_without_a_delay_and_the_whole_model_are_clear_errors():
         compile_graph(nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata), TINY.timestep)
     with pytest.raises(SncError, match="only its lateral circuits"):
         export_model(_model())
+
+
+def test_feed_forward_delays_gains_after_them_and_builds_keep_lags(tmp):
+    """P -> Delay -> Affine -> StepScale -> B (a lag with a per-step gain) beside a plain path, saved and reloaded."""
+    import nir
+
+    from snc.compiler.build import read_build, write_build
+    from snc.compiler.export import neuron_node
+    from snc.compiler.lower import lower
+    from snc.compiler.nir_io import NIR_DT, StepScale
+    from snc.compiler.pipeline import compile_graph
+    from snc.runtime.emulator import EmuNetwork
+    from snc.runtime.ir_executor import host_currents, run_ir
+    from snc.runtime.lava_backend import LavaNetwork
+    from snc.runtime.nir_reference import NIRReference
+
+    from test_emulator import _assert_same_trace
+
+    n, T = 6, 4
+    rng = np.random.default_rng(0)
+    lif = neuron_node(NeuronConfig(threshold=1.0, decay=0.5), (n,), np.float64)
+    nodes = {
+        "input": nir.Input(input_type=np.array([n])),
+        "p": lif, "b": neuron_node(NeuronConfig(threshold=1.0, decay=0.5), (n,), np.float64),
+        "delay": nir.Delay(delay=np.full(n, NIR_DT)),
+        "w": nir.Affine(weight=rng.normal(0, 1.0, (n, n)), bias=np.zeros(n)),
+        "scale": StepScale(input_shape=np.array([n]), scale=np.array([2.0, 0.5, -1.0, 1.5]), bias=np.full(n, 0.2)),
+        "v": nir.Affine(weight=rng.normal(0, 0.5, (n, n)), bias=np.zeros(n)),
+        "read": nir.Affine(weight=np.eye(n), bias=np.zeros(n)),
+        "output": nir.Output(output_type=np.array([n])),
+    }
+    edges = [("input", "p"), ("p", "delay"), ("delay", "w"), ("w", "scale"), ("scale", "b"), ("p", "v"), ("v", "b"),
+             ("b", "read"), ("read", "output")]
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={})
+    ir = compile_graph(graph, T)
+    lagged = [e for e in ir.edges if e.lag]
+    assert lagged and all(e.src in ("p", "p.delay1") and e.dst == "b" and e.gain is not None for e in lagged)
+    x = torch.as_tensor(rng.uniform(0.3, 1.6, (3, n)))
+    ref = NIRReference(graph).run({"input": x.unsqueeze(0).expand(T, -1, -1)}, record=True)
+    run = run_ir(ir, {"input": x}, record=True)
+    assert torch.equal(run.spikes["b"], ref["b"]) and torch.allclose(run.readout, ref["output"], atol=1e-12)
+    assert 0 < ref["b"].mean() < 1
+    write_build(tmp / "build", ir, graph, {"arch": "test"}, None)
+    back = read_build(tmp / "build").graph
+    assert [(e.name, e.lag) for e in back.edges] == [(e.name, e.lag) for e in ir.edges]
+    net = lower(back, "fixed")
+    currents = {k: v.numpy() for k, v in host_currents(back, {"input": x}).items()}
+    steps = 2 * net.call_steps + 1
+    emu = EmuNetwork(net, 3, record=True).trace(steps, currents)
+    with LavaNetwork(net, "fixed", 3, record=True) as lava:
+        _assert_same_trace(lava.trace(steps, currents), emu, net)
+    with LavaNetwork(back, "float", 3, record=True) as lava:
+        for _ in range(2):
+            assert np.array_equal(lava.call(currents).spikes["b"], ref["b"].numpy().astype(bool))

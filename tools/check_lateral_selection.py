@@ -31,9 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--backend", default="lava", choices=("lava", "emu"))
-    parser.add_argument("--mode", default="float", choices=("float", "fixed"))
+    parser.add_argument("--mode", choices=("float", "fixed"), help="default: float on lava, fixed on emu")
     parser.add_argument("-n", type=int, default=8, help="diffusion steps to check (0: every step)")
     args = parser.parse_args()
+    args.mode = args.mode or ("float" if args.backend == "lava" else "fixed")
     model = load_checkpoint(args.checkpoint).model.double().eval()
     if not isinstance(model, SpikingLateralTransformer):
         raise SystemExit(f"error: {args.checkpoint} is not a lateral transformer")

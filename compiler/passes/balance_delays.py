@@ -48,8 +48,10 @@ def run(graph: Graph, max_delay: int) -> Graph:
         node = graph.nodes[name]
         if isinstance(node, HostInput):
             continue
-        chip = [e for e in graph.into(name) if isinstance(graph.nodes[e.src], Population) and not e.lag]
-        depth[name] = max((depth[e.src] + 1 for e in chip), default=0)
+        chip = [e for e in graph.into(name) if isinstance(graph.nodes[e.src], Population)]
+        # a lagged edge from a population already ordered (a delay in a feed-forward path) counts too;
+        # one from later in the order closes a loop and is scheduled from the others
+        depth[name] = max((depth[e.src] + 1 - e.lag for e in chip if not e.lag or e.src in depth), default=0)
         node.depth = depth[name]
     relays: dict[tuple[str, int], str] = {}
     edges: list[Edge] = []

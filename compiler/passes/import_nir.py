@@ -4,7 +4,7 @@ Requires: a NIR graph of one spiking step, discretised with ``NIR_DT``.
 Guarantees: one IR node per NIR node (same names); NIR edges become identity
 edges (a node's inputs are summed, as in NIR); ``snc.StepScale`` becomes a
 Linear identity with a per-step ``gain`` (its length must be T), a ``Delay``
-of k steps a Linear identity with ``lag`` k; neurons become Populations with
+of one step a Linear identity with ``lag`` 1; neurons become Populations with
 a scalar threshold in units of their input (the Euler gain ``dt*r`` (IF) or
 ``dt*r/tau`` (LIF) is divided into the threshold) and ``decay = 1 - dt/tau``.
 Every unsupported node or parameter is reported at once.
@@ -93,9 +93,9 @@ def _linear(name: str, node: nir.NIRNode, in_shape: tuple, timestep: int, proble
     if isinstance(node, nir.Delay):
         steps = np.asarray(node.delay, dtype=np.float64) / NIR_DT
         lag = int(np.rint(steps.flat[0])) if steps.size else 0
-        if lag < 1 or not np.allclose(steps, lag, rtol=0, atol=1e-6):
-            problems.append(f"{name}: a Delay must be the same whole number (>= 1) of steps dt = {NIR_DT} "
-                            f"for every element")
+        if lag != 1 or not np.allclose(steps, lag, rtol=0, atol=1e-6):
+            problems.append(f"{name}: a Delay must be one step dt = {NIR_DT} for every element "
+                            "(snc lowers one-step recurrence)")
             return None
         return Linear(name, LinearOp.identity(in_shape), np.zeros(in_shape), lag=lag)
     if isinstance(node, StepScale):

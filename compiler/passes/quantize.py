@@ -168,7 +168,7 @@ def verify(graph: Graph, fixed: dict) -> None:
                 problems.append(f"{e.name}: no integer weights")
                 continue
             if (e.gain is None) != ("gain" not in e.fixed):
-                problems.append(f"{e.name}: per-step gain without its fixed-point form")
+                problems.append(f"{e.name}: per-step gain and its fixed-point form do not match")
             lo, hi = synapse_range(w, e.op.upsample)
             if lo < -(2 ** fixed["weight_bits"]) or hi > 2 ** fixed["weight_bits"] - 1:
                 problems.append(f"{e.name}: synapse weights {lo}..{hi} outside {fixed['weight_bits']} bits")
