@@ -69,15 +69,14 @@ def host_values(net: Netlist, currents: dict[str, np.ndarray], batch: int) -> di
         if not per_step and not (x.ndim >= 1 and x.shape[0] == batch and x.size == batch * n):
             raise SncError(f"host current for {name} has shape {x.shape}; expected [{batch}, *shape] "
                            f"or [{T}, {batch}, *shape] (one per logical step) with {n} values per image")
-        x = np.broadcast_to(x.reshape(-1, batch, n), (T, batch, n))
+        x = x.reshape(-1, batch, n)  # 1 or T rows; broadcast to T after rounding
         if net.mode == "fixed":
             scaled = np.round(x * scale)
             if np.abs(scaled).max(initial=0) >= HOST_CURRENT_LIMIT:
                 raise SncError(f"host current into {name} exceeds the 24-bit range at this scale "
                                f"(peak {np.abs(x).max():.3g}); recompile with calibration data like these inputs")
-            values[name] = scaled.astype(np.int64)
-        else:
-            values[name] = x
+            x = scaled.astype(np.int64)
+        values[name] = np.broadcast_to(x, (T, batch, n))
     return values
 
 

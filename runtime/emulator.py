@@ -461,8 +461,8 @@ class EmuNetwork:
             src, extra = (line.source, line.delay) if line else (s.src, 0)
             terms.append(_term(s, src, s.delay + 1 + extra, s.dst == net.readout.name, net))
         terms = _merge(terms)
-        self.windowed = windows_only and self._window_separable(terms)
         self.order = self._components(terms)
+        self.windowed = windows_only and self._window_separable(terms)
         component = {g: i for i, members in enumerate(self.order) for g in members}
         self.loop_bundles: dict[str, list[_Bundle]] = {}  # per source: terms inside a recurrent component
         self.bundles: dict[str, list[_Bundle]] = {}  # per source: terms into later components or the readout
@@ -499,7 +499,7 @@ class EmuNetwork:
                 return False
         if any(depth[name] != depth[line.source] + line.delay for name, line in self.lines.items()):
             return False
-        if any(len({depth[m] for m in members}) > 1 for members in self._components(terms)):
+        if any(len({depth[m] for m in members}) > 1 for members in self.order):
             return False  # a loop across pipeline stages: its members' windows do not line up
         # a recurrent synapse passes only spikes that land in its target's window: separable at any depth
         return all(depth[t.dst] == depth[t.src] + t.delay or (t.gain is not None and t.gain.recurrent)

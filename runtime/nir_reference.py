@@ -104,7 +104,9 @@ class NIRReference:
         self.graph = graph
         self.dt = dt
         self.order = list(nx.topological_sort(g))
-        self.preds = {n: list(dict.fromkeys(a for a, b in graph.edges if b == n)) for n in self.order}
+        every = nx.DiGraph(list(graph.edges))
+        every.add_nodes_from(graph.nodes)
+        self.preds = {n: list(every.predecessors(n)) for n in self.order}
         self.lags = {n: int(np.rint(np.asarray(graph.nodes[n].delay).flat[0] / dt)) for n in delays}
         bad = sorted(n for n, lag in self.lags.items()
                      if lag < 1 or not np.allclose(np.asarray(graph.nodes[n].delay) / dt, lag))

@@ -111,8 +111,8 @@ def run(graph: Graph) -> Graph:
 
     def form_of(name: str) -> _Form:
         node = graph.nodes[name]
-        if isinstance(node, (HostInput, Population)):  # a value of its own: needs nothing upstream
-            return _Form([_Term(name, LinearOp.identity(node.shape), ())], np.zeros((1, *node.shape)))
+        if name not in forms and isinstance(node, (HostInput, Population)):  # its own value: nothing upstream
+            forms[name] = _Form([_Term(name, LinearOp.identity(node.shape), ())], np.zeros((1, *node.shape)))
         return forms[name]
 
     def inputs_of(name: str, shape: tuple) -> _Form:
