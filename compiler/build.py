@@ -4,7 +4,8 @@
       build.json      format, arch, target, T, depth, pass log, per-layer report
       graph.nir       the exported NIR graph
       lowered.json    the compiled IR (structure) ...
-      lowered.npz     ... and its arrays (float weights and the quantized integers)
+      lowered.npz     ... and its arrays (float weights and the quantized integers,
+                      the gate tables per diffusion step)
       moments.json    (written by Analytic-DPM sampling) the model's epsilon moments
       model.pt        host-side parts: the snc checkpoint the build came from
                       (time embedding, stem and tail run on the host); absent when
@@ -83,7 +84,9 @@ def save_graph(graph: Graph, directory: Path) -> None:
             arrays[f"edge/{i}/fixed/gain"] = e.fixed["gain"]
         edges.append({"src": e.src, "dst": e.dst, "delay": e.delay, "origin": list(e.origin), "op": _op_dict(e.op),
                       "weight_exp": e.fixed.get("weight_exp"), "gain_shift": e.fixed.get("gain_shift"),
-                      "part": e.part, "lag": e.lag})
+                      "part": e.part, "lag": e.lag, "gate": e.gate})
+    for prefix, tables in (("gates", graph.gates), ("model_gates", graph.model_gates)):
+        arrays.update({f"{prefix}/{k}": v for k, v in tables.items()})
     doc = {"arch": graph.arch, "timestep": graph.timestep, "nodes": nodes, "edges": edges}
     (directory / "lowered.json").write_text(json.dumps(doc, indent=1))
     np.savez(directory / "lowered.npz", **arrays)  # compressing float weights gains little, costs minutes
@@ -116,8 +119,12 @@ def load_graph(directory: Path) -> Graph:
         if f"edge/{i}/fixed/gain" in arrays:
             fixed.update(gain=arrays[f"edge/{i}/fixed/gain"], gain_shift=d["gain_shift"])
         edges.append(Edge(d["src"], d["dst"], _op_from(d["op"], arrays.get(f"edge/{i}/weight")), d["delay"],
-                          tuple(d["origin"]), fixed, d["part"], arrays.get(f"edge/{i}/gain"), d.get("lag", 0)))
-    graph = Graph(nodes, edges, timestep=doc["timestep"], arch=doc["arch"])
+                          tuple(d["origin"]), fixed, d["part"], arrays.get(f"edge/{i}/gain"), d.get("lag", 0),
+                          d.get("gate", "")))
+    tables = {prefix: {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
+              for prefix in ("gates", "model_gates")}
+    graph = Graph(nodes, edges, timestep=doc["timestep"], arch=doc["arch"], gates=tables["gates"],
+                  model_gates=tables["model_gates"])
     graph.check()
     return graph
 

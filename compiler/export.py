@@ -26,6 +26,20 @@ What the graph holds, per spiking step (the host runs it T times per call):
   and ``s b`` and the extension node ``<conv>.tsm`` (``snc.StepScale``)
   multiplies by p[t] and adds c.
 
+- The lateral transformer (paper 000): tokens as a (D, h, w) grid (token n
+  at row n // w, column n % w), so every per-token Linear is a 1x1 conv
+  (BatchNorm folded). Spike-driven attention's spike products are ``.kv_and``
+  and ``.q_and`` populations: memoryless LIFs (decay 0) of threshold 1.5 on
+  two unit inputs, a faithful AND; the token sum is a depthwise Conv2d of
+  ones over the grid into the ``kv_neuron`` population (D, 1, 1), broadcast back by
+  ``snc.NearestUpsample2d``. Each expert's fc1 passes the gate
+  ``<expert>.active`` (0 when the expert is idle for the whole call) and its
+  fc2 the gate ``<expert>.weight`` (h[t], eq. 13), both ``snc.Gate``; the
+  biases of gated ops are host inputs (``bias.<expert>.fc1``: the gate times
+  the fc1 bias; ``bias.<block>.experts``: sum of h[t] times the fc2 biases).
+  Residual sums are ``<block>.in`` / ``.mid`` / ``.out`` junctions. The
+  output is the last stream; the head and the mean over steps are host work.
+
 Node names follow the torch module paths, so every node traces to its module.
 """
 
@@ -39,14 +53,16 @@ import torch
 from torch import nn
 
 from snc.errors import SncError
-from snc.models.lateral import SpikingLateralTransformer
+from snc.models.lateral import LinearBN, SpikingLateralTransformer
 from snc.models.mlp import SpikingMLP
-from snc.models.neurons import IFNeuron, NeuronConfig
+from snc.models.neurons import IFNeuron, NeuronConfig, SpikeAnd
 from snc.models.unet import ResBlock, SpikingUNet, SpikingUNetTSM, TSMConv2d, UpSample, conv_weights
 
-from .nir_io import NIR_DT, NearestUpsample2d, StepScale
+from .nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, fix_grouped_conv_type
 
 FORMAT = "snc-nir"
+# a spike AND as a neuron: no memory (decay 0), fires on two unit inputs (2 > 1.5), not on one
+AND_NEURON = NeuronConfig(threshold=1.5, decay=0.0)
 FORMAT_VERSION = 1
 
 
@@ -145,10 +161,27 @@ class _Builder:
             *sources,
         )
 
+    def linear_bn(self, name: str, layer: LinearBN, shape, *sources: str, with_bias: bool = True) -> str:
+        """A per-token Linear + BatchNorm on a (C, h, w) token grid: a 1x1 conv with the BN folded."""
+        weight, bias = fold_batchnorm(layer.fc.weight, layer.fc.bias, layer.bn)
+        if not with_bias:
+            bias = np.zeros_like(bias)
+        return self.add(name, nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight[:, :, None, None], stride=1,
+                                         padding=0, dilation=1, groups=1, bias=bias), *sources)
+
     def neuron(self, name: str, module: nn.Module, shape, *sources: str) -> str:
         if not isinstance(module, IFNeuron):
             raise SncError("only spiking models export to NIR (this one is an ANN twin)")
         return self.add(name, neuron_node(module.config, tuple(shape), self.dtype), *sources)
+
+    def spike_and(self, name: str, module: SpikeAnd, shape, a: str, b: str) -> str:
+        node = neuron_node(AND_NEURON, tuple(shape), self.dtype)
+        node.metadata = {"snc.role": "and"}  # a logic gate: threshold guidance must leave it alone
+        return self.add(name, node, a, b)
+
+    def junction(self, name: str, shape, *sources: str) -> str:
+        """A real-valued sum of ``sources`` as one node (a Scale of ones: NIR sums a node's inputs)."""
+        return self.add(name, nir.Scale(scale=np.ones(shape, dtype=self.dtype)), *sources)
 
     def graph(self, metadata: dict) -> nir.NIRGraph:
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=metadata)
@@ -182,8 +215,7 @@ def _export_resblock(b: _Builder, name: str, block: ResBlock, parts: list[_Strea
     temb = b.add(f"temb.{name}", nir.Input(input_type=np.array(out_shape)))
     spikes2 = b.neuron(f"{name}.neuron2", block.neuron2, out_shape, *conv1_nodes, temb)
     conv2 = b.conv_layer(f"{name}.conv2", block.conv2, block.bn2, out_shape, spikes2)
-    out = b.add(f"{name}.out", nir.Scale(scale=np.ones(out_shape, dtype=b.dtype)), conv2, *shortcut_nodes)
-    return _Stream(out, out_shape)
+    return _Stream(b.junction(f"{name}.out", out_shape, conv2, *shortcut_nodes), out_shape)
 
 
 def _export_resample(b: _Builder, name: str, layer: nn.Module, stream: _Stream) -> _Stream:
@@ -239,6 +271,42 @@ def _export_mlp(model: SpikingMLP, b: _Builder) -> None:
     b.add("output", nir.Output(output_type=np.array([model.readout.out_features])), out)
 
 
+def _export_lateral(model: SpikingLateralTransformer, b: _Builder) -> None:
+    cfg = model.config
+    side = cfg.img_size // cfg.patch
+    grid = (cfg.hidden, side, side)
+    stream = b.add("input", nir.Input(input_type=np.array(grid)))
+    for r, block in enumerate(model.blocks):
+        name, att = f"blocks.{r}", block.attention
+        x = b.junction(f"{name}.in", grid, stream, b.add(f"temb.{name}", nir.Input(input_type=np.array(grid))))
+        s1 = b.neuron(f"{name}.neuron1", block.neuron1, grid, x)
+        q, k, v = (b.neuron(f"{name}.attention.{p}_neuron", getattr(att, f"{p}_neuron"), grid,
+                            b.linear_bn(f"{name}.attention.{p}", getattr(att, p), grid, s1)) for p in "qkv")
+        kv_and = b.spike_and(f"{name}.attention.kv_and", att.kv_and, grid, k, v)
+        token_sum = b.add(f"{name}.attention.token_sum", fix_grouped_conv_type(nir.Conv2d(  # ones on each channel
+            input_shape=(side, side), weight=np.ones((cfg.hidden, 1, side, side), b.dtype), stride=side, padding=0,
+            dilation=1, groups=cfg.hidden, bias=np.zeros(cfg.hidden, b.dtype))), kv_and)
+        kv = b.neuron(f"{name}.attention.kv_neuron", att.kv_neuron, (cfg.hidden, 1, 1), token_sum)
+        broadcast = b.add(f"{name}.attention.broadcast",
+                          NearestUpsample2d(input_shape=np.array([cfg.hidden, 1, 1]), scale=side), kv)
+        q_and = b.spike_and(f"{name}.attention.q_and", att.q_and, grid, q, broadcast)
+        mid = b.junction(f"{name}.mid", grid, x, b.linear_bn(f"{name}.attention.proj", att.proj, grid, q_and))
+        s2 = b.neuron(f"{name}.neuron2", block.neuron2, grid, mid)
+        outs = [mid]
+        for i, expert in enumerate(block.experts):
+            e = f"{name}.experts.{i}"
+            hidden = (expert.fc1.fc.out_features, side, side)
+            fc1 = b.linear_bn(f"{e}.fc1", expert.fc1, grid, s2, with_bias=False)
+            active = b.add(f"{e}.active", Gate(input_shape=np.array(hidden), key=f"{e}.active"), fc1)
+            fc1_bias = b.add(f"bias.{e}.fc1", nir.Input(input_type=np.array(hidden)))
+            spikes = b.neuron(f"{e}.neuron", expert.neuron, hidden, active, fc1_bias)
+            fc2 = b.linear_bn(f"{e}.fc2", expert.fc2, hidden, spikes, with_bias=False)
+            outs.append(b.add(f"{e}.weight", Gate(input_shape=np.array(grid), key=f"{e}.weight"), fc2))
+        outs.append(b.add(f"bias.{name}.experts", nir.Input(input_type=np.array(grid))))
+        stream = b.junction(f"{name}.out", grid, *outs)
+    b.add("output", nir.Output(output_type=np.array(grid)), stream)
+
+
 def export_selection(model: SpikingLateralTransformer) -> nir.NIRGraph:
     """NIR graph of the lateral circuits of every block of a lateral transformer (paper 000, eqs. 10-11).
 
@@ -275,15 +343,16 @@ def export_selection(model: SpikingLateralTransformer) -> nir.NIRGraph:
 
 
 EXPORTERS = {SpikingUNet: ("spiking-unet", _export_unet), SpikingUNetTSM: ("spiking-unet-tsm", _export_unet),
-             SpikingMLP: ("spiking-mlp", _export_mlp)}
+             SpikingMLP: ("spiking-mlp", _export_mlp), SpikingLateralTransformer: ("lateral-transformer", _export_lateral)}
+INPUTS = ("input: analog image, the same every spiking step (a token grid (D, h, w) for the lateral transformer); "
+          "temb.<block>: host-computed time-embedding bias, constant over the spiking steps; "
+          "bias.<...>: the biases of gated ops, gate values times the op's bias (per step); "
+          "gates (snc.Gate keys): the host's per-call values")
 
 
 @torch.no_grad()
 def export_model(model: nn.Module) -> nir.NIRGraph:
     """NIR graph of one spiking step of ``model``'s core (model must be in eval mode)."""
-    if isinstance(model, SpikingLateralTransformer):
-        raise SncError("the lateral transformer's blocks (attention, experts) have no NIR export yet: "
-                       "only its lateral circuits do (snc.compiler.export.export_selection)")
     if type(model) not in EXPORTERS:
         raise SncError(f"no NIR exporter for {type(model).__name__}")
     if model.training:
@@ -298,7 +367,7 @@ def export_model(model: nn.Module) -> nir.NIRGraph:
         "snc.arch": arch,
         "snc.dt": NIR_DT,
         "snc.timestep": model.config.timestep,
-        "snc.inputs": "input: analog image, the same every spiking step; "
-        "temb.<block>: host-computed time-embedding bias, constant over the spiking steps",
+        "snc.inputs": INPUTS,
+        "snc.layout": "token-grid" if isinstance(model, SpikingLateralTransformer) else "tensor",
     }
     return builder.graph(metadata)

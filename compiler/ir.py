@@ -18,6 +18,11 @@ Per-step values (TSM): an edge's ``gain`` [T] multiplies its current at
 logical step t; a bias is either full-shape (the same every step) or
 [T, *shape] (one per logical step, ``bias_at``).
 
+Gates (NIR's ``snc.Gate``, paper 000's expert weights): a Linear or edge
+with a ``gate`` key multiplies its current at logical step t by the host's
+per-call value g[key][t] (on top of any ``gain``); ``Graph.gates`` holds
+every key's values per diffusion step, [steps, T] (``specialise_selection``).
+
 Recurrence: an edge with ``lag`` k > 0 carries the source's spikes of step
 t - k into step t of the target (a lateral / recurrent synapse). Cycles are
 allowed only through lags: ``topological`` orders the graph without the
@@ -63,6 +68,7 @@ class Linear:
     placement: str = ""  # "host" or "chip" after partition_host
     gain: Optional[np.ndarray] = None  # [T]: output gain[t] * op(x) + bias at logical step t
     lag: int = 0  # NIR Delay: the output at step t is the input of step t - lag
+    gate: str = ""  # snc.Gate: the output is also multiplied by the host's per-call g[gate][t]
 
 
 @dataclass
@@ -72,7 +78,7 @@ class Population:
     threshold: float
     decay: float  # v <- decay * v + input; 1.0 is integrate-and-fire
     bias: np.ndarray  # full shape, added every step, or [T, *shape] per logical step
-    role: str = "neuron"  # neuron | relay
+    role: str = "neuron"  # neuron | relay | and (a spike AND: memoryless, threshold 1.5 on unit inputs)
     depth: int = -1  # steps after the call's first step at which logical step 0 is integrated
     scale: float = 1.0  # fold_thresholds: integer units per unit of model current
     fixed: dict[str, Any] = field(default_factory=dict)  # quantize: vth, du, dv, bias_mant, bias_exp
@@ -115,6 +121,7 @@ class Edge:
     part: str = ""  # split_signs: "+" / "-" half; reassociate: "#k" for a k-th unmergeable term
     gain: Optional[np.ndarray] = None  # [T]: the current at logical step t is gain[t] * op(x)
     lag: int = 0  # the target's step t reads the source's spikes of step t - lag (1: recurrent)
+    gate: str = ""  # the current is also multiplied by the host's per-call g[gate][t]
 
     @property
     def name(self) -> str:
@@ -139,6 +146,8 @@ class Graph:
     timestep: int  # spiking steps T per denoiser call
     arch: str = ""
     log: list[dict[str, Any]] = field(default_factory=list)
+    gates: dict[str, np.ndarray] = field(default_factory=dict)  # key -> [diffusion steps, T], what runs
+    model_gates: dict[str, np.ndarray] = field(default_factory=dict)  # the model's values, where specialised differs
 
     # --- queries -------------------------------------------------------------------------
     def of_type(self, kind: type) -> Iterator[Any]:
@@ -158,6 +167,49 @@ class Graph:
             raise GraphError(f"the graph has a cycle without a delay ({cycle}): a recurrent connection "
                              "needs a delay of at least one step (NIR Delay)")
         return list(nx.topological_sort(g))
+
+    def spike_paths(self) -> list[tuple[str, str, str]]:
+        """(source population, target population or readout, gate key or "") for every path of spikes
+        through Linear nodes (none after ``reassociate``: then one per edge); a path passes at most one gate."""
+        paths = []
+        leaving = self.edges_from()
+
+        def walk(start: str, node: str, gate: str, seen: frozenset) -> None:
+            for e in leaving.get(node, []):
+                dst = self.nodes[e.dst]
+                passed = e.gate or getattr(dst, "gate", "") or gate
+                if isinstance(dst, Linear):
+                    if e.dst not in seen:
+                        walk(start, e.dst, passed, seen | {e.dst})
+                elif isinstance(dst, (Population, Readout)):
+                    paths.append((start, e.dst, passed))
+
+        for p in self.of_type(Population):
+            walk(p.name, p.name, "", frozenset())
+        return paths
+
+    def edges_from(self) -> dict[str, list[Edge]]:
+        """Edges grouped by their source."""
+        out: dict[str, list[Edge]] = {}
+        for e in self.edges:
+            out.setdefault(e.src, []).append(e)
+        return out
+
+    def gate_keys(self) -> list[str]:
+        """Every snc.Gate key on an edge or Linear node, sorted."""
+        return sorted({getattr(x, "gate", "") for x in (*self.edges, *self.nodes.values())} - {""})
+
+    def gates_off(self, step: int) -> set[str]:
+        """The (specialised) gates that are 0 at every inner step of diffusion step ``step``."""
+        return {k for k, v in self.gates_at(step).items() if not np.any(v)} if self.gates else set()
+
+    def gates_at(self, step: int, specialised: bool = True) -> dict[str, np.ndarray]:
+        """Every gate's values [T] for diffusion step ``step`` (the model's, unless ``specialised``)."""
+        tables = self.gates if specialised else {**self.gates, **self.model_gates}
+        steps = next(iter(tables.values())).shape[0] if tables else 0
+        if tables and not 0 <= step < steps:
+            raise GraphError(f"diffusion step {step} outside the gate table's 0..{steps - 1}")
+        return {k: v[step] for k, v in tables.items()}
 
     @property
     def readout(self) -> Readout:
@@ -213,6 +265,8 @@ class Graph:
                     d["gain"] = [float(v) for v in n.gain]
                 if n.lag:
                     d["lag"] = n.lag
+                if n.gate:
+                    d["gate"] = n.gate
             if getattr(n, "fixed", None):
                 d["fixed"] = {k: _jsonable(v) for k, v in n.fixed.items() if np.ndim(v) == 0}
             return d
@@ -225,6 +279,8 @@ class Graph:
                 d["gain"] = [float(v) for v in e.gain]
             if e.lag:
                 d["lag"] = e.lag
+            if e.gate:
+                d["gate"] = e.gate
             if e.fixed:
                 d["fixed"] = {k: _jsonable(v) for k, v in e.fixed.items() if np.ndim(v) == 0}
             return d

@@ -29,8 +29,11 @@ A ``Netlist`` is the one lowering target of snc and is backend-neutral:
   process with a gain of 0 at the other steps): in the model there is
   nothing before step 0, on the chip the source's last step of the previous
   call would reach the first step of this one. Its gain is the target's at
-  t (the source's step t - 1). ``gain_schedule`` gives the factor for every
-  step of a call.
+  t (the source's step t - 1). A gated synapse (``gate``: an ``snc.Gate``
+  key) has its gain times the host's per-call gate values g[t] (|g| <= 1):
+  fixed ``round(gain[t] * g[t])`` mantissas over the same shift, so the
+  backends re-program the table per call. ``gain_schedule`` gives the factor
+  for every step of a call.
 
   Every synapse keeps its structural ``LinearOp`` with the weights the
   backend is handed (fixed: the quantized integers before Lava's own
@@ -134,6 +137,7 @@ class Synapse:
     gain: Optional[np.ndarray] = None  # [T] per logical step of the source (fixed: integer mantissas)
     gain_shift: int = 0  # fixed: the gain is gain / 2^gain_shift
     lag: int = 0  # 1: a recurrent synapse (the target's step t reads the source's step t - 1)
+    gate: str = ""  # snc.Gate key: the gain is also multiplied by the host's per-call values
 
     @property
     def scheduled(self) -> bool:
@@ -278,6 +282,8 @@ def _gain_problems(s: Synapse, net: Netlist) -> list[str]:
         out.append(f"{s.name}: only sparse synapses without delay have per-step gains or lags (StepGainSparse)")
     if s.lag not in (0, 1):
         out.append(f"{s.name}: lag {s.lag}: only one-step recurrence is lowered")
+    if s.gate and s.gain is None:
+        out.append(f"{s.name}: a gated synapse needs a gain (its mantissas and shift carry the gate)")
     if s.gain is None:
         return out
     if np.shape(s.gain) != (net.timestep,):
@@ -291,16 +297,24 @@ def _gain_problems(s: Synapse, net: Netlist) -> list[str]:
     return out
 
 
-def gain_schedule(s: Synapse, net: Netlist) -> np.ndarray:
+def gain_schedule(s: Synapse, net: Netlist, gates: Optional[dict[str, np.ndarray]] = None) -> np.ndarray:
     """The factor on a scheduled synapse's output for the spikes of each step of a call [call_steps]:
     the gain of the step they reach (the source's logical step + lag; mantissas in fixed mode, over
-    ``2^gain_shift``; 1 without a gain); for a recurrent synapse 0 unless they come from source steps
-    0..T-1-lag (spikes that land in the target's window of the same call)."""
+    ``2^gain_shift``; 1 without a gain), for a gated synapse times the call's gate values ``gates[key]``
+    [T] (rounded to mantissas in fixed mode; without ``gates`` a gate counts as its bound 1); for a
+    recurrent synapse 0 unless they come from source steps 0..T-1-lag (spikes that land in the
+    target's window of the same call)."""
     steps = np.arange(net.call_steps)
     depth = net.groups[s.src].depth
     one = 1 if net.mode == "fixed" else 1.0
-    table = np.full(net.call_steps, one) if s.gain is None else \
-        s.gain[logical_steps(steps + 1 + s.lag, depth, net.timestep, net.call_steps)]
+    logical = logical_steps(steps + 1 + s.lag, depth, net.timestep, net.call_steps)
+    table = np.full(net.call_steps, one) if s.gain is None else s.gain[logical]
+    if s.gate and gates is not None:
+        if s.gate not in gates:
+            raise SncError(f"{s.name}: no value for gate {s.gate} in this call")
+        table = table * np.asarray(gates[s.gate], dtype=np.float64)[logical]
+        if net.mode == "fixed":
+            table = np.round(table).astype(np.int64)
     if s.lag:
         table = table * ((steps >= depth) & (steps < depth + net.timestep - s.lag))
     return table
@@ -357,7 +371,7 @@ def lower(graph: Graph, mode: str) -> Netlist:
             gain, gain_shift = np.asarray(e.fixed["gain"], dtype=np.int64), int(e.fixed["gain_shift"])
         synapses.append(Synapse(e.name, e.src, e.dst, "sparse", _lowered_op(e.op, e.fixed, mode),
                                 weight_exp=int(e.fixed["weight_exp"]) if mode == "fixed" else 0, delay=e.delay,
-                                gain=gain, gain_shift=gain_shift, lag=e.lag))
+                                gain=gain, gain_shift=gain_shift, lag=e.lag, gate=e.gate))
     r = graph.readout
     readout = ReadoutPort(r.name, tuple(r.shape), float(r.scale) if mode == "fixed" else 1.0, r.depth)
     net = Netlist(mode, groups, synapses, readout, graph.timestep, inputs)

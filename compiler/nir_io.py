@@ -20,6 +20,14 @@ Extension nodes:
     the step: a reader that ignores it computes a different network, so a
     graph holding it needs snc's reader.
 
+``snc.Gate(input_shape, key)``
+    ``y_t = g[t] * x_t`` with ``g`` [T] supplied by the host for each denoiser
+    call under the name ``key``, ``|g| <= 1``. Paper 000's expert weights
+    h[t] of the top-k selection (eq. 13) and an expert's on/off switch: the
+    router reads the diffusion step only, so the compiler tabulates every
+    gate for every diffusion step (``specialise_selection``) and the chip is
+    re-programmed per call, not per spike.
+
 Time: NIR is continuous-time and stores no dt. snc exports with
 ``NIR_DT`` = 1e-4 s (the snnTorch / SpikingJelly convention) and bakes it into
 the parameters: an IF neuron has ``r = 1 / dt`` so that one Euler step adds
@@ -108,7 +116,46 @@ class StepScale(nir.NIRNode):
         return cls(**kwargs)
 
 
-EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d, StepScale.TYPE: StepScale}
+@dataclass(eq=False)
+class Gate(nir.NIRNode):
+    """snc extension: ``y_t = g[t] * x_t`` with the host's per-call values ``g`` of ``key`` (|g| <= 1)."""
+
+    input_shape: np.ndarray
+    key: str
+
+    TYPE = "snc.Gate"
+
+    def __post_init__(self) -> None:
+        self.input_shape = np.asarray(self.input_shape, dtype=np.int64).reshape(-1)
+        self.key = _as_str(self.key)
+        if not self.key:
+            raise ValueError("a Gate needs a key")
+        shape = np.array([int(v) for v in self.input_shape])
+        self.input_type = {"input": shape}
+        self.output_type = {"output": shape.copy()}
+
+    def to_dict(self) -> Dict[str, Any]:
+        ret = super().to_dict()
+        ret["type"] = self.TYPE
+        return ret
+
+    @classmethod
+    def from_dict(cls, kwargs: Dict[str, Any]) -> "Gate":
+        kwargs = {k: v for k, v in kwargs.items() if k != "type"}
+        return cls(**kwargs)
+
+
+EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d, StepScale.TYPE: StepScale, Gate.TYPE: Gate}
+
+
+def fix_grouped_conv_type(node: nir.NIRNode) -> nir.NIRNode:
+    """NIR 1.0 gives a grouped Conv2d the input channels of one group (``weight.shape[1]``); the input
+    has ``groups`` times as many. Set right, in place, so that the graph's type check passes."""
+    if isinstance(node, nir.Conv2d) and int(node.groups) > 1:
+        shape = np.array(node.input_type["input"])
+        shape[0] = int(node.weight.shape[1]) * int(node.groups)
+        node.input_type = {"input": shape}
+    return node
 
 
 def _as_str(value: Any) -> str:
@@ -149,7 +196,7 @@ def read_graph(path: str | Path) -> nir.NIRGraph:
             if kind in EXTENSIONS:
                 nodes[name] = EXTENSIONS[kind].from_dict(dict(node))
             else:
-                nodes[name] = nir.dict2NIRNode(dict(node))
+                nodes[name] = fix_grouped_conv_type(nir.dict2NIRNode(dict(node)))
         except (TypeError, ValueError, KeyError, AssertionError) as exc:
             raise GraphError(f"{path}: node {name!r} ({kind}) is malformed: {exc}") from None
     edges = [(_as_str(a), _as_str(b)) for a, b in np.asarray(data["edges"]).reshape(-1, 2)]

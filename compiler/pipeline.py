@@ -6,16 +6,18 @@
       3. reassociate      every on-chip edge carries spikes: compose linear maps,
                           push biases through, host ops become per-call currents;
                           TSM's per-step scales become per-step synapse gains and biases
-      4. balance_delays   pipeline depth per population, relays for shorter paths,
+      4. specialise_selection  gate values (paper 000's expert weights) tabulated per
+                          diffusion step; experts idle at a step switched off there
+      5. balance_delays   pipeline depth per population, relays for shorter paths,
                           reset offsets
-      5. fold_thresholds  one power-of-two scale per population (calibrated peaks)
-      6. split_signs      mixed-sign synapses become an excitatory and an inhibitory one
+      6. fold_thresholds  one power-of-two scale per population (calibrated peaks)
+      7. split_signs      mixed-sign synapses become an excitatory and an inhibitory one
                           (8 magnitude bits and an exponent each instead of 7 shared)
-      7. quantize         8-bit weights + exponent, vth, du/dv, bias mantissa/exponent,
+      8. quantize         8-bit weights + exponent, vth, du/dv, bias mantissa/exponent,
                           per-step gain mantissa/shift, all range-checked
-      8. guide_thresholds threshold guidance: every neuron threshold x S (default 1), refused
+      9. guide_thresholds threshold guidance: every neuron threshold x S (default 1), refused
                           where the integer vth cannot express it
-      9. map_cores        neurons and synapses onto the target's cores and chips; every
+     10. map_cores        neurons and synapses onto the target's cores and chips; every
                           violation of its limits listed at once (the DRC)
     -> lowered graph (runtime.lava_backend builds Lava processes from it)
 
@@ -43,7 +45,8 @@ from snc.hw_profiles import compile_targets, load_profile
 
 from .ir import Graph
 from .passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, map_cores, partition_host,
-                     quantize, reassociate, split_signs)
+                     quantize, reassociate, specialise_selection, split_signs)
+from .passes.specialise_selection import GateTable
 
 Calibrate = Callable[[Graph], dict[str, float]]
 
@@ -57,12 +60,14 @@ def compile_graph(
     verify: bool = True,
     allow_oversize: bool = False,
     threshold_scale: float = 1.0,
+    gate_table: Optional[GateTable] = None,
 ) -> Graph:
     """Run every pass; ``verify`` runs each pass's verifier after it.
 
     ``allow_oversize`` keeps a graph that does not fit the target (the
     violations stay in the log) instead of failing; ``threshold_scale`` is
-    the threshold guidance factor S.
+    the threshold guidance factor S; ``gate_table`` every ``snc.Gate``'s
+    values per diffusion step (needed when the graph has gates).
     """
     profile = load_profile(target)
     if "fixed_point" not in profile:
@@ -77,6 +82,7 @@ def compile_graph(
         ("import_nir", lambda _: import_nir.run(graph, timestep, arch), import_nir.verify),
         ("partition_host", partition_host.run, partition_host.verify),
         ("reassociate", reassociate.run, reassociate.verify),
+        ("specialise_selection", lambda g: specialise_selection.run(g, gate_table), specialise_selection.verify),
         ("balance_delays", lambda g: balance_delays.run(g, max_delay), lambda g: balance_delays.verify(g, max_delay)),
         ("fold_thresholds", lambda g: fold_thresholds.run(g, fixed, calibrate(g) if calibrate else None),
          fold_thresholds.verify),

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import init
 
-from .neurons import NeuronConfig, fire, make_activation
+from .neurons import NeuronConfig, SpikeAnd, fire, make_activation
 from .time_embedding import TimeEmbedding, temb_projection
 
 
@@ -102,13 +102,14 @@ class SpikeDrivenAttention(nn.Module):
         self.q_neuron = make_activation(cfg.spiking, cfg.neuron)
         self.k_neuron = make_activation(cfg.spiking, cfg.neuron)
         self.v_neuron = make_activation(cfg.spiking, cfg.neuron)
+        self.kv_and, self.q_and = SpikeAnd(), SpikeAnd()
         self.kv_neuron = make_activation(cfg.spiking, replace(cfg.neuron, threshold=cfg.attention_threshold))
         self.proj = LinearBN(d, d)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         q, k, v = self.q_neuron(self.q(s)), self.k_neuron(self.k(s)), self.v_neuron(self.v(s))
-        kv = self.kv_neuron((k * v).sum(dim=2))  # [T, B, D]: tokens summed, a spike per channel
-        return self.proj(q * kv.unsqueeze(2))
+        kv = self.kv_neuron(self.kv_and(k, v).sum(dim=2))  # [T, B, D]: tokens summed, a spike per channel
+        return self.proj(self.q_and(q, kv.unsqueeze(2)))
 
 
 class Expert(nn.Module):

@@ -77,6 +77,17 @@ class IFNeuron(nn.Module):
         return f"threshold={c.threshold}, decay={c.decay}, fire_at_threshold={c.fire_at_threshold}"
 
 
+class SpikeAnd(nn.Module):
+    """Logical AND of two spike tensors (broadcasting): for 0/1 spikes their product.
+
+    A module of its own so that the products of spike-driven attention are a
+    named, observable stage of the model, like its neurons.
+    """
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
 def scale_thresholds(model: nn.Module, factor: float) -> nn.Module:
     """Threshold guidance (SDDPM 4.3): every spiking neuron's threshold times ``factor``, in place."""
     if not 0 < factor < float("inf"):

@@ -178,12 +178,14 @@ class _Gain:
     """A scheduled synapse (StepGainSparse): ``floor(y * schedule[cs] / 2^shift)`` for the spikes at step cs
     of a call of the synapse's source (``gain_schedule``); ``lag``: a delay line's delay between the term's
     source and the synapse's; ``recurrent``: a lag synapse (only spikes landing in the target's window pass);
-    ``wrap``: Lava's int32 sum wraps before the gain (its bound reaches 2^31)."""
+    ``wrap``: Lava's int32 sum wraps before the gain (its bound reaches 2^31); ``gated``: the synapse of a
+    gated schedule, re-programmed per call (the bound holds: a gate's mantissas never exceed its gain's)."""
     schedule: np.ndarray  # [call_steps] int64 mantissas
     shift: int
     lag: int
     recurrent: bool
     wrap: bool = False
+    gated: Optional[Synapse] = None
 
     def rows(self, spike_steps: np.ndarray, call_steps: int) -> torch.Tensor:
         """Per Lava time step of the term's source spikes: the factor, float64 (exact: |mantissa| < 2^12)."""
@@ -247,7 +249,7 @@ def _term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) -> _
     term = _Term(src, s.dst, delay, kind, w, geometry, bound, exp)
     if s.scheduled:
         term.gain = _Gain(gain_schedule(s, net).astype(np.int64), s.gain_shift, delay - 1 - s.delay, s.lag > 0,
-                          term.out_bound >= 1 << 31)
+                          term.out_bound >= 1 << 31, s if s.gate else None)
     if to_readout and term.out_bound >= 1 << 31:  # the Extractor adds int32 channel values: wrap each
         term.wrap_bits = 32
     return term
@@ -461,6 +463,7 @@ class EmuNetwork:
             src, extra = (line.source, line.delay) if line else (s.src, 0)
             terms.append(_term(s, src, s.delay + 1 + extra, s.dst == net.readout.name, net))
         terms = _merge(terms)
+        self.gated = [t.gain for t in terms if t.gain is not None and t.gain.gated is not None]
         self.order = self._components(terms)
         self.windowed = windows_only and self._window_separable(terms)
         component = {g: i for i, members in enumerate(self.order) for g in members}
@@ -514,8 +517,17 @@ class EmuNetwork:
         return [sorted(dag.nodes[c]["members"], key=self.simulated.index) for c in nx.topological_sort(dag)]
 
     # --- public contract ---------------------------------------------------------------------
-    def call(self, currents: dict[str, np.ndarray]) -> CallResult:
-        """One denoiser call: host currents [B, *shape] or [T, B, *shape] per group -> readout [T, B, *shape]."""
+    def set_gates(self, gates: Optional[dict[str, np.ndarray]]) -> None:
+        """Re-program the gated synapses with the gate values [T] of the coming calls (as Lava's Var.set)."""
+        if self.gated and gates is None:
+            raise SncError("this netlist has gated synapses: a call needs its gate values")
+        for gain in self.gated:
+            gain.schedule = gain_schedule(gain.gated, self.net, gates).astype(np.int64)
+
+    def call(self, currents: dict[str, np.ndarray], gates: Optional[dict[str, np.ndarray]] = None) -> CallResult:
+        """One denoiser call: host currents [B, *shape] or [T, B, *shape] per group -> readout [T, B, *shape];
+        ``gates``: the call's values [T] per gate key (a netlist with gates needs them)."""
+        self.set_gates(gates)
         values = host_values(self.net, currents, self.batch)
         if not self.windowed:
             run = self._run(self.length, values, trace=False)
@@ -537,10 +549,12 @@ class EmuNetwork:
                 spikes[name] = self._spikes(run, name).reshape(T, b, *g.shape)
         return CallResult(readout, spikes)
 
-    def trace(self, steps: int, currents: dict[str, np.ndarray]) -> Trace:
+    def trace(self, steps: int, currents: dict[str, np.ndarray],
+              gates: Optional[dict[str, np.ndarray]] = None) -> Trace:
         """Every step of ``steps`` steps: spikes, u, v of every group and the raw readout."""
         if self.windowed:
             raise SncError("this emulator integrates only the logical windows (windows_only=True): it has no trace")
+        self.set_gates(gates)
         run = self._run(steps, host_values(self.net, currents, self.batch), trace=True)
         spikes = {name: self._spikes(run, name) for name in self.net.groups}
         u, v = {}, {}

@@ -3,7 +3,8 @@
 Runs logical spiking steps with same-step semantics (no pipeline delays: a
 population at step t reads step t of its sources), which is what the model
 computes; relays pass their source's spikes through; per-step gains and
-biases (TSM) are taken at the logical step; a recurrent edge (lag k) reads
+biases (TSM) are taken at the logical step, a gated edge's current is
+also multiplied by the call's gate value at the step; a recurrent edge (lag k) reads
 its source's spikes of step t - k (nothing before step 0). Used to calibrate
 ``fold_thresholds`` and to prove that re-association kept the function.
 """
@@ -11,7 +12,9 @@ its source's spikes of step t - k (nothing before step 0). Used to calibrate
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
+import numpy as np
 import torch
 
 from snc.compiler.ir import Graph, HostInput, Population, Readout, bias_at
@@ -28,7 +31,9 @@ class IRRun:
 
 def host_currents(graph: Graph, host_inputs: dict[str, torch.Tensor],
                   dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
-    """Currents [T, B, *shape] per logical step into each population / readout from host-input edges."""
+    """Currents [T, B, *shape] per logical step into each population / readout from host-input edges.
+
+    A host input is [B, *shape] (the same every step) or [T, B, *shape] (one per step)."""
     missing = sorted(n.name for n in graph.of_type(HostInput) if n.name not in host_inputs)
     if missing:
         raise GraphError(f"missing host inputs: {', '.join(missing)}")
@@ -36,7 +41,9 @@ def host_currents(graph: Graph, host_inputs: dict[str, torch.Tensor],
     for e in graph.edges:
         if isinstance(graph.nodes[e.src], HostInput):
             x = host_inputs[e.src].to(dtype)
-            y = e.op.apply(x.reshape(x.shape[0], *e.op.in_shape)).unsqueeze(0)
+            per_step = x.dim() == len(graph.nodes[e.src].shape) + 2
+            rows = x.shape[:2] if per_step else (1, x.shape[0])
+            y = e.op.apply(x.reshape(rows[0] * rows[1], *e.op.in_shape)).reshape(*rows, *e.op.out_shape)
             gain = torch.ones(graph.timestep, dtype=dtype) if e.gain is None else torch.as_tensor(e.gain, dtype=dtype)
             currents[e.dst] = currents.get(e.dst, 0) + gain.view(-1, *([1] * (y.dim() - 1))) * y
     return currents
@@ -44,13 +51,18 @@ def host_currents(graph: Graph, host_inputs: dict[str, torch.Tensor],
 
 @torch.no_grad()
 def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = False,
-           dtype: torch.dtype = torch.float64) -> IRRun:
-    """Execute T logical steps for host inputs [B, *shape] (constant over the steps).
+           dtype: torch.dtype = torch.float64, gates: Optional[dict[str, np.ndarray]] = None) -> IRRun:
+    """Execute T logical steps for host inputs [B, *shape] (constant over the steps) or [T, B, *shape];
+    ``gates``: the call's values [T] per gate key (needed when the graph has gates).
 
     float64 is the reference; calibration may use float32, it only needs peaks.
     """
     currents = host_currents(graph, host_inputs, dtype)
-    batch = next(iter(host_inputs.values())).shape[0]
+    name, first = next((k, v) for k, v in host_inputs.items() if k in graph.nodes)
+    batch = first.shape[-1 - len(graph.nodes[name].shape)]  # [B, *shape] or [T, B, *shape]
+    missing = sorted({e.gate for e in graph.edges if e.gate and (gates is None or e.gate not in gates)})
+    if missing:
+        raise GraphError(f"no values for the gates {', '.join(missing)}")
     order = [n for n in graph.topological() if not isinstance(graph.nodes[n], HostInput)]
     chip_edges = {n: [e for e in graph.into(n) if isinstance(graph.nodes[e.src], Population)] for n in order}
     v: dict[str, torch.Tensor] = {}
@@ -74,7 +86,8 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
                 x = x + currents[name][t].reshape(shape)
             for e in chip_edges[name]:
                 y = e.op.apply(source(e, now, t).reshape(batch, *e.op.in_shape)).reshape(shape)
-                x = x + (y if e.gain is None else float(e.gain[t]) * y)
+                factor = 1.0 if e.gain is None else float(e.gain[t])
+                x = x + (factor * float(gates[e.gate][t]) if e.gate else factor) * y
             if isinstance(node, Readout):
                 chip = x - bias - (currents[name][t] if name in currents else 0)
                 out.peak_input[name] = max(out.peak_input.get(name, 0.0), float(chip.abs().max()))

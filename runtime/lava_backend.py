@@ -13,7 +13,9 @@ so a whole batch of images advances with one Lava time step. Per netlist item:
   the binary path's sum of selected columns and about 3x faster on the digits
   U-Net (a CSR column slice costs 2.4 ns per non-zero, the mat-vec 0.8 ns).
   ``binary_path=True`` uses Lava's binary-spike path; tests check both agree;
-  ``StepGainSparse`` (``lava_processes/step.py``) for a per-step gain;
+  ``StepGainSparse`` (``lava_processes/step.py``) for a per-step gain,
+  its gain table re-programmed (``Var.set``) when a call's gate values change
+  the schedule of a gated synapse;
 - ``dense`` synapse: ``Dense``;
 - ``conv`` synapse: ``Conv`` (batch 1 only: Lava's Conv has no batch axis),
   handed the torch kernel flipped and transposed to Lava's (out, x, y, in)
@@ -31,9 +33,10 @@ and Ctrl-C included.
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 from scipy import sparse
@@ -132,12 +135,15 @@ class LavaNetwork:
         if batch > 1 and any(s.kind == "conv" for s in net.synapses):
             raise SncError("Lava's Conv has no batch axis: run netlists with conv synapses at batch 1")
         self.net, self.mode, self.batch, self.record = net, mode, batch, record
+        self.dtype = np.int32 if mode == "fixed" else np.float64  # of weights, gains and host currents
         self.length = net.call_steps
         self.cfg = Loihi2SimCfg(select_tag=MODES[mode], exception_proc_model_map=_injector_models()[mode])
         self.procs: dict[str, object] = {}
         self.injectors: dict[str, object] = {}
         self.extractors: dict[str, object] = {}
+        self._schedules: dict[str, np.ndarray] = {}  # what each gated synapse's gain table holds now
         self._started = False
+        self._ran = False  # Var.set needs a runtime that has run
         self.time_step = 0  # Lava's time step of the last step run
         buffer = self.length + 1
         for g in net.groups.values():
@@ -174,6 +180,7 @@ class LavaNetwork:
         for s in net.synapses:
             self._connect(s, binary_path)
         self._anchor = next(iter(self.procs.values()))
+        self.gated = [s for s in net.synapses if s.gate]
 
     def _connect(self, s: Synapse, binary_path: bool) -> None:
         from lava.proc.conv.process import Conv
@@ -184,7 +191,7 @@ class LavaNetwork:
         kw = dict(num_message_bits=0 if binary_path else 1)
         if fixed:
             kw.update(weight_exp=s.weight_exp, num_weight_bits=s.num_weight_bits)
-        dtype = np.int32 if fixed else np.float64
+        dtype = self.dtype
         src = self.procs[s.src].s_out
         target = self.readout_ext.in_port if s.dst == self.net.readout.name else self.procs[s.dst].a_in
         if s.kind == "conv":
@@ -196,6 +203,8 @@ class LavaNetwork:
         else:
             w = sparse.kron(sparse.identity(self.batch, format="csr", dtype=dtype),
                             synapse_matrix(s).astype(dtype), format="csr")
+            if s.gate:
+                self._schedules[s.name] = gain_schedule(s, self.net)  # the bound; a call re-programs it
             if s.kind == "dense":
                 syn = Dense(weights=w.toarray(), name=s.name, **kw)
             elif s.scheduled:
@@ -213,14 +222,33 @@ class LavaNetwork:
         self.procs[s.name] = syn
 
     # --- running -------------------------------------------------------------------------
-    def _run(self, steps: int, values: dict[str, np.ndarray]) -> tuple[list, dict[str, list]]:
+    def _run(self, steps: int, values: dict[str, np.ndarray],
+             gates: Optional[dict[str, np.ndarray]]) -> tuple[list, dict[str, list]]:
         """Run ``steps`` steps feeding the host values every step; (readouts, spikes) per step."""
         from lava.magma.core.run_conditions import RunSteps
 
+        if self.gated and gates is None:
+            raise SncError("this netlist has gated synapses: a call needs its gate values")
         with _deferred_sigint():
+            for s in self.gated:
+                table = gain_schedule(s, self.net, gates)
+                if not np.array_equal(table, self._schedules[s.name]):
+                    gain = self.procs[s.name].gain
+                    if self._ran:
+                        gain.set(table.astype(self.dtype))
+                    else:  # Lava sets Vars only of a runtime that has run: before, the initial value
+                        gain.init = table.astype(self.dtype)
+                    self._schedules[s.name] = table
             if not self._started:
                 self._started = True  # set first: close() must stop whatever part of the runtime did start
-                self._anchor.create_runtime(run_cfg=self.cfg)
+                # Lava forks an OS process per process model; frozen objects are left alone by the
+                # children's garbage collector, so it does not copy every page of the parent's heap
+                gc.freeze()
+                try:
+                    self._anchor.create_runtime(run_cfg=self.cfg)
+                finally:
+                    gc.unfreeze()
+            self._ran = True
             self._anchor.run(condition=RunSteps(num_steps=steps, blocking=False))
             for name, inj in self.injectors.items():
                 for row in step_rows(self.net, name, self.time_step + 1, steps):
@@ -233,15 +261,16 @@ class LavaNetwork:
 
     def _values(self, currents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = host_values(self.net, currents, self.batch)  # [T, B, n]
-        dtype = np.int32 if self.mode == "fixed" else np.float64
-        return {k: v.reshape(v.shape[0], -1).astype(dtype) for k, v in values.items()}
+        return {k: v.reshape(v.shape[0], -1).astype(self.dtype) for k, v in values.items()}
 
-    def call(self, currents: dict[str, np.ndarray]) -> CallResult:
-        """One denoiser call: host currents [B, *shape] or [T, B, *shape] per group -> readout [T, B, *shape]."""
-        raw, spikes = self._run(self.length, self._values(currents))
+    def call(self, currents: dict[str, np.ndarray], gates: Optional[dict[str, np.ndarray]] = None) -> CallResult:
+        """One denoiser call: host currents [B, *shape] or [T, B, *shape] per group -> readout [T, B, *shape];
+        ``gates``: the call's values [T] per gate key (a netlist with gates needs them)."""
+        raw, spikes = self._run(self.length, self._values(currents), gates)
         return call_result(self.net, np.stack(raw), {k: np.stack(v) for k, v in spikes.items()}, self.batch)
 
-    def trace(self, steps: int, currents: dict[str, np.ndarray]) -> Trace:
+    def trace(self, steps: int, currents: dict[str, np.ndarray],
+              gates: Optional[dict[str, np.ndarray]] = None) -> Trace:
         """``steps`` single-step runs with ``Var.get`` of every group's u and v after each (slow: small netlists)."""
         if not self.record:
             raise SncError("trace needs a network built with record=True")
@@ -251,7 +280,7 @@ class LavaNetwork:
         per_step: dict[str, dict[str, list]] = {key: {name: [] for name in self.net.groups} for key in ("s", "u", "v")}
         readouts = []
         for _ in range(steps):
-            raw, spikes = self._run(1, values)
+            raw, spikes = self._run(1, values, gates)
             readouts.append(raw[0].reshape(b, -1))
             for name, proc in ((name, self.procs[name]) for name in self.net.groups):
                 per_step["s"][name].append(spikes[name][0].reshape(b, -1) != 0)

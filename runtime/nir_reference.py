@@ -10,6 +10,7 @@ so every cycle must pass a Delay. Neurons (forward Euler, then spike test):
 - LI / I: as LIF / IF without spiking; output v
 - Threshold: ``I > threshold``
 - snc.StepScale: ``scale[t] * I + bias`` at step t
+- snc.Gate: ``g[key][t] * I`` with the call's gate values (``run(gates=...)``)
 - Delay (whole steps of dt): its input of ``delay / dt`` steps before (0 at first)
 
 Cycles are allowed when each passes a Delay (the recurrent connections).
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snc.compiler.nir_io import NIR_DT, NearestUpsample2d, StepScale
+from snc.compiler.nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale
 from snc.errors import GraphError
 
 State = dict
@@ -90,7 +91,7 @@ class NIRReference:
     def __init__(self, graph: nir.NIRGraph, dt: float = NIR_DT) -> None:
         unsupported = sorted(
             {f"{n} ({type(node).__name__})" for n, node in graph.nodes.items()
-             if not isinstance(node, (nir.Input, nir.Output, StepScale, nir.Delay, *NEURONS))
+             if not isinstance(node, (nir.Input, nir.Output, StepScale, Gate, nir.Delay, *NEURONS))
              and _stateless(node) is None}
         )
         if unsupported:
@@ -114,9 +115,13 @@ class NIRReference:
             raise GraphError(f"Delay nodes {', '.join(bad)} are not a whole number (>= 1) of steps dt")
         self.ops = {n: _stateless(node) for n, node in graph.nodes.items()}
 
-    def run(self, inputs: dict[str, torch.Tensor], record: bool = False) -> dict[str, torch.Tensor]:
-        """Outputs per Output node; with ``record``, every node's output per step."""
+    def run(self, inputs: dict[str, torch.Tensor], record: bool = False,
+            gates: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        """Outputs per Output node; with ``record``, every node's output per step; ``gates``: values [T] per
+        snc.Gate key."""
         missing = sorted(set(self.graph.inputs) - set(inputs))
+        missing += sorted(f"gate {n.key}" for n in self.graph.nodes.values()
+                          if isinstance(n, Gate) and n.key not in (gates or {}))
         if missing:
             raise GraphError(f"missing graph inputs: {', '.join(missing)}")
         steps = next(iter(inputs.values())).shape[0]
@@ -147,6 +152,8 @@ class NIRReference:
                     values[name] = x
                 elif isinstance(node, StepScale):
                     values[name] = x * float(node.scale[t]) + _t(node.bias, x)
+                elif isinstance(node, Gate):
+                    values[name] = x * float(gates[node.key][t])
                 else:
                     values[name] = self.ops[name](x)
             for name in self.lags:

@@ -124,6 +124,8 @@ def sample(
     threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
                                           "threshold x S (e.g. 0.997)"),
     n: int = typer.Option(16, "-n", help="number of images"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="images per chip call (default: all n; Lava "
+                                        "holds a copy of the network per image, so large models need fewer)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ) -> None:
@@ -149,8 +151,8 @@ def sample(
 
     if backend not in ("torch", "lava", "emu"):
         raise SncError(f"unknown backend {backend!r}; available: torch, lava, emu")
-    if n < 1:
-        raise SncError("-n must be at least 1")
+    if n < 1 or (batch is not None and not 1 <= batch <= n):
+        raise SncError("-n must be at least 1 and --batch in 1..n")
     chip = backend in ("lava", "emu")
     if backend == "emu" and mode not in (None, "fixed"):
         raise SncError(f"--backend emu emulates Lava fixed_pt only, not --mode {mode}; use --backend lava for floating_pt")
@@ -166,7 +168,7 @@ def sample(
                 vth_bits = load_profile(build.meta.get("target", "loihi2"))["fixed_point"]["vth_bits"]
                 guided = guide_thresholds.run(copy.deepcopy(build.graph), threshold_scale, vth_bits)
                 build = dataclasses.replace(build, graph=guided)
-            denoiser = stack.enter_context(ChipDenoiser(build, mode, batch=n, backend=backend))
+            denoiser = stack.enter_context(ChipDenoiser(build, mode, batch=batch or n, backend=backend))
             host = denoiser.model
         else:
             host = load_host_model(build).float() if build else load_checkpoint(model).model
@@ -201,7 +203,7 @@ def sample(
     np.save(npy, images.numpy())
     result = {
         "model": str(model), "backend": backend, "mode": mode if chip else None, "sampler": sampler,
-        "steps": steps, "eta": eta, "threshold_scale": threshold_scale, "n": n, "seed": seed,
+        "steps": steps, "eta": eta, "threshold_scale": threshold_scale, "n": n, "batch": batch or n, "seed": seed,
         "seconds": round(seconds, 2), "png": str(output),
         "npy": str(npy),
     }
@@ -343,7 +345,7 @@ def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: st
     from snc.compiler.build import write_build
     from snc.compiler.pipeline import compile_graph
     from snc.models.checkpoint import save_checkpoint
-    from snc.runtime.compiled import calibrator
+    from snc.runtime.compiled import calibrator, gate_table
 
     if mode not in ("fixed", "float"):
         raise SncError("--mode must be fixed or float")
@@ -353,7 +355,7 @@ def _compile(model: Optional[Path], preset: Optional[str], seed: int, target: st
     timestep = config if isinstance(config, int) else config.timestep
     calibrate = calibrator(net.double(), nir_graph, calibration, seed) if net is not None and calibration > 0 else None
     graph = compile_graph(nir_graph, timestep, arch, target, calibrate, dump_ir, verify, allow_oversize,
-                          threshold_scale)
+                          threshold_scale, gate_table(net.double()) if net is not None else None)
     rows = _layer_rows(graph)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -458,7 +460,8 @@ def compile_cmd(
 @app.command()
 def verify(
     build_dir: Path = typer.Argument(..., help="build directory from snc compile"),
-    n: int = typer.Option(8, "-n", help="images per call"),
+    n: int = typer.Option(8, "-n", help="images per diffusion step"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="images per chip call (default: n)"),
     backends: str = typer.Option("lava", "--backends", help="lava | emu | lava,emu: chip backends to run and compare"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
@@ -474,7 +477,7 @@ def verify(
     if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= {"lava", "emu"}:
         raise SncError(f"--backends takes lava, emu or lava,emu, got {backends!r}")
     start = time.perf_counter()
-    report = verify_build(read_build(build_dir), n=n, seed=seed, backends=chosen)
+    report = verify_build(read_build(build_dir), n=n, seed=seed, backends=chosen, batch=batch)
     result = report.as_dict() | {"seconds": round(time.perf_counter() - start, 1)}
     exact = report.agreement.get("emu_vs_lava_fixed", 1.0) == 1.0 and all(report.readout_identical.values())
     if as_json:
@@ -493,12 +496,16 @@ def _print_verify(report, seconds: float) -> None:
     for col in ["population", "neurons", "torch rate"] + [k.replace("_", " ") for k in keys]:
         table.add_column(col, justify="left" if col == "population" else "right")
     for r in report.layers:
-        table.add_row(r["population"], str(r["neurons"]), f"{r['torch_rate']:.3f}", *[f"{r[k]:.2%}" for k in keys])
+        table.add_row(r["population"], str(r["neurons"]), f"{r['torch_rate']:.3f}",
+                      *["off" if r[k] is None else f"{r[k]:.2%}" for k in keys])
     console.print(table)
     a, e = report.agreement, report.output_rel_error
     lines = ["all layers: " + ", ".join(f"{k.replace('_', ' ')} {a[k]:.4%}" for k in keys),
              "output relative error: " + ", ".join(f"{k.replace('_', ' ')} {e[k]:.2e}" for k in keys)
              + f"  ({seconds} s)"]
+    if report.switched_off:
+        lines.append(f"{report.switched_off:,} neuron-steps of experts switched off by the compiled selection "
+                     "were left out of the comparisons with torch (off: never compared)")
     if "emu_vs_lava_fixed" in a:
         same = report.readout_identical["emu_vs_lava_fixed"]
         lines.append(f"emu vs Lava fixed_pt: {a['emu_vs_lava_fixed']:.4%} of spikes equal (relays included), "
@@ -562,6 +569,10 @@ def energy(
     n: int = typer.Option(4, "-n", help="images per calibration step"),
     seed: int = typer.Option(0, "--seed"),
     ann: bool = typer.Option(False, "--ann", help="also print the ANN twin vs SNN table by layer kind"),
+    all_experts: bool = typer.Option(False, "--all-experts", help="a gated build (lateral transformer): "
+                                     "run every expert, without the compiled selection specialisation"),
+    nir_level: bool = typer.Option(False, "--nir-level", help="count a checkpoint or preset on its NIR graph "
+                                   "without compiling it (papers' method only; for models too large to compile)"),
     as_json: bool = typer.Option(False, "--json"),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="write the per-layer table as CSV"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a per-layer bar chart (PNG)"),
@@ -573,7 +584,7 @@ def energy(
     from rich.table import Table
 
     from snc.hw_profiles import load_profile
-    from snc.runtime.energy import BACKENDS, count_spikes, energy_report
+    from snc.runtime.energy import BACKENDS, count_spikes, energy_report, nir_energy_report
 
     backends = [b.strip() for b in backend.split(",") if b.strip()]
     bad = [b for b in backends if b not in BACKENDS]
@@ -588,15 +599,25 @@ def energy(
     for path in (csv_path, plot):  # before minutes of counting, not after
         if path is not None and not path.parent.is_dir():
             raise SncError(f"{path}: no such directory {path.parent}")
-    with tempfile.TemporaryDirectory(prefix="snc-energy-") as scratch:
-        build = _energy_build(source, preset, seed, target, Path(scratch))
-        profile = load_profile(profile_name or build.meta.get("target", target))
-        counts = []
-        for b in backends:
-            with console.status(f"counting spikes on {b}"):
-                counts.append(count_spikes(build, b, n=n, seed=seed, mode=mode))
-        report = energy_report(build, profile, counts, steps)
-        random_init = "random init" in str(build.meta.get("source", ""))
+    if nir_level:
+        if backends != ["torch"] or (source is not None and source.suffix != ".pt"):
+            raise SncError("--nir-level counts a checkpoint (.pt) or --preset with torch spikes (--backend torch)")
+        arch, _, net, nir_graph, _, host_meta = _compile_source(source, preset, seed)
+        profile = load_profile(profile_name or target)
+        with console.status("counting on the NIR graph with torch spikes"):
+            report = nir_energy_report(net, arch, nir_graph, profile, n=n, seed=seed, specialised=not all_experts,
+                                       steps_per_sample=steps)
+        random_init = bool(host_meta.get("random_init"))
+    else:
+        with tempfile.TemporaryDirectory(prefix="snc-energy-") as scratch:
+            build = _energy_build(source, preset, seed, target, Path(scratch))
+            profile = load_profile(profile_name or build.meta.get("target", target))
+            counts = []
+            for b in backends:
+                with console.status(f"counting spikes on {b}"):
+                    counts.append(count_spikes(build, b, n=n, seed=seed, mode=mode, specialised=not all_experts))
+            report = energy_report(build, profile, counts, steps)
+            random_init = "random init" in str(build.meta.get("source", ""))
     result = report.as_dict() | {"random_init": random_init}
     try:
         if csv_path is not None:
@@ -643,20 +664,33 @@ def energy(
                           f"{k['ann_energy_pj'] / 1e3:,.1f}", f"{k['snn_energy_pj'] / 1e3:,.1f}")
         console.print(kinds)
     call, sample, res = report.totals["per_call"], report.totals["per_sample"], report.resources
-    lines = [
-        f"per call: SOPs exact {call['sops_exact']:,.0f} | papers {call['sops_papers']:,.0f}; MACs exact "
-        f"{call['macs_exact']:,.0f} (host, TSM gains) | papers {call['macs_papers']:,.0f}; neuron updates "
-        f"{call['neuron_updates']:,.0f}; ANN twin MACs {call['ann_macs']:,.0f}",
-        f"per sample ({report.steps_per_sample} steps): exact {sample['energy_exact_mj']:.4g} mJ | papers "
-        f"{sample['energy_papers_mj']:.4g} mJ | ANN twin {sample['ann_energy_mj']:.4g} mJ"
-        + (" (ESTIMATES)" if report.estimate else ""),
-        *report.formulas,
-        f"profile basis: {report.basis}",
-        f"resources (one image): {res['neurons']:,} neurons, {res['synapses']:,} synapses"
-        + (f", {res['memory_kib']:,.0f} KiB synaptic memory, {res['cores']:,} cores" if "cores" in res else "")
-        + (f", {res['chips']:,} chips" if "chips" in res else "")
-        + (f"; does NOT fit {report.profile}: " + "; ".join(res["violations"]) if res["violations"] else ""),
-    ]
+    estimates = " (ESTIMATES)" if report.estimate else ""
+    if report.level == "nir":
+        lines = [
+            f"per call (NIR level, papers' method): SOPs {call['sops_papers']:,.0f}; real-valued and host MACs "
+            f"{call['macs_papers']:,.0f}; neuron updates {call['neuron_updates']:,.0f}; ANN twin MACs "
+            f"{call['ann_macs']:,.0f}",
+            f"per sample ({report.steps_per_sample} steps): SNN {sample['energy_papers_mj']:.4g} mJ | ANN twin "
+            f"{sample['ann_energy_mj']:.4g} mJ{estimates}",
+            *report.formulas,
+            f"profile basis: {report.basis}",
+            f"NIR graph: {res['neurons']:,} neurons, {res['synapses']:,} synapses in its ops (not lowered: no "
+            "cores, chips or limits checked)",
+        ]
+    else:
+        lines = [
+            f"per call: SOPs exact {call['sops_exact']:,.0f} | papers {call['sops_papers']:,.0f}; MACs exact "
+            f"{call['macs_exact']:,.0f} (host, TSM gains) | papers {call['macs_papers']:,.0f}; neuron updates "
+            f"{call['neuron_updates']:,.0f}; ANN twin MACs {call['ann_macs']:,.0f}",
+            f"per sample ({report.steps_per_sample} steps): exact {sample['energy_exact_mj']:.4g} mJ | papers "
+            f"{sample['energy_papers_mj']:.4g} mJ | ANN twin {sample['ann_energy_mj']:.4g} mJ{estimates}",
+            *report.formulas,
+            f"profile basis: {report.basis}",
+            f"resources (one image): {res['neurons']:,} neurons, {res['synapses']:,} synapses"
+            + (f", {res['memory_kib']:,.0f} KiB synaptic memory, {res['cores']:,} cores" if "cores" in res else "")
+            + (f", {res['chips']:,} chips" if "chips" in res else "")
+            + (f"; does NOT fit {report.profile}: " + "; ".join(res["violations"]) if res["violations"] else ""),
+        ]
     if random_init:
         lines.append("random init: firing rates and SOPs mean nothing; MAC counts and resources hold")
     for line in lines:

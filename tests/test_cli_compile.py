@@ -24,7 +24,7 @@ def unet_build(tmp_path_factory):
     res = json.loads(_ok(run_snc("compile", str(shipped_checkpoint("digits-unet")), "--target", "loihi2",
                                  "-o", str(out), "--dump-ir", str(dump), "--json")).stdout)
     assert res["calibrated"] and res["call_steps"] == res["depth"] + 4
-    assert len(list(dump.iterdir())) == 9  # one file per pass
+    assert len(list(dump.iterdir())) == 10  # one file per pass
     assert {"build.json", "graph.nir", "lowered.json", "lowered.npz", "model.pt"} <= {p.name for p in out.iterdir()}
     return out
 

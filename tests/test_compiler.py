@@ -101,9 +101,9 @@ def test_dump_ir_writes_every_pass(tmp):
     model = make_model("digits-mlp")
     compile_graph(export_model(model), model.config.timestep, dump_ir=tmp)
     assert [p.name for p in sorted(tmp.iterdir())] == [
-        "01-import_nir.json", "02-partition_host.json", "03-reassociate.json", "04-balance_delays.json",
-        "05-fold_thresholds.json", "06-split_signs.json", "07-quantize.json", "08-guide_thresholds.json",
-        "09-map_cores.json",
+        "01-import_nir.json", "02-partition_host.json", "03-reassociate.json", "04-specialise_selection.json",
+        "05-balance_delays.json", "06-fold_thresholds.json", "07-split_signs.json", "08-quantize.json",
+        "09-guide_thresholds.json", "10-map_cores.json",
     ]
 
 

@@ -14,7 +14,7 @@ from snc.compiler.passes import map_cores
 from snc.compiler.pipeline import compile_graph
 from snc.errors import GraphError
 from snc.hw_profiles import available, load_profile
-from snc.runtime.energy import ENERGY_KEYS, NirLayer, exact_sops, fan_outs, nir_layers, papers_sops
+from snc.runtime.energy import ENERGY_KEYS, NirLayer, exact_sops, fan_outs, layer_sops, nir_layers
 
 from conftest import run_snc
 
@@ -53,7 +53,7 @@ def test_exact_sops_of_a_padded_3x3_conv_on_a_known_spike_map():
     # the papers' fr x T x FLOPs charges every spike a full 3x3 kernel: 6 spikes x 9
     layer = NirLayer("conv", "conv3x3/s1", op.dense_macs(), "spikes", "a")
     assert op.dense_macs() == 16 * 9
-    assert papers_sops([layer], {"a": spikes.reshape(-1)}, timestep=4)["a"] == pytest.approx(6 * 9)
+    assert layer_sops(layer, {"a": spikes.reshape(-1)}, timestep=4) == pytest.approx(6 * 9)
 
 
 def test_exact_sops_of_a_dense_layer_skip_zero_weights():

@@ -1,8 +1,9 @@
 """Threshold guidance (SDDPM 4.3, SDM IV-C): every spiking threshold times a factor S.
 
 A factor a little below 1 (0.997) makes the neurons fire slightly more and
-sharpens samples; above 1, less. Relays are not guided: they must copy
-their source's spikes.
+sharpens samples; above 1, less. Relays and spike ANDs are not guided:
+they must copy their source's spikes or stay a logical AND (the torch
+model's guidance scales its spiking neurons only).
 
 On a fixed-point target a small factor can round away: ``vth`` is an integer
 (``round(threshold * scale)``), so a population whose guided ``vth`` equals
@@ -13,7 +14,7 @@ listing every such population, and logs each population's effective factor
 Requires: quantized populations (``quantize`` ran). Guarantees: every neuron
 population's float threshold is scaled by S and its integer vth is
 ``round(threshold * S * scale)``, which differs from the unguided vth
-whenever S != 1; relays are unchanged.
+whenever S != 1; relays and ANDs are unchanged.
 """
 
 from __future__ import annotations

@@ -4,7 +4,11 @@ Requires: a NIR graph of one spiking step, discretised with ``NIR_DT``.
 Guarantees: one IR node per NIR node (same names); NIR edges become identity
 edges (a node's inputs are summed, as in NIR); ``snc.StepScale`` becomes a
 Linear identity with a per-step ``gain`` (its length must be T), a ``Delay``
-of one step a Linear identity with ``lag`` 1; neurons become Populations with
+of one step a Linear identity with ``lag`` 1, ``snc.Gate`` a Linear identity with
+its ``gate`` key and a gain of ones (a gated synapse is a gained one whose
+gain the host re-programs per call), a depthwise Conv2d that sums
+each channel's whole image (attention's token sum) a k x k conv on the
+channels stacked as one image; neurons become Populations with
 a scalar threshold in units of their input (the Euler gain ``dt*r`` (IF) or
 ``dt*r/tau`` (LIF) is divided into the threshold) and ``decay = 1 - dt/tau``.
 Every unsupported node or parameter is reported at once.
@@ -19,7 +23,7 @@ from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
 from ..linear import LinearOp, upsample_op
-from ..nir_io import NIR_DT, NearestUpsample2d, StepScale, check_finite
+from ..nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, check_finite
 
 
 def _uniform(values: np.ndarray, what: str, node: str, problems: list[str]) -> float:
@@ -41,6 +45,8 @@ def _neuron(name: str, node: nir.NIRNode, problems: list[str]) -> Population:
         tau = np.asarray(node.tau, dtype=np.float64)
         gain = NIR_DT * np.asarray(node.r, dtype=np.float64) / tau
         decay = _uniform(1.0 - NIR_DT / tau, "decay (tau)", name, problems)
+        if -1e-6 < decay < 0:  # tau = dt (no memory) stored in float32 rounds to just below dt
+            decay = 0.0
     if np.any(np.asarray(node.v_reset) != 0):
         problems.append(f"{name}: v_reset != 0 is not supported (Lava resets to 0)")
     g = _uniform(gain, "input gain (r)", name, problems)
@@ -59,14 +65,33 @@ def _pair(v, name: str, what: str, problems: list[str]) -> int:
     return int(arr.flat[0]) if arr.size else 0
 
 
+def _channel_pool(name: str, node: nir.Conv2d, in_shape: tuple, problems: list[str]) -> Linear | None:
+    """A depthwise conv that sums each channel's whole (k x k) image with one kernel shared by all channels
+    (the token sum of spike-driven attention): on the channels stacked as one (1, C*k, k) image it is a
+    k x k conv of stride k, whose kernel is k*k numbers instead of a C x C x k x k diagonal one."""
+    weight = np.asarray(node.weight, dtype=np.float64)
+    c, h, w = in_shape
+    k = weight.shape[-1]
+    if not (int(node.groups) == c == weight.shape[0] and weight.shape[1] == 1 and h == w == k
+            and _pair(node.stride, name, "stride", problems) == k and _pair(node.padding, name, "padding", problems) == 0
+            and np.all(weight == weight[:1])):
+        problems.append(f"{name}: grouped Conv2d is supported only as a sum over each channel's whole image "
+                        "(groups = channels, one kernel the size of the image, stride = kernel)")
+        return None
+    op = LinearOp.conv(weight[:1], (1, c * k, k), k, 0)  # out (1, C, 1): one sum per channel
+    return Linear(name, op, np.asarray(node.bias, dtype=np.float64).reshape(op.out_shape).copy())
+
+
 def _linear(name: str, node: nir.NIRNode, in_shape: tuple, timestep: int, problems: list[str]) -> Linear | None:
     if isinstance(node, nir.Conv2d):
         if isinstance(node.padding, str):
             problems.append(f"{name}: string padding {node.padding!r} is not supported")
             return None
-        if int(node.groups) != 1 or _pair(node.dilation, name, "dilation", problems) != 1:
-            problems.append(f"{name}: grouped or dilated Conv2d is not supported")
+        if _pair(node.dilation, name, "dilation", problems) != 1:
+            problems.append(f"{name}: dilated Conv2d is not supported")
             return None
+        if int(node.groups) != 1:
+            return _channel_pool(name, node, in_shape, problems)
         op = LinearOp.conv(np.asarray(node.weight), in_shape, _pair(node.stride, name, "stride", problems),
                            _pair(node.padding, name, "padding", problems))
         bias = np.broadcast_to(np.asarray(node.bias, dtype=np.float64)[:, None, None], op.out_shape).copy()
@@ -87,6 +112,8 @@ def _linear(name: str, node: nir.NIRNode, in_shape: tuple, timestep: int, proble
         return Linear(name, op, np.zeros(in_shape))
     if isinstance(node, nir.Flatten):
         return Linear(name, LinearOp.identity(in_shape, (int(np.prod(in_shape)),)), np.zeros(int(np.prod(in_shape))))
+    if isinstance(node, Gate):
+        return Linear(name, LinearOp.identity(in_shape), np.zeros(in_shape), gain=np.ones(timestep), gate=node.key)
     if isinstance(node, NearestUpsample2d):
         op = upsample_op(in_shape, node.scale)
         return Linear(name, op, np.zeros(op.out_shape))
@@ -123,7 +150,10 @@ def _import_node(name: str, node: nir.NIRNode, timestep: int, problems: list[str
         shape = tuple(int(v) for v in np.asarray(node.output_type["output"]))
         return Readout(name, shape, bias=np.zeros(shape))
     if isinstance(node, (nir.IF, nir.LIF)):
-        return _neuron(name, node, problems)
+        population = _neuron(name, node, problems)
+        if (getattr(node, "metadata", None) or {}).get("snc.role") == "and":
+            population.role = "and"  # snc's export of a spike AND (threshold 1.5 on two unit inputs)
+        return population
     return _linear(name, node, _input_shape(node), timestep, problems)
 
 

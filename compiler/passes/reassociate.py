@@ -15,6 +15,11 @@ op becomes a bias per logical step, and terms merge only when their gains are
 equal (a residual stream sums paths with different gains: they stay separate
 synapses, tagged ``#k``).
 
+A gated op (``snc.Gate``) tags every term through it with its key (a gain
+of ones marks it as re-programmable); a path through two gates, or a bias
+through a gate, has no lowering (the exporter feeds a gated op's bias as a
+host input). Terms merge only when their gates are the same.
+
 A lagged op (NIR Delay) adds its lag to every term through it: the edge
 reads its source's spikes of earlier steps (a recurrent synapse). Its inputs
 must be spikes: a delayed real value would need state on the chip.
@@ -51,6 +56,7 @@ class _Term:
     origin: tuple[str, ...]
     gain: Optional[np.ndarray] = None  # [T] per logical step
     lag: int = 0  # steps between the source's spikes and their effect
+    gate: str = ""  # snc.Gate key the term passed
 
 
 @dataclass
@@ -76,9 +82,16 @@ def _apply_bias(op: LinearOp, bias: np.ndarray) -> np.ndarray:
     return op.apply(x).reshape(-1, *op.out_shape).numpy()
 
 
-def _through(form: _Form, op: LinearOp, name: str | None, gain: Optional[np.ndarray] = None, lag: int = 0) -> _Form:
-    terms = [_Term(t.source, compose(op, t.op), t.origin + ((name,) if name else ()), _times(t.gain, gain), t.lag + lag)
-             for t in form.terms]
+def _through(form: _Form, op: LinearOp, name: str | None, gain: Optional[np.ndarray] = None, lag: int = 0,
+             gate: str = "") -> _Form:
+    if gate:
+        twice = sorted({t.gate for t in form.terms if t.gate})
+        if twice:
+            raise GraphError(f"{name}: a path through two gates ({twice[0]}, {gate}) has no lowering")
+        if np.any(form.bias != 0):
+            raise GraphError(f"{name}: a bias through a gate has no lowering; feed it as a host input")
+    terms = [_Term(t.source, compose(op, t.op), t.origin + ((name,) if name else ()), _times(t.gain, gain), t.lag + lag,
+                   t.gate or gate) for t in form.terms]
     bias = _apply_bias(op, form.bias)
     if gain is not None:
         bias = bias * gain.reshape(-1, *([1] * len(op.out_shape)))
@@ -92,11 +105,12 @@ def _sum(forms: list[_Form], shape: tuple) -> _Form:
         bias = bias + form.bias.reshape(-1, *shape)
         for term in form.terms:
             for i, kept in enumerate(terms):
-                same = kept.source == term.source and kept.lag == term.lag and _same_gain(kept.gain, term.gain)
+                same = kept.source == term.source and kept.lag == term.lag and kept.gate == term.gate \
+                    and _same_gain(kept.gain, term.gain)
                 merged = add_ops(kept.op, term.op) if same else None
                 if merged is not None:
                     origin = kept.origin + tuple(o for o in term.origin if o not in kept.origin)
-                    terms[i] = _Term(kept.source, merged, origin, kept.gain, kept.lag)
+                    terms[i] = _Term(kept.source, merged, origin, kept.gain, kept.lag, kept.gate)
                     break
             else:
                 terms.append(term)
@@ -127,7 +141,7 @@ def run(graph: Graph) -> Graph:
                     raise GraphError(f"{name}: a delay of real values ({', '.join(real)}) has no lowering; "
                                      "delay spikes (put the Delay right after a neuron)")
             pre = inputs_of(name, node.op.in_shape)
-            out = _through(pre, node.op, name, node.gain, node.lag)
+            out = _through(pre, node.op, name, node.gain, node.lag, node.gate)
             forms[name] = _Form(out.terms, out.bias + node.bias.reshape(1, *node.op.out_shape))
             continue
         if isinstance(node, (Population, Readout)):
@@ -139,7 +153,7 @@ def run(graph: Graph) -> Graph:
                 seen[term.source] = seen.get(term.source, 0) + 1
                 tag = f"#{seen[term.source]}" if seen[term.source] > 1 else ""
                 new_edges.append(Edge(term.source, name, term.op, origin=term.origin, part=tag, gain=term.gain,
-                                      lag=term.lag))
+                                      lag=term.lag, gate=term.gate))
         nodes[name] = node
     graph.nodes = nodes
     graph.edges = new_edges
@@ -162,6 +176,8 @@ def verify(graph: Graph) -> None:
     for e in graph.edges:
         if not isinstance(graph.nodes[e.src], (Population, HostInput)):
             problems.append(f"edge {e.name}: source is not spikes or a host input")
+        if e.gate and not isinstance(graph.nodes[e.src], Population):
+            problems.append(f"edge {e.name}: a host current through gate {e.gate} (gate its source on the host)")
         if not isinstance(graph.nodes[e.dst], (Population, Readout)):
             problems.append(f"edge {e.name}: target is not a population or the readout")
     if problems:

@@ -10,7 +10,8 @@ and the convs' biases become a bias per step of the population:
   time step ``ts`` is multiplied by ``gain[(ts - 1) % len(gain)]``: fixed_pt
   ``(a * gain) >> gain_shift`` (an arithmetic shift, after Lava's own
   ``weight_exp`` shift; int64, the int32 port wraps it), floating_pt
-  ``a * gain``. One table entry per step of a call (the compiler maps each
+  ``a * gain``. At a step whose gain is 0 it does no synaptic work (an expert
+  the selection switched off, a recurrent synapse outside its window). One table entry per step of a call (the compiler maps each
   step to its logical step, ``compiler/lower.py::logical_steps``).
 - ``StepBiasLIFReset``: Lava's ``LIFReset`` whose ``bias_mant`` and
   ``bias_exp`` are taken from row ``(ts - 1) % rows`` of a table before
@@ -54,6 +55,18 @@ def _row(time_step: int, table: np.ndarray) -> int:
     return (time_step - 1) % table.shape[0]
 
 
+def _skipped(model) -> bool:
+    """At a step whose gain is 0 (a switched-off expert's synapse, a recurrent synapse outside its window)
+    the synapse does no synaptic work: it sends its buffered output, takes the spikes and buffers zeros.
+    The same numbers as computing and multiplying by 0."""
+    if model.gain[_row(model.time_step, model.gain)] != 0:
+        return False
+    model.a_out.send(model.a_buff)
+    model.s_in.recv()
+    model.a_buff = np.zeros_like(model.a_buff)
+    return True
+
+
 # Lava's @implements refuses to re-bind a model class whose parent implements another
 # process; these models reuse Lava's Sparse / LIFReset models, so they clear the binding
 # first (tags and resources are inherited: fixed_pt / floating_pt, CPU).
@@ -63,6 +76,8 @@ class PyStepGainSparseModelBitAcc(PySparseModelBitAcc):
     gain: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
 
     def run_spk(self) -> None:
+        if _skipped(self):
+            return
         super().run_spk()  # sends the last step's output, computes this step's into a_buff
         g = int(self.gain[_row(self.time_step, self.gain)])
         self.a_buff = np.right_shift(self.a_buff.astype(np.int64) * g, self.proc_params["gain_shift"])
@@ -74,6 +89,8 @@ class PyStepGainSparseModelFloat(PySparseModelFloat):
     gain: np.ndarray = LavaPyType(np.ndarray, float)
 
     def run_spk(self) -> None:
+        if _skipped(self):
+            return
         super().run_spk()
         self.a_buff = self.a_buff * self.gain[_row(self.time_step, self.gain)]
 
