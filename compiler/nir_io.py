@@ -57,8 +57,23 @@ STOCK_TYPES = frozenset(
 )
 
 
+class _Extension:
+    """What every snc extension node shares: its ``type`` string in the file, and construction from a dict."""
+
+    TYPE = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        ret = super().to_dict()  # type: ignore[misc]  # nir.NIRNode's
+        ret["type"] = self.TYPE
+        return ret
+
+    @classmethod
+    def from_dict(cls, kwargs: Dict[str, Any]):
+        return cls(**{k: v for k, v in kwargs.items() if k != "type"})
+
+
 @dataclass(eq=False)
-class NearestUpsample2d(nir.NIRNode):
+class NearestUpsample2d(_Extension, nir.NIRNode):
     """snc extension: nearest-neighbour upsampling of a (C, H, W) signal."""
 
     input_shape: np.ndarray  # (C, H, W)
@@ -75,18 +90,12 @@ class NearestUpsample2d(nir.NIRNode):
 
     def to_dict(self) -> Dict[str, Any]:
         ret = super().to_dict()
-        ret["type"] = self.TYPE
         ret["scale"] = np.int64(self.scale)
         return ret
 
-    @classmethod
-    def from_dict(cls, kwargs: Dict[str, Any]) -> "NearestUpsample2d":
-        kwargs = {k: v for k, v in kwargs.items() if k != "type"}
-        return cls(**kwargs)
-
 
 @dataclass(eq=False)
-class StepScale(nir.NIRNode):
+class StepScale(_Extension, nir.NIRNode):
     """snc extension: ``y_t = scale[t] * x_t + bias`` at spiking step t (SDM's TSM)."""
 
     input_shape: np.ndarray  # the signal's shape
@@ -105,19 +114,9 @@ class StepScale(nir.NIRNode):
         self.input_type = {"input": np.array(shape)}
         self.output_type = {"output": np.array(shape)}
 
-    def to_dict(self) -> Dict[str, Any]:
-        ret = super().to_dict()
-        ret["type"] = self.TYPE
-        return ret
-
-    @classmethod
-    def from_dict(cls, kwargs: Dict[str, Any]) -> "StepScale":
-        kwargs = {k: v for k, v in kwargs.items() if k != "type"}
-        return cls(**kwargs)
-
 
 @dataclass(eq=False)
-class Gate(nir.NIRNode):
+class Gate(_Extension, nir.NIRNode):
     """snc extension: ``y_t = g[t] * x_t`` with the host's per-call values ``g`` of ``key`` (|g| <= 1)."""
 
     input_shape: np.ndarray
@@ -133,16 +132,6 @@ class Gate(nir.NIRNode):
         shape = np.array([int(v) for v in self.input_shape])
         self.input_type = {"input": shape}
         self.output_type = {"output": shape.copy()}
-
-    def to_dict(self) -> Dict[str, Any]:
-        ret = super().to_dict()
-        ret["type"] = self.TYPE
-        return ret
-
-    @classmethod
-    def from_dict(cls, kwargs: Dict[str, Any]) -> "Gate":
-        kwargs = {k: v for k, v in kwargs.items() if k != "type"}
-        return cls(**kwargs)
 
 
 EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d, StepScale.TYPE: StepScale, Gate.TYPE: Gate}

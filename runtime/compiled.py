@@ -149,7 +149,7 @@ class ChipDenoiser:
         result = self.network.call(currents, gates)
         readout = torch.from_numpy(result.readout)
         bias = step_bias(graph.readout, graph.timestep)  # [T, *shape]
-        readout = readout + torch.as_tensor(bias).unsqueeze(1)
+        readout = readout + torch.from_numpy(np.ascontiguousarray(bias)).unsqueeze(1)  # a copy: step_bias may be a view
         if graph.readout.name in currents:  # host terms of the output are host work
             readout = readout + torch.from_numpy(currents[graph.readout.name])
         if token_layout(self.build.nir_graph):

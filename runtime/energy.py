@@ -468,6 +468,10 @@ def _report(model: nn.Module, arch: str, graph: Graph, nir_graph: nir.NIRGraph, 
     if not lowered:
         report.formulas[0] = ("exact: not counted (NIR level: the lowered graph, with its re-associated synapses, "
                               "relays and pipeline, was not built)")
+    ands = [p.name for p in graph.of_type(Population) if p.role == "and"]
+    if ands:
+        report.formulas.append(f"spike products (attention's K*V, Q*SN(.)): on chip, {len(ands)} AND populations "
+                               "(memoryless LIF, threshold 1.5 on two unit inputs): SOPs and neuron updates, no MACs")
     if graph.gates:
         report.formulas.append(
             "selection specialisation: " + ("on: a synapse or layer whose gate is 0 for a whole call (an expert "
