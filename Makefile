@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SNC := $(VENV)/bin/snc
 MODEL := models/checkpoints/digits-unet.pt
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -27,9 +27,15 @@ demo: setup
 	@echo "demo grid (Lava fixed_pt): out/demo_lava.png; energy per layer: out/demo_energy.png"
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
+PYTEST = status=$$?; if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# Everything, real Lava processes included (what CI runs).
 test: setup
-	@$(PY) -m pytest -q; status=$$?; \
-	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$status
+	@$(PY) -m pytest -q; $(PYTEST)
+
+# Everything that starts no Lava process and is not marked slow (about 2 minutes).
+test-fast: setup
+	@$(PY) -m pytest -q -m "not lava and not slow"; $(PYTEST)
 
 clean:
 	rm -rf out build .pytest_cache

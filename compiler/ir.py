@@ -35,16 +35,17 @@ the extra steps ``balance_delays`` gave it), an edge from a HostInput is a
 host-computed current (its op costs MACs on the host), and ``origin`` names
 the NIR nodes the synapse was composed from.
 
-Passes fill the ``fixed`` dicts (integer parameters) and ``stats``; the
-pipeline records what each pass did in ``graph.log``.
+Passes fill the ``fixed`` dicts (integer parameters); each pass records
+what it did in ``graph.log`` and the pass manager its name in
+``graph.passes``. The target's lowering (one of the last passes) puts the
+netlist of each arithmetic mode into ``graph.netlists``: from there on the
+netlist, not the IR, is what a build holds and every consumer reads.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import networkx as nx
 import numpy as np
@@ -52,6 +53,9 @@ import numpy as np
 from snc.errors import GraphError
 
 from .linear import LinearOp, Shape
+
+if TYPE_CHECKING:
+    from .netlist import Netlist
 
 
 @dataclass
@@ -127,17 +131,6 @@ class Edge:
     def name(self) -> str:
         return f"{self.src}->{self.dst}{self.part}" + (f"@{self.delay}" if self.delay else "")
 
-    def lowered_op(self) -> LinearOp:
-        """The op with the quantized integer weights (the synapses on chip); the float op before quantize.
-
-        A weight that rounds to 0 is no synapse on chip, so counts of synapses
-        and fan-outs use this op.
-        """
-        w = self.fixed.get("weight")
-        if w is None or self.op.kind == "identity":
-            return self.op
-        return replace(self.op, weight=np.asarray(w, dtype=np.float64))
-
 
 @dataclass
 class Graph:
@@ -148,6 +141,8 @@ class Graph:
     log: list[dict[str, Any]] = field(default_factory=list)
     gates: dict[str, np.ndarray] = field(default_factory=dict)  # key -> [diffusion steps, T], what runs
     model_gates: dict[str, np.ndarray] = field(default_factory=dict)  # the model's values, where specialised differs
+    passes: list[str] = field(default_factory=list)  # the passes applied, in order (the pass manager's record)
+    netlists: dict[str, "Netlist"] = field(default_factory=dict)  # mode -> the target's lowering (the last passes)
 
     # --- queries -------------------------------------------------------------------------
     def of_type(self, kind: type) -> Iterator[Any]:
@@ -199,10 +194,6 @@ class Graph:
         """Every snc.Gate key on an edge or Linear node, sorted."""
         return sorted({getattr(x, "gate", "") for x in (*self.edges, *self.nodes.values())} - {""})
 
-    def gates_off(self, step: int) -> set[str]:
-        """The (specialised) gates that are 0 at every inner step of diffusion step ``step``."""
-        return {k for k, v in self.gates_at(step).items() if not np.any(v)} if self.gates else set()
-
     def gates_at(self, step: int, specialised: bool = True) -> dict[str, np.ndarray]:
         """Every gate's values [T] for diffusion step ``step`` (the model's, unless ``specialised``)."""
         tables = self.gates if specialised else {**self.gates, **self.model_gates}
@@ -252,49 +243,6 @@ class Graph:
             raise GraphError("IR check failed:\n  " + "\n  ".join(problems))
         self.topological()
 
-    # --- summary for --dump-ir and reports ------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        def node(n: Node) -> dict[str, Any]:
-            d: dict[str, Any] = {"kind": type(n).__name__}
-            for key in ("shape", "threshold", "decay", "role", "depth", "scale", "placement"):
-                if hasattr(n, key):
-                    d[key] = list(getattr(n, key)) if key == "shape" else getattr(n, key)
-            if isinstance(n, Linear):
-                d["op"] = n.op.describe()
-                if n.gain is not None:
-                    d["gain"] = [float(v) for v in n.gain]
-                if n.lag:
-                    d["lag"] = n.lag
-                if n.gate:
-                    d["gate"] = n.gate
-            if getattr(n, "fixed", None):
-                d["fixed"] = {k: _jsonable(v) for k, v in n.fixed.items() if np.ndim(v) == 0}
-            return d
-
-        def edge(e: Edge) -> dict[str, Any]:
-            d = {"src": e.src, "dst": e.dst, "op": e.op.describe(), "synapses": e.op.synapse_count(), "delay": e.delay}
-            if e.origin:
-                d["origin"] = list(e.origin)
-            if e.gain is not None:
-                d["gain"] = [float(v) for v in e.gain]
-            if e.lag:
-                d["lag"] = e.lag
-            if e.gate:
-                d["gate"] = e.gate
-            if e.fixed:
-                d["fixed"] = {k: _jsonable(v) for k, v in e.fixed.items() if np.ndim(v) == 0}
-            return d
-
-        return {
-            "arch": self.arch,
-            "timestep": self.timestep,
-            "nodes": {name: node(n) for name, n in self.nodes.items()},
-            "edges": [edge(e) for e in self.edges],
-        }
-
-    def dump(self, path: Path) -> None:
-        path.write_text(json.dumps(self.summary(), indent=1))
-
 
 def _gain_problems(name: str, gain: Optional[np.ndarray], timestep: int) -> list[str]:
     if gain is None:
@@ -310,5 +258,3 @@ def _size(node: Node, into: bool = False) -> int:
     return int(np.prod(node.shape))
 
 
-def _jsonable(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v

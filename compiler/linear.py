@@ -267,6 +267,17 @@ def _dense_compose(outer: LinearOp, inner: LinearOp) -> LinearOp:
     return LinearOp.dense(m, inner.in_shape, outer.out_shape)
 
 
+def op_to_dict(op: LinearOp) -> dict:
+    """The op's geometry as JSON (its weights go to an array file)."""
+    return {"kind": op.kind, "in_shape": list(op.in_shape), "out_shape": list(op.out_shape),
+            "stride": op.stride, "padding": op.padding, "upsample": op.upsample}
+
+
+def op_from_dict(d: dict, weight: np.ndarray | None) -> LinearOp:
+    return LinearOp(d["kind"], tuple(d["in_shape"]), tuple(d["out_shape"]), weight, d["stride"], d["padding"],
+                    d["upsample"])
+
+
 def upsample_op(in_shape: Shape, scale: int) -> LinearOp:
     """Nearest upsampling as a conv with an identity 1x1 kernel after upsampling."""
     c = in_shape[0]

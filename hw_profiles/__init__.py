@@ -1,10 +1,12 @@
-"""Hardware profiles: one data file per target (energy per operation, core limits).
+"""Hardware profiles: one data file per chip or accelerator (energy per operation, core limits).
 
-Adding a target is adding ``NAME.toml`` here; nothing in code names a profile.
-Sections: ``[energy]`` (pJ per operation and the basis of the figures; read by
-``snc.runtime.energy``), ``[resources]`` (core and chip limits; read by the
-``map_cores`` pass) and, for compile targets, ``[fixed_point]`` (the ranges
-the quantizer must respect).
+An energy and resource profile is a ``NAME.toml`` here; a compile target is
+such a file with a ``[fixed_point]`` section plus its module in
+``snc.compiler.targets``. Sections: ``[energy]`` (pJ per operation and the
+basis of the figures; read by ``snc.runtime.energy``), ``[resources]`` (core
+and chip limits; read by the ``map_cores`` pass) and ``[fixed_point]`` (every
+range the target's quantizer and netlist check use, read into
+``snc.compiler.targets.fixed_point.FixedPoint``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,3 @@ def load_profile(name: str) -> dict[str, Any]:
         raise SncError(f"hardware profile {name}: {exc}") from None
     profile.setdefault("name", name)
     return profile
-
-
-def compile_targets() -> list[str]:
-    """Profiles with fixed-point limits: the ones ``snc compile --target`` accepts."""
-    return [name for name in available() if "fixed_point" in load_profile(name)]

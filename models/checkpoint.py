@@ -50,14 +50,18 @@ def shipped_checkpoint(name: str) -> Path:
     return path
 
 
-def save_checkpoint(path: str | Path, arch: str, model: nn.Module, meta: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, arch: str, model: nn.Module, meta: dict[str, Any],
+                    dtype: Optional[torch.dtype] = None) -> None:
+    """Write ``model``'s checkpoint; ``dtype``: its floating-point tensors converted (the model is not)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(
         {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "arch": arch,
             "config": config_to_dict(model.config),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v.clone()
+                           for k, v in state.items()},
             # json round trip: meta must hold only plain types, or weights_only loading refuses
             # the file (torch.__version__, for one, is a TorchVersion object).
             "meta": json.loads(json.dumps(meta, default=str)),

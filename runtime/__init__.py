@@ -1,1 +1,3 @@
-"""Backends that execute a denoiser's spiking core, and the diffusion samplers that drive them."""
+"""Running compiled builds: backends behind one protocol (``backends``), the diffusion samplers
+(``samplers``, ``moments``), verification across backends (``verify``), energy reports (``energy``),
+the NIR reference executor (``nir_reference``) and image files (``images``)."""

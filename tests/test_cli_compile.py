@@ -1,4 +1,4 @@
-"""snc compile / verify / sample --backend lava end to end on the shipped digits U-Net."""
+"""snc compile / verify / sample --backend lava end to end on the shipped digits U-Net (the session's build)."""
 
 import json
 import multiprocessing
@@ -17,38 +17,44 @@ from conftest import run_snc
 from test_cli import _clean_error, _ok
 
 
-@pytest.fixture(scope="module")
-def unet_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build") / "unet"
-    dump = out.parent / "ir"
+def test_compile_on_the_command_line_writes_a_build(tmp):
+    out = tmp / "unet"
     res = json.loads(_ok(run_snc("compile", str(shipped_checkpoint("digits-unet")), "--target", "loihi2",
-                                 "-o", str(out), "--dump-ir", str(dump), "--json")).stdout)
-    assert res["calibrated"] and res["call_steps"] == res["depth"] + 4
-    assert len(list(dump.iterdir())) == 10  # one file per pass
-    assert {"build.json", "graph.nir", "lowered.json", "lowered.npz", "model.pt"} <= {p.name for p in out.iterdir()}
-    return out
+                                 "-o", str(out), "--json")).stdout)
+    assert res["calibrated"] and res["call_steps"] == res["depth"] + 4 and res["complete"]
+    assert [p["pass"] for p in res["passes"]][-2:] == ["lower", "map_cores"]
+    assert all(p["seconds"] >= 0 and p["peak_rss_mb"] > 0 for p in res["passes"])
+    files = {p.name for p in out.iterdir()}
+    assert {"build.json", "graph.nir", "netlist-fixed.json", "netlist-fixed.npz", "netlist-float.json",
+            "netlist-float.npz", "model.pt"} <= files
 
 
+@pytest.mark.lava
 def test_verify_meets_the_float_agreement_bar(unet_build):
-    report = json.loads(_ok(run_snc("verify", str(unet_build), "--json"), ).stdout)
-    assert report["n"] == 8 and len(report["timesteps"]) == 3
-    assert report["agreement"]["float_vs_torch"] >= 0.999
-    assert report["output_rel_error"]["float_vs_torch"] <= 1e-3
-    assert all(row["float_vs_torch"] >= 0.99 for row in report["layers"])
-    assert report["agreement"]["fixed_vs_float"] > 0.9  # reported, not equal by design
+    report = json.loads(_ok(run_snc("verify", str(unet_build.path), "--json"), ).stdout)
+    assert report["n"] == 8 and len(report["timesteps"]) == 3 and report["runs"] == ["torch", "lava_float",
+                                                                                      "lava_fixed"]
+    assert report["agreement"]["lava_float_vs_torch"] >= 0.999
+    assert report["output_rel_error"]["lava_float_vs_torch"] <= 1e-3
+    assert all(row["lava_float_vs_torch"] >= 0.99 for row in report["layers"])
+    assert report["agreement"]["lava_fixed_vs_lava_float"] > 0.9  # reported, not equal by design
+    assert report["readout_identical"] == {} and report["exact"]  # no two runs of the same arithmetic
 
 
+@pytest.mark.lava
 def test_sample_on_lava_fixed_pt(unet_build, tmp):
-    res = json.loads(_ok(run_snc("sample", str(unet_build), "--backend", "lava", "--steps", "2", "-n", "2",
+    res = json.loads(_ok(run_snc("sample", str(unet_build.path), "--backend", "lava", "--steps", "2", "-n", "2",
                                  "-o", str(tmp / "lava.png"), "--json")).stdout)
     assert res["mode"] == "fixed" and (tmp / "lava.npy").is_file()
     assert not multiprocessing.active_children()
 
 
+@pytest.mark.lava
+@pytest.mark.slow
 def test_ctrl_c_during_lava_sampling_stops_every_process(unet_build, tmp):
     """SIGINT to the whole process group (what a terminal's Ctrl-C does) ends snc and all Lava processes."""
     exe = Path(sys.executable).with_name("snc")
-    proc = subprocess.Popen([str(exe), "sample", str(unet_build), "--backend", "lava", "--steps", "20", "-n", "2",
+    proc = subprocess.Popen([str(exe), "sample", str(unet_build.path), "--backend", "lava", "--steps", "20", "-n", "2",
                              "-o", str(tmp / "x.png")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -79,13 +85,13 @@ def test_compile_from_a_nir_file_has_no_host_parts(tmp):
     _ok(run_snc("export", str(mlp), "-o", str(tmp / "mlp.nir")))
     res = json.loads(_ok(run_snc("compile", str(tmp / "mlp.nir"), "-o", str(tmp / "b"), "--json")).stdout)
     assert res["calibrated"] is False and res["depth"] == 2 and not (tmp / "b" / "model.pt").exists()
-    _clean_error(run_snc("sample", str(tmp / "b"), "--backend", "lava", "-o", str(tmp / "x.png")),
+    _clean_error(run_snc("sample", str(tmp / "b"), "--backend", "emu", "-o", str(tmp / "x.png")),
                  "compiled from a NIR file")
 
 
 def test_compile_errors_are_one_line(tmp):
     (tmp / "junk").mkdir()
-    _clean_error(run_snc("sample", str(tmp / "junk"), "--backend", "lava"), "not an snc build directory")
-    _clean_error(run_snc("sample", str(shipped_checkpoint("digits-unet")), "--backend", "lava"), "needs a build")
+    _clean_error(run_snc("sample", str(tmp / "junk"), "--backend", "emu"), "not an snc build directory")
+    _clean_error(run_snc("sample", str(shipped_checkpoint("digits-unet")), "--backend", "emu"), "needs a build")
     _clean_error(run_snc("compile", str(shipped_checkpoint("digits-unet")), "--target", "nope", "-o",
                          str(tmp / "b")), "unknown profile 'nope'")

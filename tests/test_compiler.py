@@ -8,21 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snc.compiler.build import read_build, write_build
-from snc.compiler.export import export_model
 from snc.compiler.ir import HostInput, Linear, Population
+from snc.compiler.ir_executor import run_ir
 from snc.compiler.linear import LinearOp, compose, upsample_op
 from snc.compiler.passes.quantize import quantize_weights
-from snc.compiler.pipeline import compile_graph
+from snc.compiler.targets import get_target
 from snc.errors import GraphError
-from snc.hw_profiles import load_profile
-from snc.runtime.compiled import calibrator, host_inputs
-from snc.runtime.ir_executor import run_ir
 from snc.runtime.nir_reference import NIRReference
 
-from conftest import make_model
+from conftest import compile_model, compile_nir, deploy, make_model
 
-FIXED = load_profile("loihi2")["fixed_point"]
+FIXED = get_target("loihi2").rules
 
 
 def _rand(*shape, seed=0):
@@ -61,11 +57,11 @@ def test_compositions_are_exact():
 
 @pytest.mark.parametrize("preset", ["digits-mlp", "digits-unet"])
 def test_compiled_graph_computes_what_the_nir_graph_computes(preset):
-    model = make_model(preset).double()
-    graph = export_model(model)
-    ir = compile_graph(graph, model.config.timestep, calibrate=calibrator(model, graph, n=2))
+    dep = deploy(make_model(preset).double())
+    graph, model = dep.nir_graph, dep.host.model
+    ir = compile_model(dep, calibration=2).graph
     x, t = _rand(3, 1, 8, 8, seed=2), torch.tensor([5, 400, 950])
-    inputs = host_inputs(model, graph, x, t)
+    inputs = dep.host.call_inputs(x, t)
     ref = NIRReference(graph).run({k: v.unsqueeze(0).expand(model.config.timestep, *v.shape) for k, v in inputs.items()},
                                   record=True)
     run = run_ir(ir, inputs, record=True)
@@ -81,13 +77,12 @@ def test_compiled_graph_computes_what_the_nir_graph_computes(preset):
             assert dst.depth == src.depth + 1 + e.delay
             assert np.abs(e.fixed["weight"]).max() <= 256
     for p in ir.of_type(Population):
-        assert 0 < p.fixed["vth"] < 2 ** FIXED["vth_bits"]
-        assert np.abs(p.fixed["bias_mant"]).max(initial=0) < 2 ** (FIXED["bias_mant_bits"] - 1)
+        assert 0 < p.fixed["vth"] < 2 ** FIXED.vth_bits
+        assert np.abs(p.fixed["bias_mant"]).max(initial=0) < 2 ** (FIXED.bias_mant_bits - 1)
 
 
 def test_unet_reassociation_report_and_relays():
-    model = make_model("digits-unet")
-    ir = compile_graph(export_model(model), model.config.timestep)
+    ir = compile_model(make_model("digits-unet")).graph
     log = {entry["pass"]: entry for entry in ir.log}
     assert log["partition_host"]["host_ops"] == ["conv"]  # the analog stem conv of direct encoding
     assert log["reassociate"]["rewritten"], "residual and skip paths must be rewritten"
@@ -97,31 +92,20 @@ def test_unet_reassociation_report_and_relays():
     assert ir.depth == max(p.depth for p in ir.of_type(Population)) + 1
 
 
-def test_dump_ir_writes_every_pass(tmp):
-    model = make_model("digits-mlp")
-    compile_graph(export_model(model), model.config.timestep, dump_ir=tmp)
-    assert [p.name for p in sorted(tmp.iterdir())] == [
-        "01-import_nir.json", "02-partition_host.json", "03-reassociate.json", "04-specialise_selection.json",
-        "05-balance_delays.json", "06-fold_thresholds.json", "07-split_signs.json", "08-quantize.json",
-        "09-guide_thresholds.json", "10-map_cores.json",
-    ]
-
-
 def test_threshold_guidance_survives_quantization_or_is_refused():
-    model = make_model("digits-mlp")
-    graph = export_model(model)
-    plain = compile_graph(graph, model.config.timestep)
-    guided = compile_graph(graph, model.config.timestep, threshold_scale=0.997)
+    dep = deploy(make_model("digits-mlp"))
+    plain = compile_model(dep).graph
+    guided = compile_model(dep, threshold_scale=0.997).graph
     for name, p in guided.nodes.items():
         if isinstance(p, Population) and p.role == "neuron":
             before = plain.nodes[name].fixed["vth"]
             assert p.fixed["vth"] == round(plain.nodes[name].threshold * 0.997 * p.scale) != before
             assert p.threshold == pytest.approx(plain.nodes[name].threshold * 0.997)
     with pytest.raises(GraphError, match="rounds away in"):
-        compile_graph(graph, model.config.timestep, threshold_scale=1.00001)
+        compile_model(dep, threshold_scale=1.00001)
 
 
-def test_quantize_weights_follow_lava_rules():
+def test_quantize_weights_follow_the_targets_rules():
     mixed, exp, err = quantize_weights(np.array([0.5, -0.25, 0.001]), 1024.0, FIXED)
     assert exp == 2 and np.all(mixed % 2 == 0) and err < 0.01  # mixed sign: Lava drops the low bit
     single, exp, _ = quantize_weights(np.array([0.5, 0.25]), 1000.0, FIXED)
@@ -155,7 +139,7 @@ def test_out_of_range_parameters_are_all_listed():
     edges = [("input", "a"), ("a", "n1"), ("n1", "b"), ("b", "n2"), ("n2", "c"), ("c", "n3"), ("n3", "d"),
              ("d", "output")]
     with pytest.raises(GraphError) as err:
-        compile_graph(_graph_with(nodes, edges), timestep=2)
+        compile_nir(_graph_with(nodes, edges), timestep=2)
     message = str(err.value)
     assert "n2: threshold 1 rounds to vth 0" in message and "n3: threshold 1" in message
     assert "2 parameter(s)" in message
@@ -168,27 +152,30 @@ def test_unknown_and_non_finite_nodes_are_refused():
         "output": nir.Output(output_type=np.array([1, 2, 2])),
     }
     with pytest.raises(GraphError, match="pool: NIR node type SumPool2d has no lowering"):
-        compile_graph(_graph_with(nodes, [("input", "pool"), ("pool", "output")]), timestep=1)
+        compile_nir(_graph_with(nodes, [("input", "pool"), ("pool", "output")]), timestep=1)
     nodes = {
         "input": nir.Input(input_type=np.array([2])),
         "a": nir.Affine(weight=np.array([[np.nan, 0], [0, 1]]), bias=np.zeros(2)),
         "output": nir.Output(output_type=np.array([2])),
     }
     with pytest.raises(GraphError, match="non-finite"):
-        compile_graph(_graph_with(nodes, [("input", "a"), ("a", "output")]), timestep=1)
+        compile_nir(_graph_with(nodes, [("input", "a"), ("a", "output")]), timestep=1)
 
 
 def test_build_directory_round_trip(tmp):
-    model = make_model("digits-unet")
-    graph = export_model(model)
-    ir = compile_graph(graph, model.config.timestep)
-    write_build(tmp / "build", ir, graph, {"arch": "spiking-unet"}, None)
-    back = read_build(tmp / "build").graph
-    assert set(back.nodes) == set(ir.nodes) and len(back.edges) == len(ir.edges)
-    for a, b in zip(ir.edges, back.edges):
-        assert (a.src, a.dst, a.delay, a.op.geometry()) == (b.src, b.dst, b.delay, b.op.geometry())
-        assert np.array_equal(a.fixed["weight"], b.fixed["weight"]) if a.fixed else not b.fixed
-    for name, node in ir.nodes.items():
-        if isinstance(node, Population):
-            assert np.array_equal(node.fixed["bias_mant"], back.nodes[name].fixed["bias_mant"])
-            assert node.fixed["vth"] == back.nodes[name].fixed["vth"]
+    from snc.compiler.build import read_build, write_build
+
+    build = compile_model(make_model("digits-unet")).build
+    write_build(tmp / "build", build, None)
+    back = read_build(tmp / "build")
+    for mode in ("fixed", "float"):
+        a, b = build.netlist(mode), back.netlist(mode)
+        assert a.groups.keys() == b.groups.keys() and [s.name for s in a.synapses] == [s.name for s in b.synapses]
+        for s, t in zip(a.synapses, b.synapses):
+            assert (s.src, s.dst, s.delay, s.op.geometry()) == (t.src, t.dst, t.delay, t.op.geometry())
+            assert np.array_equal(s.op.weight, t.op.weight) and s.op.weight.dtype == t.op.weight.dtype
+        for name, g in a.groups.items():
+            h = b.groups[name]
+            assert np.array_equal(g.bias_mant, h.bias_mant) and (g.vth, g.du, g.dv, g.role) == (h.vth, h.du, h.dv, h.role)
+        assert [(h.src, h.dst, h.origin) for h in a.host_ops] == [(h.src, h.dst, h.origin) for h in b.host_ops]
+    assert back.has_host and back.host.model.config == build.host.model.config

@@ -20,20 +20,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
 
-from snc.compiler.build import Build, read_build
-from snc.compiler.export import export_model
-from snc.compiler.ir import Population
 from snc.compiler.linear import LinearOp
-from snc.compiler.lower import Netlist, NeuronGroup, ReadoutPort, Synapse, lower
-from snc.compiler.pipeline import compile_graph
+from snc.compiler.netlist import Netlist, NeuronGroup, ReadoutPort, Synapse, netlist_currents
 from snc.errors import SncError
 from snc.models.checkpoint import shipped_checkpoint
-from snc.runtime.compiled import calibrator, host_inputs, load_host_model, noisy_inputs
-from snc.runtime.emulator import EmuNetwork, lava_weights
-from snc.runtime.ir_executor import host_currents
-from snc.runtime.lava_backend import LavaNetwork
+from snc.runtime.backends import netlist_backend
+from snc.runtime.backends.emu_synapses import lava_weights
+from snc.runtime.backends.emulator import EmuNetwork
+from snc.runtime.backends.lava import LavaNetwork
 
-from conftest import make_model, run_snc
+from conftest import compile_model, deploy, make_model, run_snc
 from test_cli import _clean_error, _ok
 
 
@@ -50,7 +46,7 @@ def _assert_same_trace(lava, emu, net: Netlist) -> None:
 
 def _run_both(net: Netlist, batch: int, steps: int, currents: dict[str, np.ndarray]) -> None:
     emu = EmuNetwork(net, batch, record=True).trace(steps, currents)
-    with LavaNetwork(net, "fixed", batch, record=True) as lava:
+    with LavaNetwork(net, batch, record=True) as lava:
         _assert_same_trace(lava.trace(steps, currents), emu, net)
 
 
@@ -169,6 +165,7 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
     return net, batch, draw(st.integers(6, 14)), currents
 
 
+@pytest.mark.lava
 @settings(max_examples=20, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(netlists())
@@ -177,6 +174,7 @@ def test_random_netlists_equal_lava_at_every_step(case):
     _run_both(net, batch, steps, currents)
 
 
+@pytest.mark.lava
 def test_a_gained_identity_synapse_is_not_a_delay_line():
     """A relay-shaped group fed by a gained (or recurrent) identity synapse must be integrated, not copied."""
     n = 4
@@ -197,6 +195,7 @@ def full(shape, value: int) -> np.ndarray:
     return np.full(shape, value, dtype=np.int64)
 
 
+@pytest.mark.lava
 def test_extreme_values_wrap_and_saturate_like_lava():
     """A netlist built to hit every overflow rule: the int32 wrap of ``a_in << 6``, the one-step
     24-bit wrap of u, v's saturation, Conv's 24-bit wrap, floor shifts, even mixed-sign weights."""
@@ -224,30 +223,19 @@ def test_extreme_values_wrap_and_saturate_like_lava():
     assert np.abs(emu.u["wide"]).max() > 2**30  # a_in << 6 wrapped at int32: u leaves 24 bits, as in Lava
     a_in = 1100 * 10 * 2**4 + (-3 * 1100 >> 8)  # u24 plus the floor of floor's right shift
     assert emu.u["narrow"][-1, 0, 0] == a_in * 64 - 2**24  # the one-step 24-bit wrap of u
-    with LavaNetwork(net, "fixed", 1, record=True) as lava:
+    with LavaNetwork(net, 1, record=True) as lava:
         _assert_same_trace(lava.trace(12, {}), emu, net)
 
 
 # --- compiled models ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def unet_build(tmp_path_factory) -> Build:
-    """The shipped digits U-Net compiled by ``snc compile`` (as a user would)."""
-    out = tmp_path_factory.mktemp("emu") / "unet"
-    _ok(run_snc("compile", str(shipped_checkpoint("digits-unet")), "--target", "loihi2", "-o", str(out)))
-    return read_build(out)
-
-
-@pytest.fixture(scope="module")
 def digits_unet(unet_build):
-    return load_host_model(unet_build), unet_build.nir_graph, unet_build.graph
+    """The shipped U-Net's build (the session's, compiled as a user would) and its fixed netlist."""
+    return unet_build, unet_build.netlist("fixed")
 
 
-def _call_currents(model, nir_graph, ir, batch: int, timesteps: list[int]) -> list[dict[str, np.ndarray]]:
-    out = []
-    for x, t in noisy_inputs(model, batch, timesteps, seed=0):
-        currents = host_currents(ir, host_inputs(model, nir_graph, x.double(), t))
-        out.append({k: v.numpy() for k, v in currents.items()})
-    return out
+def _call_currents(host, net: Netlist, batch: int, timesteps: list[int]) -> list[dict[str, np.ndarray]]:
+    return [netlist_currents(net, host.call_inputs(x.double(), t)) for x, t in host.noisy_inputs(batch, timesteps, 0)]
 
 
 def _assert_same_calls(lava, emu_nets, calls) -> None:
@@ -261,36 +249,35 @@ def _assert_same_calls(lava, emu_nets, calls) -> None:
                 assert np.array_equal(result.spikes[name], spikes), name
 
 
+@pytest.mark.lava
 def test_digits_unet_calls_and_state_equal_lava(digits_unet):
     """Three calls (diffusion steps 900, 500, 100), then every step's u and v for a few steps."""
-    model, nir_graph, ir = digits_unet
-    calls = _call_currents(model, nir_graph, ir, 2, [900, 500, 100])
-    every_step = EmuNetwork(ir, 2, record=True)
-    windows = EmuNetwork(ir, 2, record=True, windows_only=True)
+    build, net = digits_unet
+    calls = _call_currents(build.host, net, 2, [900, 500, 100])
+    every_step = EmuNetwork(net, 2, record=True)
+    windows = EmuNetwork(net, 2, record=True, windows_only=True)
     assert windows.windowed
-    assert len(every_step.lines) == sum(p.role == "relay" for p in ir.of_type(Population))  # all proven delay lines
-    with LavaNetwork(ir, "fixed", 2, record=True) as lava:
+    assert len(every_step.lines) == sum(g.role == "relay" for g in net.groups.values())  # all proven delay lines
+    with LavaNetwork(net, 2, record=True) as lava:
         _assert_same_calls(lava, [every_step, windows], calls)
-        _assert_same_trace(lava.trace(2, calls[0]), every_step.trace(2, calls[0]), lower(ir, "fixed"))
+        _assert_same_trace(lava.trace(2, calls[0]), every_step.trace(2, calls[0]), net)
 
 
+@pytest.mark.lava
 def test_digits_mlp_calls_and_state_equal_lava():
-    model = make_model("digits-mlp").double()
-    nir_graph = export_model(model)
-    ir = compile_graph(nir_graph, model.config.timestep, calibrate=calibrator(model, nir_graph, n=2))
-    calls = _call_currents(model, nir_graph, ir, 4, [950, 700, 400, 150, 10])
-    every_step = EmuNetwork(ir, 4, record=True)
-    windows = EmuNetwork(ir, 4, record=True, windows_only=True)
+    dep = deploy(make_model("digits-mlp").double())
+    net = compile_model(dep, calibration=2).build.netlist("fixed")
+    calls = _call_currents(dep.host, net, 4, [950, 700, 400, 150, 10])
+    every_step = EmuNetwork(net, 4, record=True)
+    windows = EmuNetwork(net, 4, record=True, windows_only=True)
     assert windows.windowed
-    with LavaNetwork(ir, "fixed", 4, record=True) as lava:
+    with LavaNetwork(net, 4, record=True) as lava:
         _assert_same_calls(lava, [every_step, windows], calls)
-        net = lower(ir, "fixed")
         _assert_same_trace(lava.trace(7, calls[1]), every_step.trace(7, calls[1]), net)
 
 
 def test_windows_only_needs_a_separable_netlist_and_has_no_trace(digits_unet):
-    _, _, ir = digits_unet
-    net = lower(ir, "fixed")
+    _, net = digits_unet
     windows = EmuNetwork(net, 1, windows_only=True)
     with pytest.raises(SncError, match="no trace"):
         windows.trace(3, {})
@@ -310,19 +297,19 @@ def test_bad_netlists_are_one_clear_error():
     assert "\n" not in message
     for needle in ("du 5000", "vth 131072", "bias_exp", "nowhere"):
         assert needle in message
-    with pytest.raises(SncError, match="fixed_pt semantics only"):
-        from snc.runtime.chip import open_network
-        open_network(net, "emu", mode="float")
+    with pytest.raises(SncError, match="emulator of Lava fixed_pt"):
+        netlist_backend("emu").network(replace(net, mode="float"))
 
 
 # --- the command line ------------------------------------------------------------------------------
+@pytest.mark.lava
 def test_verify_and_sample_on_emu(unet_build, tmp):
     report = json.loads(_ok(run_snc("verify", str(unet_build.path), "--backends", "lava,emu", "-n", "1",
                                     "--json")).stdout)
     assert report["agreement"]["emu_vs_lava_fixed"] == 1.0
-    assert report["readout_identical"] == {"emu_vs_lava_fixed": True}
+    assert report["readout_identical"] == {"emu_vs_lava_fixed": True} and report["exact"]
     assert report["output_rel_error"]["emu_vs_lava_fixed"] == 0.0
-    assert report["agreement"]["emu_vs_torch"] == report["agreement"]["fixed_vs_torch"]
+    assert report["agreement"]["emu_vs_torch"] == report["agreement"]["lava_fixed_vs_torch"]
     res = json.loads(_ok(run_snc("sample", str(unet_build.path), "--backend", "emu", "--steps", "3", "-n", "2",
                                  "-o", str(tmp / "emu.png"), "--json")).stdout)
     assert res["backend"] == "emu" and res["mode"] == "fixed" and np.load(tmp / "emu.npy").shape == (2, 1, 8, 8)
@@ -331,6 +318,6 @@ def test_verify_and_sample_on_emu(unet_build, tmp):
 def test_emu_usage_errors(unet_build, tmp):
     build = str(unet_build.path)
     _clean_error(run_snc("sample", build, "--backend", "emu", "--mode", "float", "-o", str(tmp / "x.png")),
-                 "fixed_pt only")
+                 "emulator of Lava fixed_pt")
     _clean_error(run_snc("sample", str(shipped_checkpoint("digits-unet")), "--backend", "emu"), "needs a build")
-    _clean_error(run_snc("verify", build, "--backends", "lava,gpu"), "--backends takes")
+    _clean_error(run_snc("verify", build, "--backends", "emu,gpu"), "--backends takes")

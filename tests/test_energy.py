@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import nir
 import numpy as np
 import pytest
 
-from snc.compiler.ir import Edge, Graph, Population
 from snc.compiler.linear import LinearOp
+from snc.compiler.netlist import Netlist, NeuronGroup, ReadoutPort, Synapse
+from snc.compiler.pass_manager import CompileContext, CompileOptions
 from snc.compiler.passes import map_cores
-from snc.compiler.pipeline import compile_graph
+from snc.compiler.targets import get_target
 from snc.errors import GraphError
 from snc.hw_profiles import available, load_profile
-from snc.runtime.energy import ENERGY_KEYS, NirLayer, exact_sops, fan_outs, layer_sops, nir_layers
+from snc.runtime.energy import ENERGY_KEYS, LoweredCount, NirLayer, NirModel, exact_sops, layer_sops
 
-from conftest import run_snc
-
-
-def _population(name: str, shape: tuple) -> Population:
-    return Population(name, shape, threshold=1.0, decay=1.0, bias=np.zeros(shape))
+from conftest import compile_nir, run_snc
 
 
-def _chain(op: LinearOp) -> Graph:
-    a, b = _population("a", op.in_shape), _population("b", op.out_shape)
-    return Graph({"a": a, "b": b}, [Edge("a", "b", op)], timestep=4)
+def _group(name: str, shape: tuple) -> NeuronGroup:
+    n = int(np.prod(shape))
+    return NeuronGroup(name, shape, 4095, 0, 10, np.zeros(n, np.int64), np.zeros(n, np.int64))
+
+
+def _chain(op: LinearOp) -> LoweredCount:
+    """A netlist a -> b through ``op`` (its weights as integers), and a readout of b."""
+    a, b = _group("a", op.in_shape), _group("b", op.out_shape)
+    op = LinearOp(op.kind, op.in_shape, op.out_shape, op.weight.astype(np.int64), op.stride, op.padding, op.upsample)
+    out = LinearOp("identity", op.out_shape, op.out_shape, np.ones(1, np.int64))
+    net = Netlist("fixed", {"a": a, "b": b}, [Synapse("ab", "a", "b", "sparse", op), Synapse("bo", "b", "out", "sparse", out)],
+                  ReadoutPort("out", op.out_shape, 1.0, 1), timestep=4)
+    net.check()
+    return LoweredCount(net)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -47,8 +56,7 @@ def test_exact_sops_of_a_padded_3x3_conv_on_a_known_spike_map():
     assert op.fan_out().reshape(4, 4).tolist() == [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]
     spikes = np.zeros((4, 4))
     spikes[0, 0], spikes[0, 1], spikes[1, 1] = 2, 1, 3  # spikes per neuron over the T=4 steps
-    graph = _chain(op)
-    sops = exact_sops(fan_outs(graph), {"a": spikes.reshape(-1), "b": np.zeros(16)})
+    sops = exact_sops(_chain(op).fan_outs(), {"a": spikes.reshape(-1), "b": np.zeros(16)})
     assert sops["a"] == 2 * 4 + 1 * 6 + 3 * 9
     # the papers' fr x T x FLOPs charges every spike a full 3x3 kernel: 6 spikes x 9
     layer = NirLayer("conv", "conv3x3/s1", op.dense_macs(), "spikes", "a")
@@ -60,7 +68,7 @@ def test_exact_sops_of_a_dense_layer_skip_zero_weights():
     w = np.array([[1.0, 0, 2, 0], [0, 0, 1, 0], [3, 0, 0, 1]])
     op = LinearOp.dense(w, (4,), (3,))
     spikes = np.array([1.0, 5, 2, 1])
-    sops = exact_sops(fan_outs(_chain(op)), {"a": spikes, "b": np.zeros(3)})
+    sops = exact_sops(_chain(op).fan_outs(), {"a": spikes, "b": np.zeros(3)})
     assert sops["a"] == 1 * 2 + 5 * 0 + 2 * 2 + 1 * 1
 
 
@@ -92,12 +100,12 @@ def _delayed_and_reassociated_graph() -> tuple[nir.NIRGraph, dict[str, np.ndarra
 
 def test_exact_sops_through_reassociated_and_delayed_synapses():
     nir_graph, w = _delayed_and_reassociated_graph()
-    graph = compile_graph(nir_graph, timestep=4)
-    relays = [p.name for p in graph.of_type(Population) if p.role == "relay"]
+    net = compile_nir(nir_graph, timestep=4).build.netlist("fixed")
+    relays = [g.name for g in net.groups.values() if g.role == "relay"]
     assert relays == ["a.delay1"]  # a -> output is one step shorter than a -> b -> output
     spikes = {"a": np.array([1.0, 2, 0, 3]), "b": np.array([0.0, 1, 1, 2])}
     spikes["a.delay1"] = spikes["a"]  # a relay repeats its source
-    sops = exact_sops(fan_outs(graph), spikes)
+    sops = exact_sops(LoweredCount(net).fan_outs(), spikes)
     nonzero = lambda m: (m != 0).sum(axis=0)  # noqa: E731  synapses per source neuron
     assert sops["a"] == spikes["a"] @ (nonzero(w["w21"]) + 1)  # composed synapses + one into the relay
     assert sops["a.delay1"] == spikes["a"] @ nonzero(w["w5"])
@@ -106,7 +114,7 @@ def test_exact_sops_through_reassociated_and_delayed_synapses():
 
 def test_real_valued_inputs_are_charged_as_macs():
     nir_graph, _ = _delayed_and_reassociated_graph()
-    layers = {layer.name: layer for layer in nir_layers(nir_graph, timestep=4)}
+    layers = {layer.name: layer for layer in NirModel(nir_graph, timestep=4).layers}
     assert layers["A"].reads == "host"  # the analog input: MACs once per call on the host
     assert layers["W1"].reads == "spikes" and layers["W1"].source == "a"
     assert layers["W2"].reads == "real"  # W1's output is real-valued: W2 multiplies
@@ -127,21 +135,24 @@ def test_every_profile_has_energy_and_sources():
 
 def test_drc_lists_every_violation_at_once():
     nir_graph, _ = _delayed_and_reassociated_graph()
-    graph = compile_graph(nir_graph, timestep=4)
+    graph = compile_nir(nir_graph, timestep=4).graph
+    net = graph.netlists["fixed"]
     tiny = {"name": "tiny", "resources": {"neurons_per_core": 2, "synaptic_memory_kib_per_core": 1 / 1024,
                                           "synapse_bits": 4, "cores_per_chip": 2, "chips": 1, "weight_bits": 4,
                                           "max_delay": 0}}
-    report = map_cores.map_to_cores(graph, tiny)
+    report = map_cores.map_to_cores(net, tiny)
     assert [g["cores"] for g in report["groups"] if g["group"] == "a"] == [2]  # 4 neurons, 2 per core
     text = "\n".join(report["violations"])
     assert "chips of 2 cores; the target has 1" in text
     assert "b: one neuron has 3 synapses, more than a core's 2" in text
     assert "a.delay1->output: weights [0, 128] exceed 4 magnitude bits and a sign" in text
+    target = copy.copy(get_target("loihi2"))  # a target with these limits
+    target.profile = tiny
     with pytest.raises(GraphError) as err:
-        map_cores.run(graph, tiny)
+        map_cores.run(graph, CompileContext(target, 4))
     assert f"{len(report['violations'])} violation(s)" in str(err.value)
-    assert map_cores.run(graph, tiny, allow_oversize=True) is graph
-    int8 = "\n".join(map_cores.map_to_cores(graph, load_profile("cmos45nm-int8"))["violations"])
+    assert map_cores.run(graph, CompileContext(target, 4, options=CompileOptions(allow_oversize=True))) is graph
+    int8 = "\n".join(map_cores.map_to_cores(net, load_profile("cmos45nm-int8"))["violations"])
     assert "weights [0, 128] exceed 8-bit two's complement" in int8  # Loihi's 8 bits + sign are 9 in int8
 
 

@@ -4,18 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from snc.compiler.export import export_model
 from snc.compiler.nir_io import NearestUpsample2d, node_arrays, read_graph, write_graph
 from snc.errors import GraphError
 from snc.models.neurons import NeuronConfig
-from snc.runtime.host import core_inputs
 from snc.runtime.nir_reference import NIRReference
 
-from conftest import make_model
+from conftest import export, host_of, make_model
+
+
+def core_inputs(model, graph, x, t):
+    return host_of(model, graph).core_inputs(x, t, None)
 
 
 def _roundtrip(tmp, model):
-    graph = export_model(model)
+    graph = export(model)
     write_graph(tmp / "g.nir", graph)
     return graph, read_graph(tmp / "g.nir")
 
@@ -50,7 +52,7 @@ def test_unet_uses_extension_nodes_that_only_snc_reads(tmp):
 
 
 def test_unet_graph_structure(tmp):
-    graph = export_model(make_model("digits-unet"))
+    graph = export(make_model("digits-unet"))
     kinds = {type(n).__name__ for n in graph.nodes.values()}
     assert "BatchNorm" not in kinds and kinds <= {"Input", "Output", "Conv2d", "IF", "Scale", "NearestUpsample2d"}
     # the concat of the first up block is split by input part, not concatenated
@@ -138,4 +140,4 @@ def test_ann_twin_does_not_export():
     arch, config = m.preset("digits-mlp")
     ann = m.build_model(arch, dataclasses.replace(config, spiking=False, timestep=1)).eval()
     with pytest.raises(SncError, match="ANN twin"):
-        export_model(ann)
+        export(ann)

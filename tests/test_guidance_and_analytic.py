@@ -12,7 +12,6 @@ import torch
 from snc.compiler.build import read_build
 from snc.models.diffusion import Schedule
 from snc.models.neurons import IFNeuron
-from snc.runtime.compiled import load_host_model
 from snc.runtime.samplers import (PIXEL, analytic_variance, analytic_variances, ddim_timesteps,
                                   last_step_variance_cap, sample)
 
@@ -20,6 +19,7 @@ from conftest import run_snc
 from test_cli import _clean_error, _ok
 
 
+@pytest.mark.slow
 def test_guided_compile_and_analytic_sampling(tmp):
     ckpt, build = tmp / "mlp.pt", tmp / "b"
     _ok(run_snc("train", "--preset", "digits-mlp", "--steps", "2", "-o", str(ckpt)))
@@ -44,7 +44,7 @@ def test_guided_compile_and_analytic_sampling(tmp):
     assert len(moments["gamma"]) == 5 and all(0 < g < 2 for g in moments["gamma"].values())
 
     # the torch side of a guided build (sample --backend torch, verify, energy) is the guided model
-    host = load_host_model(read_build(build))
+    host = read_build(build).host.model
     assert {m.config.threshold for m in host.modules() if isinstance(m, IFNeuron)} == {0.997}
     _clean_error(run_snc("sample", str(build), "--threshold-scale", "nan", "-o", str(tmp / "x.png")),
                  "positive finite")

@@ -13,7 +13,7 @@ import snc.models as m
 from snc.models.lateral import LateralConfig, SpikingLateralTransformer, top_k_mask
 from snc.models.neurons import NeuronConfig
 
-from conftest import make_model
+from conftest import compile_model, compile_nir, deploy, make_model
 
 TINY = LateralConfig(img_size=8, img_ch=1, hidden=16, depth=2, mlp_ratio=2, timestep=3)
 
@@ -111,49 +111,49 @@ def _active_circuits(seed: int = 1) -> SpikingLateralTransformer:
     return model
 
 
+@pytest.mark.lava
 def test_lateral_circuits_select_the_same_experts_on_lava_as_in_torch():
-    from snc.compiler.export import export_selection
-    from snc.compiler.lower import lower
-    from snc.compiler.pipeline import compile_graph
-    from snc.runtime.emulator import EmuNetwork
-    from snc.runtime.host import core_inputs
-    from snc.runtime.ir_executor import host_currents, run_ir
-    from snc.runtime.lava_backend import LavaNetwork
+    from snc.compiler.frontends.lateral import selection_deployable
+    from snc.compiler.ir_executor import run_ir
+    from snc.compiler.netlist import netlist_currents
+    from snc.runtime.backends.emulator import EmuNetwork
+    from snc.runtime.backends.lava import LavaNetwork
     from snc.runtime.nir_reference import NIRReference
 
     from test_emulator import _assert_same_trace
 
     model = _active_circuits()
     cfg = model.config
-    graph = export_selection(model)
-    ir = compile_graph(graph, cfg.timestep, "lateral-selection")
+    dep = selection_deployable(model)
+    graph, result = dep.nir_graph, compile_model(dep)
+    ir = result.graph
     loops = [e for e in ir.edges if e.lag]
     assert loops and all(e.src == e.dst and e.lag == 1 and e.delay == 0 for e in loops)  # Lava's one step
     t = torch.tensor([0, 50, 200, 400, 600, 800, 950, 999])  # 8 inputs: the selection depends on t alone
     with torch.no_grad():
         h, delta = model.selection(t)
-        inputs = core_inputs(model, graph, torch.zeros(8, 1, 8, 8, dtype=torch.float64), t)
+        inputs = dep.host.core_inputs(torch.zeros(8, 1, 8, 8, dtype=torch.float64), t, None)
     assert 0.1 < delta.mean() < 0.9
     omega = [f"blocks.{r}.selection.omega" for r in range(cfg.depth)]
     ref = NIRReference(graph).run(inputs, record=True)
     run = run_ir(ir, {k: v[0] for k, v in inputs.items()}, record=True)
     for r, name in enumerate(omega):
         assert torch.equal(ref[name], delta[r]) and torch.equal(run.spikes[name], delta[r]), name
-    currents = {k: v.numpy() for k, v in host_currents(ir, {k: v[0] for k, v in inputs.items()}).items()}
-    with LavaNetwork(ir, "float", batch=8, record=True) as lava:
+    net = result.build.netlist("fixed")
+    currents = netlist_currents(net, {k: v[0] for k, v in inputs.items()})
+    with LavaNetwork(result.build.netlist("float"), batch=8, record=True) as lava:
         calls = [lava.call(currents) for _ in range(2)]  # the second call starts from the first's state
-    for result in calls:
-        chip = torch.stack([torch.from_numpy(result.spikes[name].astype(np.float64)) for name in omega])
+    for call in calls:
+        chip = torch.stack([torch.from_numpy(call.spikes[name].astype(np.float64)) for name in omega])
         assert torch.equal(chip, delta)
         assert torch.equal(model.selection_from_spikes(t, chip), h)  # identical experts, every t and inner step
-    net = lower(ir, "fixed")
     steps = 2 * net.call_steps + 1
     emu = EmuNetwork(net, 8, record=True).trace(steps, currents)
-    with LavaNetwork(net, "fixed", 8, record=True) as lava:
+    with LavaNetwork(net, 8, record=True) as lava:
         _assert_same_trace(lava.trace(steps, currents), emu, net)
     windowed = EmuNetwork(net, 8, record=True, windows_only=True)
     assert windowed.windowed
-    with LavaNetwork(net, "fixed", 8, record=True) as lava:
+    with LavaNetwork(net, 8, record=True) as lava:
         for _ in range(2):
             a, b = windowed.call(currents), lava.call(currents)
             assert np.array_equal(a.readout, b.readout)
@@ -163,8 +163,7 @@ def test_lateral_circuits_select_the_same_experts_on_lava_as_in_torch():
 def test_a_cycle_without_a_delay_is_a_clear_error():
     import nir
 
-    from snc.compiler.export import export_selection
-    from snc.compiler.pipeline import compile_graph
+    from snc.compiler.frontends.lateral import export_selection
     from snc.errors import GraphError
 
     graph = export_selection(_model())
@@ -172,21 +171,21 @@ def test_a_cycle_without_a_delay_is_a_clear_error():
     edges = [(a, b) for a, b in graph.edges if not a.endswith(".delay") and not b.endswith(".delay")]
     edges += [(a.replace(".lateral", ".omega"), a) for a, _ in graph.edges if a.endswith(".lateral")]
     with pytest.raises(GraphError, match="cycle without a delay"):
-        compile_graph(nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata), TINY.timestep)
+        compile_nir(nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata), TINY.timestep)
 
 
+@pytest.mark.lava
 def test_feed_forward_delays_gains_after_them_and_builds_keep_lags(tmp):
     """P -> Delay -> Affine -> StepScale -> B (a lag with a per-step gain) beside a plain path, saved and reloaded."""
     import nir
 
     from snc.compiler.build import read_build, write_build
-    from snc.compiler.export import neuron_node
-    from snc.compiler.lower import lower
+    from snc.compiler.frontends.nir_builder import neuron_node
+    from snc.compiler.ir_executor import run_ir
+    from snc.compiler.netlist import netlist_currents
     from snc.compiler.nir_io import NIR_DT, StepScale
-    from snc.compiler.pipeline import compile_graph
-    from snc.runtime.emulator import EmuNetwork
-    from snc.runtime.ir_executor import host_currents, run_ir
-    from snc.runtime.lava_backend import LavaNetwork
+    from snc.runtime.backends.emulator import EmuNetwork
+    from snc.runtime.backends.lava import LavaNetwork
     from snc.runtime.nir_reference import NIRReference
 
     from test_emulator import _assert_same_trace
@@ -207,7 +206,8 @@ def test_feed_forward_delays_gains_after_them_and_builds_keep_lags(tmp):
     edges = [("input", "p"), ("p", "delay"), ("delay", "w"), ("w", "scale"), ("scale", "b"), ("p", "v"), ("v", "b"),
              ("b", "read"), ("read", "output")]
     graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={})
-    ir = compile_graph(graph, T)
+    result = compile_nir(graph, T)
+    ir = result.graph
     lagged = [e for e in ir.edges if e.lag]
     assert lagged and all(e.src in ("p", "p.delay1") and e.dst == "b" and e.gain is not None for e in lagged)
     x = torch.as_tensor(rng.uniform(0.3, 1.6, (3, n)))
@@ -215,16 +215,17 @@ def test_feed_forward_delays_gains_after_them_and_builds_keep_lags(tmp):
     run = run_ir(ir, {"input": x}, record=True)
     assert torch.equal(run.spikes["b"], ref["b"]) and torch.allclose(run.readout, ref["output"], atol=1e-12)
     assert 0 < ref["b"].mean() < 1
-    write_build(tmp / "build", ir, graph, {"arch": "test"}, None)
-    back = read_build(tmp / "build").graph
-    assert [(e.name, e.lag) for e in back.edges] == [(e.name, e.lag) for e in ir.edges]
-    net = lower(back, "fixed")
-    currents = {k: v.numpy() for k, v in host_currents(back, {"input": x}).items()}
+    write_build(tmp / "build", result.build, None)
+    back = read_build(tmp / "build")
+    net = back.netlist("fixed")
+    assert [(s.name, s.lag) for s in net.synapses] == [(s.name, s.lag) for s in result.build.netlist("fixed").synapses]
+    assert any(s.lag for s in net.synapses) and not back.has_host
+    currents = netlist_currents(net, {"input": x})
     steps = 2 * net.call_steps + 1
     emu = EmuNetwork(net, 3, record=True).trace(steps, currents)
-    with LavaNetwork(net, "fixed", 3, record=True) as lava:
+    with LavaNetwork(net, 3, record=True) as lava:
         _assert_same_trace(lava.trace(steps, currents), emu, net)
-    with LavaNetwork(back, "float", 3, record=True) as lava:
+    with LavaNetwork(back.netlist("float"), 3, record=True) as lava:
         for _ in range(2):
             assert np.array_equal(lava.call(currents).spikes["b"], ref["b"].numpy().astype(bool))
 
@@ -248,55 +249,47 @@ def _trained_like(cfg: LateralConfig = TINY) -> SpikingLateralTransformer:
 
 
 def _compiled(model: SpikingLateralTransformer, mode_calibrated: bool = True):
-    from snc.compiler.export import export_model
-    from snc.compiler.pipeline import compile_graph
-    from snc.runtime.compiled import calibrator, gate_table
-
-    graph = export_model(model)
-    calibrate = calibrator(model, graph, 2) if mode_calibrated else None
-    return graph, compile_graph(graph, model.config.timestep, "lateral-transformer", calibrate=calibrate,
-                                gate_table=gate_table(model))
+    """(deployable, compile result) of a lateral transformer (calibrated on 2 images)."""
+    dep = deploy(model)
+    return dep, compile_model(dep, calibration=2 if mode_calibrated else 0)
 
 
 def test_whole_denoiser_exports_and_compiles_to_the_torch_function():
     """NIR reference (float64) and the compiled IR (population form) compute the model's epsilon."""
+    from snc.compiler.frontends.lateral import from_grid
+    from snc.compiler.ir_executor import run_ir
     from snc.compiler.nir_io import Gate
-    from snc.runtime.compiled import call_gates, host_inputs, noisy_inputs
-    from snc.runtime.host import core_inputs, from_grid, gate_values
-    from snc.runtime.ir_executor import run_ir
     from snc.runtime.nir_reference import NIRReference
 
     model = _trained_like()
-    graph, ir = _compiled(model, mode_calibrated=False)
+    dep, result = _compiled(model, mode_calibrated=False)
+    graph, ir, host, net = dep.nir_graph, result.graph, dep.host, result.build.netlist("fixed")
     gates = [n.key for n in graph.nodes.values() if isinstance(n, Gate)]
     assert len(gates) == 2 * TINY.depth * TINY.experts  # an on/off and a weight gate per expert
     assert "blocks.0.attention.kv_and" in ir.nodes and ir.nodes["blocks.0.attention.kv_and"].decay == 0.0
-    for x, t in noisy_inputs(model, 3, [10, 500, 990], seed=0):
+    for x, t in host.noisy_inputs(3, [10, 500, 990], seed=0):
         expected = model(x.double(), t)
-        g = {k: v[0].numpy() for k, v in gate_values(model, t[:1]).items()}  # the model's own, unspecialised
-        out = NIRReference(graph).run(core_inputs(model, graph, x.double(), t, g), gates=g)["output"]
+        g = {k: v[0].numpy() for k, v in host.gate_values(t[:1]).items()}  # the model's own, unspecialised
+        out = NIRReference(graph).run(host.core_inputs(x.double(), t, g), gates=g)["output"]
         assert torch.allclose(model.decode(from_grid(out)), expected, atol=1e-9)
-        specialised = call_gates(ir, t)
-        run = run_ir(ir, host_inputs(model, graph, x, t, specialised), gates=specialised)
+        specialised = net.call_gates(t)
+        run = run_ir(ir, host.call_inputs(x, t, specialised), gates=specialised)
         assert torch.allclose(model.decode(from_grid(run.readout)), expected, atol=1e-9)
 
 
 def test_specialisation_switches_idle_experts_off_and_keeps_every_number():
     """An expert unused at every inner step of a diffusion step gets no input: it fires nothing and the
     call's readout (bit-exact emulator of Lava fixed_pt) is the same as with every expert on."""
-    from snc.compiler.lower import lower
-    from snc.runtime.compiled import call_gates, host_inputs, noisy_inputs
-    from snc.runtime.emulator import EmuNetwork
-    from snc.runtime.ir_executor import host_currents
-    from snc.runtime.verify import switched_off
+    from snc.compiler.netlist import netlist_currents
+    from snc.runtime.backends.emulator import EmuNetwork
 
     model = _trained_like()
-    graph, ir = _compiled(model)
-    log = next(e for e in ir.log if e["pass"] == "specialise_selection")
+    dep, result = _compiled(model)
+    log = next(e for e in result.graph.log if e["pass"] == "specialise_selection")
     assert log["switched_off"] and all(k.endswith(".active") for k in log["switched_off"])
-    net = lower(ir, "fixed")
-    (x, t), = noisy_inputs(model, 2, [300], seed=1)
-    off = switched_off(ir, 300)
+    net = result.build.netlist("fixed")
+    (x, t), = dep.host.noisy_inputs(2, [300], seed=1)
+    off = net.switched_off(300)
     h, _ = model.selection(t[:1])
     idle = {f"blocks.{r}.experts.{i}.neuron" for r in range(TINY.depth) for i in range(TINY.experts)
             if not h[r, :, 0, i].any()}
@@ -304,51 +297,49 @@ def test_specialisation_switches_idle_experts_off_and_keeps_every_number():
     results = {}
     with EmuNetwork(net, batch=2, record=True) as emu:
         for specialised in (True, False):
-            gates = call_gates(ir, t, specialised)
-            currents = {k: v.numpy() for k, v in host_currents(ir, host_inputs(model, graph, x, t, gates)).items()}
-            results[specialised] = emu.call(currents, gates)
+            gates = net.call_gates(t, specialised)
+            results[specialised] = emu.call(netlist_currents(net, dep.host.call_inputs(x, t, gates)), gates)
     on, every = results[True], results[False]
     assert np.array_equal(on.readout, every.readout)
     for name in off:
         assert not on.spikes[name].any() and every.spikes[name].any(), name
 
 
+@pytest.mark.lava
 def test_lava_runs_the_whole_denoiser_as_torch_and_reprograms_gates_per_call():
     """Lava floating_pt agrees with torch spike for spike on two diffusion steps (gates re-programmed
     between the calls); Lava fixed_pt and the emulator agree exactly on both calls."""
-    from snc.compiler.lower import lower
-    from snc.runtime.compiled import call_gates, host_inputs, noisy_inputs
-    from snc.runtime.emulator import EmuNetwork
-    from snc.runtime.ir_executor import host_currents
-    from snc.runtime.lava_backend import LavaNetwork
-    from snc.runtime.verify import switched_off, torch_spikes
+    from snc.compiler.netlist import netlist_currents
+    from snc.runtime.backends.emulator import EmuNetwork
+    from snc.runtime.backends.lava import LavaNetwork
 
     model = _trained_like()
-    graph, ir = _compiled(model)
-    pairs = noisy_inputs(model, 2, [100, 800], seed=2)
+    dep, result = _compiled(model)
+    host, net = dep.host, result.build.netlist("fixed")
+    pairs = host.noisy_inputs(2, [100, 800], seed=2)
     calls = []
     for x, t in pairs:
-        gates = call_gates(ir, t)
-        calls.append((gates, {k: v.numpy() for k, v in host_currents(ir, host_inputs(model, graph, x, t, gates)).items()}))
+        gates = net.call_gates(t)
+        calls.append((gates, netlist_currents(net, host.call_inputs(x, t, gates))))
     assert any(not np.array_equal(calls[0][0][k], calls[1][0][k]) for k in calls[0][0])
     same = total = 0
-    with LavaNetwork(lower(ir, "float"), "float", batch=2, record=True) as lava:
+    with LavaNetwork(result.build.netlist("float"), batch=2, record=True) as lava:
         for (x, t), (gates, currents) in zip(pairs, calls):
-            result = lava.call(currents, gates)
-            _, expected = torch_spikes(model, ir, graph, x.double(), t)
-            for name, spikes in expected.items():
-                if name not in switched_off(ir, int(t[0])):
-                    same += int((result.spikes[name] == spikes).sum())
-                    total += spikes.size
+            spikes = lava.call(currents, gates).spikes
+            _, expected = host.reference(x.double(), t)
+            for name, reference in expected.items():
+                if name not in net.switched_off(int(t[0])):
+                    same += int((spikes[name] == reference).sum())
+                    total += reference.size
     assert same / total > 0.999, same / total
-    net = lower(ir, "fixed")
-    with LavaNetwork(net, "fixed", batch=2, record=True) as lava, EmuNetwork(net, batch=2, record=True) as emu:
+    with LavaNetwork(net, batch=2, record=True) as lava, EmuNetwork(net, batch=2, record=True) as emu:
         for gates, currents in calls:
             a, b = lava.call(currents, gates), emu.call(currents, gates)
             assert np.array_equal(a.readout, b.readout)
             assert all(np.array_equal(a.spikes[n], b.spikes[n]) for n in net.groups)
 
 
+@pytest.mark.slow
 def test_shipped_lateral_checkpoint_compiles_samples_in_chunks_and_reports_specialisation(tmp):
     """The CLI path of the trained model: compile, emulator samples the same whether a call holds every
     image or chunks of them, and the energy report counts fewer SOPs with the selection specialised."""

@@ -9,22 +9,18 @@ import pytest
 import torch
 
 import snc.models as m
-from snc.compiler.export import export_model
-from snc.compiler.ir import Linear, Population, step_bias
-from snc.compiler.lower import lower
+from snc.compiler.ir import Linear, Population
+from snc.compiler.ir_executor import run_ir
+from snc.compiler.netlist import netlist_currents
 from snc.compiler.nir_io import StepScale, read_graph, write_graph
-from snc.compiler.pipeline import compile_graph
 from snc.errors import GraphError
 from snc.models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
 from snc.models.train import TrainSettings, finetune_tsm
-from snc.runtime.compiled import calibrator, host_inputs
-from snc.runtime.host import core_inputs
-from snc.runtime.emulator import EmuNetwork
-from snc.runtime.ir_executor import host_currents, run_ir
-from snc.runtime.lava_backend import LavaNetwork
+from snc.runtime.backends.emulator import EmuNetwork
+from snc.runtime.backends.lava import LavaNetwork
 from snc.runtime.nir_reference import NIRReference
 
-from conftest import make_model, run_snc
+from conftest import compile_model, compile_nir, deploy, host_of, make_model, run_snc
 from test_cli import _clean_error, _ok
 from test_emulator import _assert_same_trace
 
@@ -54,6 +50,7 @@ def test_finetune_trains_the_scales_only():
     assert changed == {k for k in model.state_dict() if k.endswith("tsmp")}
 
 
+@pytest.mark.slow
 def test_tsm_finetune_on_the_command_line(tmp):
     out = tmp / "tsm.pt"
     _ok(run_snc("train", "--tsm-finetune", str(shipped_checkpoint("digits-unet")), "--steps", "2",
@@ -96,14 +93,15 @@ def _tiny_tsm(timestep: int = 3) -> m.SpikingUNetTSM:
 
 @pytest.fixture(scope="module")
 def tiny():
+    """(model, NIR graph, compiled IR and build, host inputs of a call, the core's output in torch)."""
     model = _tiny_tsm()
-    graph = export_model(model)
-    ir = compile_graph(graph, model.config.timestep, "spiking-unet-tsm", calibrate=calibrator(model, graph, n=2))
+    dep = deploy(model)
+    result = compile_model(dep, calibration=2)
     x = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     t = torch.tensor([20, 700])
     with torch.no_grad():
         expected = model.core(model.encode(x), model.time_biases(t))
-    return model, graph, ir, host_inputs(model, graph, x, t), expected
+    return model, dep.nir_graph, (result.graph, result.build), dep.host.call_inputs(x, t), expected
 
 
 def test_export_holds_step_scales_and_computes_the_model(tiny, tmp):
@@ -116,14 +114,14 @@ def test_export_holds_step_scales_and_computes_the_model(tiny, tmp):
     assert {n for n, node in back.nodes.items() if isinstance(node, StepScale)} == steps
     x = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     t = torch.tensor([3, 900])
-    out = NIRReference(back).run(core_inputs(model, back, x, t))["output"]
+    out = NIRReference(back).run(host_of(model, back).core_inputs(x, t, None))["output"]
     with torch.no_grad():
         expected = model.core(model.encode(x), model.time_biases(t))
     assert torch.allclose(out, expected.reshape(out.shape), rtol=0, atol=1e-12)
 
 
 def test_compiled_graph_has_per_step_gains_and_biases_and_computes_the_model(tiny):
-    model, graph, ir, inputs, expected = tiny
+    model, graph, (ir, _), inputs, expected = tiny
     assert not list(ir.of_type(Linear))
     gained = [e for e in ir.edges if e.gain is not None]
     assert gained and any(np.any(e.gain < 0) for e in gained)
@@ -140,29 +138,32 @@ def test_compiled_graph_has_per_step_gains_and_biases_and_computes_the_model(tin
             assert torch.equal(spikes, ref[name]), name
 
 
+@pytest.mark.lava
 def test_lava_floating_pt_equals_torch(tiny):
-    model, graph, ir, inputs, expected = tiny
-    currents = {k: v.numpy() for k, v in host_currents(ir, inputs).items()}
+    model, graph, (ir, build), inputs, expected = tiny
+    net = build.netlist("float")
+    currents = netlist_currents(net, inputs)
     run = run_ir(ir, inputs, record=True)
-    with LavaNetwork(ir, "float", batch=2, record=True) as lava:
+    with LavaNetwork(net, batch=2, record=True) as lava:
         result = lava.call(currents)
-    readout = result.readout + step_bias(ir.readout, 3)[:, None] + currents.get(ir.readout.name, 0)
+    readout = result.readout + net.readout.step_bias(3)[:, None] + currents.get(net.readout.name, 0)
     assert np.abs(readout.reshape(expected.shape) - expected.numpy()).max() < 1e-9
     for name, spikes in run.spikes.items():
         assert np.array_equal(result.spikes[name], spikes.numpy().astype(bool).reshape(result.spikes[name].shape)), name
 
 
+@pytest.mark.lava
 def test_lava_fixed_pt_equals_the_emulator_at_every_step_across_calls(tiny):
-    model, graph, ir, inputs, _ = tiny
-    net = lower(ir, "fixed")
+    model, graph, (ir, build), inputs, _ = tiny
+    net = build.netlist("fixed")
     assert any(s.gain is not None for s in net.synapses) and any(g.per_step for g in net.groups.values())
-    currents = {k: v.numpy() for k, v in host_currents(ir, inputs).items()}
+    currents = netlist_currents(net, inputs)
     steps = net.call_steps + 4
     emu = EmuNetwork(net, 2, record=True).trace(steps, currents)
-    with LavaNetwork(net, "fixed", 2, record=True) as lava:
+    with LavaNetwork(net, 2, record=True) as lava:
         _assert_same_trace(lava.trace(steps, currents), emu, net)
     windowed = EmuNetwork(net, 2, record=True, windows_only=True).call(currents)
-    with LavaNetwork(net, "fixed", 2, record=True) as lava:
+    with LavaNetwork(net, 2, record=True) as lava:
         called = lava.call(currents)
     assert np.array_equal(windowed.readout, called.readout)
     assert all(np.array_equal(windowed.spikes[n], called.spikes[n]) for n in net.groups)
@@ -175,20 +176,22 @@ def test_step_scales_of_the_wrong_length_are_one_clear_error(tiny):
     node = nodes[name]
     nodes[name] = StepScale(input_shape=node.input_shape, scale=np.ones(5), bias=node.bias)
     with pytest.raises(GraphError, match=f"{name}: 5 per-step scales for T = 3"):
-        compile_graph(nir.NIRGraph(nodes=nodes, edges=graph.edges, metadata=graph.metadata), 3)
+        compile_nir(nir.NIRGraph(nodes=nodes, edges=graph.edges, metadata=graph.metadata), 3)
 
 
 def test_build_directory_keeps_gains_and_per_step_biases(tiny, tmp):
     from snc.compiler.build import read_build, write_build
 
-    model, graph, ir, *_ = tiny
-    write_build(tmp / "build", ir, graph, {"arch": "spiking-unet-tsm"}, None)
-    back = read_build(tmp / "build").graph
-    assert len(back.edges) == len(ir.edges)
-    for a, b in zip(ir.edges, back.edges):
-        assert (a.gain is None) == (b.gain is None) and (a.gain is None or np.array_equal(a.gain, b.gain)), a.name
-        assert a.fixed.keys() == b.fixed.keys() and all(np.array_equal(a.fixed[k], b.fixed[k]) for k in a.fixed)
-    for name, node in ir.nodes.items():
-        if isinstance(node, Population):
-            assert np.array_equal(node.bias, back.nodes[name].bias), name
-            assert np.array_equal(node.fixed["bias_mant"], back.nodes[name].fixed["bias_mant"]), name
+    *_, (ir, build), _, _ = tiny
+    write_build(tmp / "build", build, None)
+    back = read_build(tmp / "build")
+    for mode in ("fixed", "float"):
+        a, b = build.netlist(mode), back.netlist(mode)
+        assert any(s.gain is not None for s in a.synapses) and any(g.per_step for g in a.groups.values())
+        for s, t in zip(a.synapses, b.synapses):
+            assert (s.gain is None) == (t.gain is None) and (s.gain is None or np.array_equal(s.gain, t.gain)), s.name
+            assert s.gain_shift == t.gain_shift and np.array_equal(s.op.weight, t.op.weight)
+        for name, g in a.groups.items():
+            assert np.array_equal(g.bias_mant, b.groups[name].bias_mant), name
+            assert np.array_equal(g.bias_exp, b.groups[name].bias_exp), name
+        assert all((h.gain is None) == (k.gain is None) for h, k in zip(a.host_ops, b.host_ops))

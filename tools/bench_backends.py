@@ -2,8 +2,8 @@
 
 Prints one JSON document. Every backend is timed on the same inputs (digits
 noised at diffusion step 500) through the same entry point the samplers use:
-``ChipDenoiser`` for the chip backends (host parts in float64 included) and
-the checkpoint's torch model in float32. What a "step" is:
+the backends' runners (``snc.runtime.backends``: the chip backends with their
+host parts in float64, the torch model in float32). What a "step" is:
 
 - Lava and emu: one Lava time step; a denoiser call is ``depth + T`` steps
   (23 on the digits U-Net). The windowed emulator (what ``snc sample``
@@ -40,8 +40,7 @@ import torch
 from snc.allocator import keep_freed_memory
 
 from snc.compiler.build import read_build
-from snc.models.checkpoint import load_checkpoint
-from snc.runtime.compiled import ChipDenoiser, noisy_inputs
+from snc.runtime.backends import get_backend
 
 
 def best_seconds(fn: Callable[[], None], repeats: int) -> float:
@@ -61,26 +60,27 @@ def row(seconds: float, calls: int, batch: int, steps_per_call: int, note: str) 
             "image_steps_per_s": calls * steps_per_call * batch / seconds, "step": note}
 
 
+def _pairs(build, batch: int, calls: int) -> list:
+    return [(x.float(), t) for x, t in build.host.noisy_inputs(batch, [500] * calls, seed=0)]
+
+
 def bench_chip(build, backend: str, batch: int, calls: int, repeats: int, every_step: bool = False) -> dict:
-    model_inputs = noisy_inputs(load_checkpoint(build.model_path).model, batch, [500] * calls, seed=0)
-    pairs = [(x.float(), t) for x, t in model_inputs]
-    with ChipDenoiser(build, "fixed", batch, backend=backend, every_step=every_step) as chip:
+    pairs = _pairs(build, batch, calls)
+    options = {"every_step": every_step} if backend == "emu" else {}
+    with get_backend(backend).open(build, "fixed", batch, **options) as chip:
         seconds = best_seconds(lambda: [chip(x, t) for x, t in pairs], repeats)
-    length = build.graph.depth + build.graph.timestep
-    return row(seconds, calls, batch, length, "a Lava time step (depth + T per call)")
+    return row(seconds, calls, batch, build.netlist("fixed").call_steps, "a Lava time step (depth + T per call)")
 
 
 def bench_torch(build, batch: int, calls: int, repeats: int) -> dict:
-    model = load_checkpoint(build.model_path).model.float().eval()
-    pairs = [(x.float(), t) for x, t in noisy_inputs(model, batch, [500] * calls, seed=0)]
-
-    def run() -> None:
-        with torch.no_grad():
+    pairs = _pairs(build, batch, calls)
+    with get_backend("torch").open(build, "float32") as model:
+        def run() -> None:
             for x, t in pairs:
                 model(x, t)
 
-    return row(best_seconds(run, repeats), calls, batch, model.config.timestep,
-               "a spiking step of the torch model (T per forward)")
+        seconds = best_seconds(run, repeats)
+    return row(seconds, calls, batch, build.host.config.timestep, "a spiking step of the torch model (T per forward)")
 
 
 def snc(*args: str) -> dict:
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     args = parser.parse_args()
     build = read_build(args.build)
-    if build.model_path is None:
+    if not build.has_host:
         sys.exit(f"{args.build} has no model.pt: compile a checkpoint (snc compile model.pt -o build/)")
     b = args.batch
     load_before = os.getloadavg()
@@ -142,7 +142,8 @@ def main() -> None:
             torch_ref = results[f"torch_float32_b{results[name]['batch']}"]
             ratios[f"{name}_vs_torch_same_batch_per_call"] = ratio(name, torch_ref, "calls_per_s")
             ratios[f"{name}_vs_torch_same_batch_per_step"] = ratio(name, torch_ref, "steps_per_s")
-    doc = {"build": str(args.build), "depth": build.graph.depth, "T": build.graph.timestep,
+    net = build.netlist("fixed")
+    doc = {"build": str(args.build), "depth": net.depth, "T": net.timestep,
            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
            "load_average_before": [round(x, 1) for x in load_before],
            "load_average_after": [round(x, 1) for x in os.getloadavg()], "backends": results, "ratios": ratios}

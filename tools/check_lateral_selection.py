@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snc.compiler.export import export_selection
-from snc.compiler.pipeline import compile_graph
+from snc import api
+from snc.compiler.frontends.lateral import selection_deployable
+from snc.compiler.netlist import netlist_currents
 from snc.models.checkpoint import load_checkpoint
 from snc.models.lateral import SpikingLateralTransformer
-from snc.runtime.chip import open_network
-from snc.runtime.host import core_inputs
-from snc.runtime.ir_executor import host_currents
+from snc.runtime.backends import netlist_backend
 
 
 def main() -> None:
@@ -41,16 +40,16 @@ def main() -> None:
     cfg = model.config
     steps = cfg.diffusion_steps
     t = torch.arange(steps) if args.n == 0 else torch.linspace(0, steps - 1, args.n).round().long()
-    graph = export_selection(model)
-    ir = compile_graph(graph, cfg.timestep, "lateral-selection")
+    circuits = selection_deployable(model)
+    net = api.compile(circuits, calibration=0).build.netlist(args.mode)
     with torch.no_grad():
         h, delta = model.selection(t)
-        inputs = core_inputs(model, graph, torch.zeros(len(t), cfg.img_ch, cfg.img_size, cfg.img_size,
-                                                       dtype=torch.float64), t)
-    currents = {k: v.numpy() for k, v in host_currents(ir, {k: v[0] for k, v in inputs.items()}).items()}
+        inputs = circuits.host.core_inputs(torch.zeros(len(t), cfg.img_ch, cfg.img_size, cfg.img_size,
+                                                       dtype=torch.float64), t, None)
+    currents = netlist_currents(net, {k: v[0] for k, v in inputs.items()})
     omega = [f"blocks.{r}.selection.omega" for r in range(cfg.depth)]
-    with open_network(ir, args.backend, args.mode, batch=len(t), record=True) as net:
-        result = net.call(currents)
+    with netlist_backend(args.backend).network(net, batch=len(t), record=True) as network:
+        result = network.call(currents)
     chip = torch.stack([torch.from_numpy(result.spikes[name].astype(np.float64)) for name in omega])
     chip_h = model.selection_from_spikes(t, chip)
     same = ((chip_h > 0) == (h > 0)).all(-1)  # [depth, T, B]: the same experts selected

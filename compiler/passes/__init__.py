@@ -1,6 +1,8 @@
-"""One module per compiler pass; ``snc.compiler.pipeline`` runs them in order.
+"""One module per compiler pass, each exporting ``PASS`` (``pass_manager.Pass``).
 
-Every pass module has ``run(graph, ...) -> graph`` and ``verify(graph, ...)``
-(the extra arguments are the target's limits or calibration peaks; pipeline.py
-shows each call); the docstring of each says what it requires and guarantees.
+Every pass is ``run(graph, ctx) -> graph`` and ``verify(graph, ctx)`` over
+the IR and one ``CompileContext`` (the target and its fixed-point rules, the
+options, calibration data, gate tables); the docstring of each says what it
+requires and guarantees. A target lists the passes it runs
+(``compiler/targets/<name>.py``).
 """

@@ -23,7 +23,8 @@ need a negative delay cannot be scheduled and is reported.
 Requires: the re-associated graph. Guarantees: for every edge from a
 population, ``depth(dst) == depth(src) + 1 + delay - lag``; delays only on identity
 edges into relays, each at most the target's ``max_delay``; the readout
-sees logical step 0 at call step ``graph.depth``. Each population's LIFReset
+sees logical step 0 at call step ``graph.depth``; the target's
+``max_delay`` is checked by its verifier and by ``map_cores``. Each population's LIFReset
 offset is ``depth + 1`` within a call of ``depth + T`` steps, so each
 population starts every call from zero state wherever its pipeline stage is.
 """
@@ -38,11 +39,12 @@ from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Population
 from ..linear import LinearOp
+from ..pass_manager import CompileContext, Pass
 
 RELAY_THRESHOLD = 0.5  # fires on an input of 1 (one spike through a unit weight)
 
 
-def run(graph: Graph, max_delay: int) -> Graph:
+def run(graph: Graph, ctx: CompileContext) -> Graph:
     depth: dict[str, int] = {}
     for name in graph.topological():
         node = graph.nodes[name]
@@ -84,8 +86,9 @@ def run(graph: Graph, max_delay: int) -> Graph:
     return graph
 
 
-def verify(graph: Graph, max_delay: int) -> None:
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
+    max_delay = ctx.target.rules.max_delay
     problems = []
     for e in graph.edges:
         src, dst = graph.nodes[e.src], graph.nodes[e.dst]
@@ -102,3 +105,6 @@ def verify(graph: Graph, max_delay: int) -> None:
             problems.append(f"{node.name}: no depth")
     if problems:
         raise GraphError("delay balancing failed:\n  " + "\n  ".join(problems))
+
+
+PASS = Pass("balance_delays", run, verify, requires=("spike-synapses",), provides=("schedule",))

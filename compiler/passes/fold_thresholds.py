@@ -13,7 +13,8 @@ is relative to the synapse's largest weight, so the scale goes into vth and
 bias (here) and each synapse only gets an exponent (``quantize``).
 
 Calibration: peaks come from the float IR executor on sample inputs
-(``snc compile`` uses digits at diffusion steps spread over t). Without
+(``ctx.calibration``: the source's calls, e.g. digits at diffusion steps
+spread over t, each run with the graph's gates of its step). Without
 calibration the peak is assumed to be 16x the threshold (or 16, if the threshold
 is below 1).
 
@@ -24,22 +25,46 @@ power-of-two ``scale`` > 0; the log lists each population's scale, vth, peak.
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from snc.errors import GraphError
 
 from ..ir import Graph, Population
+from ..ir_executor import run_ir
+from ..pass_manager import CalibrationCall, CompileContext, Pass
+from ..targets.fixed_point import FixedPoint
 
 MARGIN = 2.0
 UNCALIBRATED_PEAK = 16.0  # in thresholds
 
 
-def run(graph: Graph, fixed: dict, peaks: dict[str, float] | None) -> Graph:
-    limit = 2.0 ** (fixed["state_bits"] - 1 - fixed["activation_shift"])  # |v|/64 and |a_in| bound
-    vth_limit = 2.0 ** fixed["vth_bits"] - 1
-    bias_limit = (2.0 ** (fixed["bias_mant_bits"] - 1) - 1) * 2.0 ** fixed["bias_exp_max"]
-    weight_limit = (2.0 ** (fixed["weight_bits"] - 1) - 1) * 2.0 ** fixed["weight_exp_max"]  # mixed signs: 7 bits
+def calibrated_peaks(graph: Graph, calls: Sequence[CalibrationCall]) -> dict[str, float]:
+    """Peaks of |v| and |input| per population and the readout over the calibration calls (float32: only
+    peaks are needed), each call with the graph's gates of its diffusion step."""
+    found: dict[str, float] = {}
+    for call in calls:
+        gates = graph.gates_at(call.step) if graph.gates else None
+        run = run_ir(graph, call.inputs(gates), dtype=torch.float32, gates=gates)
+        for table in (run.peak_v, run.peak_input):
+            for name, value in table.items():
+                found[name] = max(found.get(name, 0.0), value)
+    return found
+
+
+def run(graph: Graph, ctx: CompileContext) -> Graph:
+    peaks = calibrated_peaks(graph, ctx.calibration) if ctx.calibration is not None else None
+    return fold(graph, ctx.target.rules, peaks)
+
+
+def fold(graph: Graph, rules: FixedPoint, peaks: Optional[dict[str, float]]) -> Graph:
+    """The pass for given peaks (None: uncalibrated)."""
+    limit = float(rules.current_limit)  # |v| >> activation_shift and |a_in| bound
+    vth_limit = float(rules.vth_limit - 1)
+    bias_limit = float(rules.bias_mant_limit - 1) * 2.0 ** rules.bias_exp_max
+    weight_limit = rules.weight_limit  # the mixed-sign mantissa: a bound whatever the synapse's signs
     rows = []
     for node in list(graph.of_type(Population)) + [graph.readout]:
         thr = node.threshold if isinstance(node, Population) else 0.0
@@ -56,7 +81,7 @@ def run(graph: Graph, fixed: dict, peaks: dict[str, float] | None) -> Graph:
         bound = min(limit, vth_limit) / peak
         bias = float(np.abs(node.bias).max(initial=0.0))
         if isinstance(node, Population) and bias > 0:  # bias_mant << bias_exp must hold bias * scale << 6
-            bound = min(bound, bias_limit / (bias * 2 ** fixed["activation_shift"]))
+            bound = min(bound, bias_limit / (bias * 2 ** rules.activation_shift))
         # the largest synapse weight (upsampled convs sum up to u*u taps) must fit 8 bits << weight_exp_max
         weight = max((float(np.abs(e.op.weight).max()) * e.op.upsample**2 if e.op.weight is not None else 1.0
                       for e in graph.into(node.name) if isinstance(graph.nodes[e.src], Population)), default=0.0)
@@ -69,8 +94,14 @@ def run(graph: Graph, fixed: dict, peaks: dict[str, float] | None) -> Graph:
     return graph
 
 
-def verify(graph: Graph) -> None:
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
     bad = [n.name for n in list(graph.of_type(Population)) + [graph.readout] if not n.scale > 0]
     if bad:
         raise GraphError(f"fold_thresholds left populations without a scale: {', '.join(bad)}")
+    odd = [n.name for n in list(graph.of_type(Population)) + [graph.readout] if math.frexp(n.scale)[0] != 0.5]
+    if odd:
+        raise GraphError(f"fold_thresholds gave populations a scale that is not a power of two: {', '.join(odd)}")
+
+
+PASS = Pass("fold_thresholds", run, verify, requires=("schedule",), provides=("scales",))

@@ -24,6 +24,7 @@ from snc.errors import GraphError
 from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
 from ..linear import LinearOp, upsample_op
 from ..nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, check_finite
+from ..pass_manager import CompileContext, Pass
 
 
 def _uniform(values: np.ndarray, what: str, node: str, problems: list[str]) -> float:
@@ -157,7 +158,8 @@ def _import_node(name: str, node: nir.NIRNode, timestep: int, problems: list[str
     return _linear(name, node, _input_shape(node), timestep, problems)
 
 
-def run(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
+def import_graph(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
+    """The IR of a NIR graph of one spiking step (T = ``timestep``)."""
     check_finite(graph)
     problems: list[str] = []
     nodes = {}
@@ -192,6 +194,15 @@ def run(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
     return Graph(nodes, edges, timestep=timestep, arch=arch)
 
 
-def verify(graph: Graph) -> None:
+def run(_: None, ctx: CompileContext) -> Graph:
+    return import_graph(ctx.nir_graph, ctx.timestep, ctx.arch)
+
+
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
     graph.readout  # exactly one output
+    if any(p.depth >= 0 for p in graph.of_type(Population)) or any(e.fixed for e in graph.edges):
+        raise GraphError("import_nir left schedules or fixed-point parameters in a fresh IR")
+
+
+PASS = Pass("import_nir", run, verify, requires=(), provides=("ir",))

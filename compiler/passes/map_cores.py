@@ -17,9 +17,14 @@ cores must fit the target's chips; weights must fit the target's weight bits
 and delays its maximum delay. Profiles without core limits (a von Neumann
 accelerator) only get the weight check.
 
-Requires: a quantized graph (``quantize`` ran). Guarantees: ``graph.log``
+It reads the netlist of the target's chip mode (its first: the integer
+weights the chip stores), so what is counted is exactly what the backends
+run; ``map_to_cores`` maps any netlist onto any profile (the energy report
+uses it for profiles that are not compile targets).
+
+Requires: the netlist (the target's lowering ran). Guarantees: ``graph.log``
 holds the mapping (per group: neurons, synapses, memory, cores; totals; every
-violation) and, unless ``allow_oversize``, the graph fits the target.
+violation) and, unless ``allow_oversize``, the netlist fits the target.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import numpy as np
 
 from snc.errors import GraphError
 
-from ..ir import Graph, Population, Readout
+from ..ir import Graph
+from ..netlist import Netlist
+from ..pass_manager import CompileContext, Pass
 
 
 def resource_limits(profile: dict[str, Any]) -> dict[str, Any]:
@@ -44,23 +51,22 @@ def resource_limits(profile: dict[str, Any]) -> dict[str, Any]:
     return limits
 
 
-def map_to_cores(graph: Graph, profile: dict[str, Any]) -> dict[str, Any]:
-    """Per-group resources, totals and every violation of ``profile``'s limits (nothing raised)."""
+def map_to_cores(net: Netlist, profile: dict[str, Any]) -> dict[str, Any]:
+    """Per-group resources (the neuron groups, then the readout), totals and every violation of
+    ``profile``'s limits (nothing raised). ``net`` holds the target's integer weights: a weight that
+    rounded to 0 is no synapse."""
     limits = resource_limits(profile)
     cores_known = all(k in limits for k in ("neurons_per_core", "synaptic_memory_kib_per_core", "synapse_bits"))
     memory_bits = limits.get("synaptic_memory_kib_per_core", 0) * 1024 * 8
     groups, violations = [], []
-    for node in graph.nodes.values():
-        if not isinstance(node, (Population, Readout)):
-            continue
-        chip = [e for e in graph.into(node.name) if isinstance(graph.nodes[e.src], Population)]
-        neurons = int(np.prod(node.shape))
-        fan_in = np.zeros(neurons, dtype=np.int64)
-        for e in chip:
-            fan_in += e.lowered_op().fan_in()
-        synapses = int(fan_in.sum())
+    fan_in = {name: np.zeros(net.size(name), dtype=np.int64) for name in [*net.groups, net.readout.name]}
+    for s in net.synapses:
+        fan_in[s.dst] += s.op.fan_in()
+    for node in [*net.groups.values(), net.readout]:
+        neurons = node.n
+        synapses = int(fan_in[node.name].sum())
         row = {"group": node.name, "role": getattr(node, "role", "readout"), "neurons": neurons,
-               "synapses": synapses, "max_fan_in": int(fan_in.max(initial=0))}
+               "synapses": synapses, "max_fan_in": int(fan_in[node.name].max(initial=0))}
         if cores_known:
             bits = synapses * limits["synapse_bits"]
             row["memory_kib"] = bits / 8 / 1024
@@ -85,34 +91,36 @@ def map_to_cores(graph: Graph, profile: dict[str, Any]) -> dict[str, Any]:
             lo, hi, what = -2 ** bits, 2 ** bits - 1, f"{bits} magnitude bits and a sign"  # Loihi: [-256, 255]
         else:
             lo, hi, what = -2 ** (bits - 1), 2 ** (bits - 1) - 1, f"{bits}-bit two's complement"
-        for e in graph.edges:
-            w = e.fixed.get("weight")
-            if w is not None and np.asarray(w).size and (np.min(w) < lo or np.max(w) > hi):
-                violations.append(f"{e.name}: weights [{int(np.min(w))}, {int(np.max(w))}] exceed {what}")
+        for s in net.synapses:
+            w = s.op.weight
+            if w.size and (np.min(w) < lo or np.max(w) > hi):
+                violations.append(f"{s.name}: weights [{int(np.min(w))}, {int(np.max(w))}] exceed {what}")
     if "max_delay" in limits:
-        violations += [f"{e.name}: delay {e.delay} > {limits['max_delay']}" for e in graph.edges
-                       if e.delay > limits["max_delay"]]
+        violations += [f"{s.name}: delay {s.delay} > {limits['max_delay']}" for s in net.synapses
+                       if s.delay > limits["max_delay"]]
     report["violations"] = violations
     return report
 
 
-def run(graph: Graph, profile: dict[str, Any], allow_oversize: bool = False) -> Graph:
-    report = map_to_cores(graph, profile)
-    graph.log.append({"pass": "map_cores", "target": profile.get("name", ""), "allow_oversize": allow_oversize,
-                      **report})
-    if report["violations"] and not allow_oversize:
+def run(graph: Graph, ctx: CompileContext) -> Graph:
+    profile = ctx.target.profile
+    report = map_to_cores(graph.netlists[ctx.target.modes[0]], profile)
+    allow = ctx.options.allow_oversize
+    graph.log.append({"pass": "map_cores", "target": profile.get("name", ""), "allow_oversize": allow, **report})
+    if report["violations"] and not allow:
         raise GraphError(f"the graph does not fit {profile.get('name', 'the target')} "
                          f"({len(report['violations'])} violation(s); --allow-oversize compiles anyway):\n  "
                          + "\n  ".join(report["violations"]))
     return graph
 
 
-def verify(graph: Graph) -> None:
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
-    entry = next((e for e in reversed(graph.log) if e["pass"] == "map_cores"), None)
-    if entry is None:
-        raise GraphError("map_cores left no mapping in the log")
-    if entry["violations"] and not entry["allow_oversize"]:
-        raise GraphError("map_cores accepted a graph with violations")
-    if "cores" in entry and any(g["cores"] < 1 for g in entry["groups"]):
+    report = map_to_cores(graph.netlists[ctx.target.modes[0]], ctx.target.profile)
+    if report["violations"] and not ctx.options.allow_oversize:
+        raise GraphError("map_cores accepted a netlist with violations")
+    if "cores" in report and any(g["cores"] < 1 for g in report["groups"]):
         raise GraphError("map_cores gave a group no core")
+
+
+PASS = Pass("map_cores", run, verify, requires=("netlist",), provides=("mapping",))

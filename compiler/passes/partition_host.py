@@ -17,9 +17,10 @@ from __future__ import annotations
 from snc.errors import GraphError
 
 from ..ir import Graph, HostInput, Linear, Population
+from ..pass_manager import CompileContext, Pass
 
 
-def run(graph: Graph) -> Graph:
+def run(graph: Graph, ctx: CompileContext) -> Graph:
     spiking_upstream: dict[str, bool] = {}
     for name in graph.topological():
         node = graph.nodes[name]
@@ -39,8 +40,17 @@ def run(graph: Graph) -> Graph:
     return graph
 
 
-def verify(graph: Graph) -> None:
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
     bad = [n.name for n in graph.of_type(Linear) if n.placement not in ("host", "chip")]
     if bad:
         raise GraphError(f"partition_host left ops unplaced: {', '.join(bad)}")
+    for node in graph.of_type(Linear):  # the guarantee, locally: a host op reads only host values
+        spiking = [e.src for e in graph.into(node.name) if isinstance(graph.nodes[e.src], Population)
+                   or getattr(graph.nodes[e.src], "placement", "") == "chip"]
+        if (node.placement == "host") == bool(spiking or node.lag):
+            raise GraphError(f"partition_host placed {node.name} on the {node.placement}, but it reads "
+                             f"{'spikes (' + ', '.join(spiking) + ')' if spiking else 'host values only'}")
+
+
+PASS = Pass("partition_host", run, verify, requires=("ir",), provides=("placement",))

@@ -3,12 +3,13 @@
 Per population p with scale s (from ``fold_thresholds``), in Lava's units:
 
 - ``vth = round(threshold * s)`` (spike when ``v > vth << 6``);
-- ``du = 4095`` (the synaptic current lasts one step: ``u = a_in << 6``),
-  ``dv = round(4096 * (1 - decay))`` (0 for integrate-and-fire);
+- ``du`` = its largest value, 4095 (the synaptic current lasts one step:
+  ``u = a_in << 6``), ``dv = round(4096 * (1 - decay))`` (0 for
+  integrate-and-fire; 4096 = 2^decay_bits);
 - static bias ``b * s * 64 = bias_mant << bias_exp`` per neuron, the smallest
   exponent that fits the mantissa;
 - each synapse into p: ``W * s = w_int << weight_exp`` with an 8-bit ``w_int``
-  (even when the synapse has both signs: Lava drops the low bit then) and the
+  (``FixedPoint.weight_range``: with both signs Lava drops the low bit) and the
   smallest exponent that fits; for a conv after nearest upsampling the synapse
   weight is a sum of kernel taps, and that sum must fit;
 - host currents into p are rounded to integers ``h * s`` per call (runtime);
@@ -18,6 +19,7 @@ Per population p with scale s (from ``fold_thresholds``), in Lava's units:
   signed ``gain_mant_bits`` mantissa and the largest shift that fits
   (``snc``'s StepGainSparse process multiplies the synapse's output by it).
 
+Every number comes from the target's ``FixedPoint`` rules (its profile).
 Every parameter outside the target's ranges is reported at once (Lava does
 not check them). Requires: scales. Guarantees: ``fixed`` holds integers for
 every population and chip edge; the log has each synapse's relative
@@ -33,6 +35,8 @@ import numpy as np
 from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Population, Readout
+from ..pass_manager import CompileContext, Pass
+from ..targets.fixed_point import FixedPoint
 
 
 def synapse_range(w_int: np.ndarray, upsample: int = 1) -> tuple[int, int]:
@@ -54,18 +58,17 @@ def synapse_range(w_int: np.ndarray, upsample: int = 1) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def quantize_weights(w: np.ndarray, scale: float, fixed: dict, upsample: int = 1) -> tuple[np.ndarray, int, float]:
+def quantize_weights(w: np.ndarray, scale: float, rules: FixedPoint,
+                     upsample: int = 1) -> tuple[np.ndarray, int, float]:
     """(w_int, weight_exp, relative error) for real weights ``w`` at ``scale``.
 
-    Lava keeps 8-bit synapse weights: [0, 255] or [-255, 0] for one sign,
-    [-256, 254] in steps of 2 for mixed signs (it drops the low bit). The
+    The synapse weights must lie in ``rules.weight_range`` (Loihi 2: [0, 255]
+    or [-255, 0] for one sign, [-256, 254] in steps of 2 for mixed signs). The
     exponent is the smallest for which every synapse weight fits.
     """
     x = np.asarray(w, dtype=np.float64) * scale
     mixed = x.min() < 0 < x.max()
-    step = 2 if mixed else 1
-    bits = fixed["weight_bits"]
-    lowest, highest = (-(2**bits), 2**bits - 2) if mixed else (-(2**bits - 1), 2**bits - 1)
+    lowest, highest, step = rules.weight_range(mixed)
 
     def quantized(exp: int) -> np.ndarray:
         return (np.round(x / (step * 2.0**exp)) * step).astype(np.int64)
@@ -76,7 +79,7 @@ def quantize_weights(w: np.ndarray, scale: float, fixed: dict, upsample: int = 1
 
     peak = float(np.abs(x).max())
     exp = max(0, math.ceil(math.log2(peak / highest)) - 1) if peak > 0 else 0  # one below the guess
-    while not fits(exp) and exp <= fixed["weight_exp_max"]:
+    while not fits(exp) and exp <= rules.weight_exp_max:
         exp += 1
     w_int = quantized(exp)
     norm = np.linalg.norm(x)
@@ -84,11 +87,11 @@ def quantize_weights(w: np.ndarray, scale: float, fixed: dict, upsample: int = 1
     return w_int, exp, err
 
 
-def quantize_gain(gain: np.ndarray, fixed: dict) -> tuple[np.ndarray, int, float]:
+def quantize_gain(gain: np.ndarray, rules: FixedPoint) -> tuple[np.ndarray, int, float]:
     """(gain_mant, gain_shift, max absolute error) with the largest shift whose mantissas fit."""
-    limit = 2 ** (fixed["gain_mant_bits"] - 1) - 1
+    limit = rules.gain_mant_limit - 1
     peak = float(np.abs(gain).max(initial=0.0))
-    shift = fixed["gain_shift_max"]
+    shift = rules.gain_shift_max
     while shift > 0 and round(peak * 2**shift) > limit:
         shift -= 1
     mant = np.round(np.asarray(gain, dtype=np.float64) * 2**shift).astype(np.int64)
@@ -99,16 +102,20 @@ def _edge_weights(e: Edge) -> np.ndarray:
     return np.ones(1) if e.op.kind == "identity" else e.op.weight
 
 
-def run(graph: Graph, fixed: dict) -> Graph:
+def run(graph: Graph, ctx: CompileContext) -> Graph:
+    return quantize(graph, ctx.target.rules, ctx.target.name)
+
+
+def quantize(graph: Graph, rules: FixedPoint, target: str = "the target") -> Graph:
     problems: list[str] = []
-    shift = fixed["activation_shift"]
-    mant_lim = 2 ** (fixed["bias_mant_bits"] - 1)
+    shift = rules.activation_shift
+    mant_lim = rules.bias_mant_limit
     rows = []
     for p in graph.of_type(Population):
         vth = int(round(p.threshold * p.scale))
-        dv = int(round(4096 * (1.0 - p.decay)))
-        if dv > 4095:  # a memoryless neuron: 4095 leaves v/4096 (< 1 unit for |v| < 4096) behind
-            dv = 4095
+        dv = int(round(rules.decay_unity * (1.0 - p.decay)))
+        if dv > rules.decay_max:  # a memoryless neuron: 4095 leaves v/4096 (< 1 unit for |v| < 4096) behind
+            dv = rules.decay_max
         b = p.bias * p.scale * 2**shift
         exp = np.zeros(b.shape, dtype=np.int64)
         mags = np.abs(b)
@@ -117,14 +124,14 @@ def run(graph: Graph, fixed: dict) -> Graph:
         mant = np.round(b / 2.0**exp).astype(np.int64)
         exp = np.where(np.abs(mant) > mant_lim - 1, exp + 1, exp)
         mant = np.round(b / 2.0**exp).astype(np.int64)
-        if not 0 <= vth < 2 ** fixed["vth_bits"]:
-            problems.append(f"{p.name}: vth {vth} outside {fixed['vth_bits']} bits")
+        if not 0 <= vth < rules.vth_limit:
+            problems.append(f"{p.name}: vth {vth} outside {rules.vth_bits} bits")
         elif p.threshold > 0 and vth == 0:
             problems.append(f"{p.name}: threshold {p.threshold:g} rounds to vth 0 at the scale its largest "
                             f"weights allow ({p.scale:g}); weights are too large relative to the threshold")
-        if exp.max(initial=0) > fixed["bias_exp_max"]:
-            problems.append(f"{p.name}: bias needs exponent {int(exp.max())} > {fixed['bias_exp_max']}")
-        p.fixed = {"vth": vth, "du": 4095, "dv": dv, "bias_mant": mant, "bias_exp": exp}
+        if exp.max(initial=0) > rules.bias_exp_max:
+            problems.append(f"{p.name}: bias needs exponent {int(exp.max())} > {rules.bias_exp_max}")
+        p.fixed = {"vth": vth, "du": rules.decay_max, "dv": dv, "bias_mant": mant, "bias_exp": exp}
         bias_err = float(np.abs(mant * 2.0**exp - b).max() / (p.scale * 2**shift))
         rows.append({"population": p.name, "vth": vth, "threshold_error": abs(vth / p.scale - p.threshold),
                      "bias_max_abs_error": bias_err, "dv": dv})
@@ -133,33 +140,34 @@ def run(graph: Graph, fixed: dict) -> Graph:
         if isinstance(graph.nodes[e.src], HostInput):
             continue
         dst = graph.nodes[e.dst]
-        w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale, fixed, e.op.upsample)
-        if exp > fixed["weight_exp_max"]:
-            problems.append(f"{e.name}: weights need exponent {exp} > {fixed['weight_exp_max']}")
+        w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale, rules, e.op.upsample)
+        if exp > rules.weight_exp_max:
+            problems.append(f"{e.name}: weights need exponent {exp} > {rules.weight_exp_max}")
         e.fixed = {"weight": w_int.astype(np.int16), "weight_exp": exp}  # |w| <= 256
         edge_rows.append({"edge": e.name, "weight_exp": exp, "relative_error": err})
         if e.gain is not None:
-            mant, shift, gain_err = quantize_gain(e.gain, fixed)
-            if np.abs(mant).max() > 2 ** (fixed["gain_mant_bits"] - 1) - 1:
+            mant, shift, gain_err = quantize_gain(e.gain, rules)
+            if np.abs(mant).max() > rules.gain_mant_limit - 1:
                 problems.append(f"{e.name}: per-step gain up to {np.abs(e.gain).max():g} does not fit "
-                                f"{fixed['gain_mant_bits']} signed bits")
+                                f"{rules.gain_mant_bits} signed bits")
             e.fixed.update(gain=mant, gain_shift=shift)
             edge_rows[-1].update(gain_shift=shift, gain_max_abs_error=gain_err)
     if problems:
-        raise GraphError(f"{len(problems)} parameter(s) do not fit {fixed.get('target', 'the target')}:\n  "
+        raise GraphError(f"{len(problems)} parameter(s) do not fit {target}:\n  "
                          + "\n  ".join(problems))
     graph.log.append({"pass": "quantize", "populations": rows, "synapses": edge_rows})
     return graph
 
 
-def verify(graph: Graph, fixed: dict) -> None:
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
+    rules = ctx.target.rules
     problems = []
     for p in graph.of_type(Population):
         if set(p.fixed) != {"vth", "du", "dv", "bias_mant", "bias_exp"}:
             problems.append(f"{p.name}: missing fixed-point parameters")
             continue
-        if np.abs(p.fixed["bias_mant"]).max(initial=0) >= 2 ** (fixed["bias_mant_bits"] - 1):
+        if np.abs(p.fixed["bias_mant"]).max(initial=0) >= rules.bias_mant_limit:
             problems.append(f"{p.name}: bias mantissa out of range")
     for e in graph.edges:
         if isinstance(graph.nodes[e.src], Population):
@@ -170,9 +178,13 @@ def verify(graph: Graph, fixed: dict) -> None:
             if (e.gain is None) != ("gain" not in e.fixed):
                 problems.append(f"{e.name}: per-step gain and its fixed-point form do not match")
             lo, hi = synapse_range(w, e.op.upsample)
-            if lo < -(2 ** fixed["weight_bits"]) or hi > 2 ** fixed["weight_bits"] - 1:
-                problems.append(f"{e.name}: synapse weights {lo}..{hi} outside {fixed['weight_bits']} bits")
+            lowest, highest = rules.weight_range(mixed=True)[0], rules.weight_range(mixed=False)[1]
+            if lo < lowest or hi > highest:
+                problems.append(f"{e.name}: synapse weights {lo}..{hi} outside {lowest}..{highest}")
     if not isinstance(graph.readout, Readout) or graph.readout.scale <= 0:
         problems.append("readout has no scale")
     if problems:
         raise GraphError("quantize verification failed:\n  " + "\n  ".join(problems))
+
+
+PASS = Pass("quantize", run, verify, requires=("scales",), provides=("fixed-point",))

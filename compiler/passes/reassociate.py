@@ -47,6 +47,7 @@ from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
 from ..linear import LinearOp, add_ops, compose
+from ..pass_manager import CompileContext, Pass
 
 
 @dataclass
@@ -117,7 +118,7 @@ def _sum(forms: list[_Form], shape: tuple) -> _Form:
     return _Form(terms, bias)
 
 
-def run(graph: Graph) -> Graph:
+def run(graph: Graph, ctx: CompileContext) -> Graph:
     forms: dict[str, _Form] = {}
     new_edges: list[Edge] = []
     nodes = {}
@@ -170,7 +171,7 @@ def run(graph: Graph) -> Graph:
     return graph
 
 
-def verify(graph: Graph) -> None:
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
     problems = [f"{n.name}: Linear node left" for n in graph.of_type(Linear)]
     for e in graph.edges:
@@ -182,3 +183,6 @@ def verify(graph: Graph) -> None:
             problems.append(f"edge {e.name}: target is not a population or the readout")
     if problems:
         raise GraphError("reassociate left a real-valued edge on chip:\n  " + "\n  ".join(problems))
+
+
+PASS = Pass("reassociate", run, verify, requires=("placement",), provides=("spike-synapses",))

@@ -38,11 +38,15 @@ import numpy as np
 from snc.errors import GraphError
 
 from ..ir import Graph
+from ..pass_manager import CompileContext, GateTable, Pass
 
-GateTable = dict[str, np.ndarray]
+
+def run(graph: Graph, ctx: CompileContext) -> Graph:
+    return specialise(graph, ctx.gate_table)
 
 
-def run(graph: Graph, table: Optional[GateTable]) -> Graph:
+def specialise(graph: Graph, table: Optional[GateTable]) -> Graph:
+    """The pass on any graph with its spike paths (an imported one for the NIR-level energy count)."""
     keys = graph.gate_keys()
     if not keys:
         return graph
@@ -86,6 +90,13 @@ def _check(gates: GateTable, keys: list[str], timestep: int) -> None:
         raise GraphError("bad gate table:\n  " + "\n  ".join(problems))
 
 
-def verify(graph: Graph) -> None:
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
     _check(graph.gates, graph.gate_keys(), graph.timestep)
+    for key in graph.model_gates:  # a switched-off gate is 0 exactly where its targets are idle
+        changed = ~np.all(graph.gates[key] == graph.model_gates[key], axis=1)
+        if np.any(graph.gates[key][changed]):
+            raise GraphError(f"specialise_selection changed gate {key} to values other than 0")
+
+
+PASS = Pass("specialise_selection", run, verify, requires=("spike-synapses",), provides=("gate-tables",))

@@ -23,9 +23,10 @@ import numpy as np
 from snc.errors import GraphError
 
 from ..ir import Edge, Graph, Population
+from ..pass_manager import CompileContext, Pass
 
 
-def run(graph: Graph) -> Graph:
+def run(graph: Graph, ctx: CompileContext) -> Graph:
     edges: list[Edge] = []
     split = []
     for e in graph.edges:
@@ -41,10 +42,13 @@ def run(graph: Graph) -> Graph:
     return graph
 
 
-def verify(graph: Graph) -> None:
+def verify(graph: Graph, ctx: CompileContext) -> None:
     graph.check()
     mixed = [e.name for e in graph.edges if isinstance(graph.nodes[e.src], Population)
              and e.op.weight is not None and e.op.weight.min() < 0 < e.op.weight.max()]
     names = [e.name for e in graph.edges]
     if mixed or len(set(names)) != len(names):
         raise GraphError(f"split_signs left mixed-sign or duplicate synapses: {', '.join(mixed) or 'duplicates'}")
+
+
+PASS = Pass("split_signs", run, verify, requires=("scales",), provides=("single-sign",))

@@ -6,6 +6,9 @@ so a whole batch of images advances with one Lava time step. Per netlist item:
 
 - neuron group: ``LIFReset`` (``reset_interval > 0``) or ``LIF``;
   ``StepBiasLIFReset`` (``lava_processes/step.py``) for a bias per logical step;
+The backend runs netlists of the ``loihi2`` target (``LavaBackend``,
+registered as ``lava``) in both of its modes.
+
 - ``sparse`` synapse: ``Sparse``, or ``DelaySparse`` when it has a delay,
   with the op expanded to a CSR matrix in torch's orientation. By default the
   synapses are told ``num_message_bits=1``: Lava's graded path computes
@@ -36,16 +39,16 @@ import contextlib
 import gc
 import signal
 import threading
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional
 
 import numpy as np
 from scipy import sparse
 
-from snc.compiler.ir import Graph
-from snc.compiler.lower import Netlist, Synapse, gain_schedule, synapse_matrix
+from snc.compiler.netlist import Netlist, Synapse, gain_schedule, synapse_matrix
+from snc.compiler.targets import get_target
 from snc.errors import SncError
 
-from .chip import CallResult, Trace, as_netlist, call_result, host_values, step_rows
+from .base import CallResult, NetlistBackend, Trace, call_result, host_values, step_rows
 
 MODES = {"fixed": "fixed_pt", "float": "floating_pt"}
 
@@ -74,11 +77,13 @@ def _injector_models():
             if port is not None:
                 port.join()
 
+    bits = get_target("loihi2").rules.state_bits  # a current's precision: the neuron state's
+
     @implements(proc=Injector, protocol=LoihiProtocol)
     @requires(CPU)
     class IntInjectorModel(FloatInjectorModel):
-        in_port: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-        out_port: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+        in_port: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=bits)
+        out_port: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=bits)
 
     return {
         "fixed": {Injector: IntInjectorModel, Extractor: PyLoihiExtractorModel},
@@ -120,18 +125,16 @@ def lava_conv_kernel(weight: np.ndarray) -> np.ndarray:
 
 
 class LavaNetwork:
-    """A netlist (or a compiled graph, lowered) on Lava's CPU simulator."""
+    """A netlist on Lava's CPU simulator, in the netlist's mode (fixed_pt or floating_pt)."""
 
-    def __init__(self, source: Union[Graph, Netlist], mode: str = "fixed", batch: int = 1, record: bool = False,
-                 binary_path: bool = False) -> None:
-        if mode not in MODES:
-            raise SncError(f"unknown Lava mode {mode!r}; use fixed or float")
+    def __init__(self, net: Netlist, batch: int = 1, record: bool = False, binary_path: bool = False) -> None:
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.io.extractor import Extractor
         from lava.proc.io.injector import Injector
         from lava.proc.lif.process import LIF, LIFReset
 
-        net = as_netlist(source, mode)
+        net = BACKEND.accept(net)
+        mode = net.mode
         if batch > 1 and any(s.kind == "conv" for s in net.synapses):
             raise SncError("Lava's Conv has no batch axis: run netlists with conv synapses at batch 1")
         self.net, self.mode, self.batch, self.record = net, mode, batch, record
@@ -299,3 +302,20 @@ class LavaNetwork:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LavaBackend(NetlistBackend):
+    name = "lava"
+    modes = ("float", "fixed")
+    default_mode = "fixed"
+    description = "Lava's CPU simulator of Loihi 2 (fixed_pt or floating_pt)"
+    targets = ("loihi2",)
+
+    def semantics(self, mode: str) -> str:
+        return f"lava-{MODES[mode]}"
+
+    def network(self, net: Netlist, batch: int = 1, record: bool = False, binary_path: bool = False) -> LavaNetwork:
+        return LavaNetwork(net, batch, record, binary_path)
+
+
+BACKEND = LavaBackend()

@@ -7,6 +7,8 @@ biases (TSM) are taken at the logical step, a gated edge's current is
 also multiplied by the call's gate value at the step; a recurrent edge (lag k) reads
 its source's spikes of step t - k (nothing before step 0). Used to calibrate
 ``fold_thresholds`` and to prove that re-association kept the function.
+The host-input edges are evaluated as the netlist's host ops are
+(``netlist.host_currents``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from snc.compiler.ir import Graph, HostInput, Population, Readout, bias_at
 from snc.errors import GraphError
+
+from .ir import Graph, HostInput, Population, Readout, bias_at
+from .netlist import HostOp, host_currents
 
 
 @dataclass
@@ -29,24 +33,17 @@ class IRRun:
     peak_input: dict[str, float] = field(default_factory=dict)  # max |input current|
 
 
-def host_currents(graph: Graph, host_inputs: dict[str, torch.Tensor],
-                  dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
-    """Currents [T, B, *shape] per logical step into each population / readout from host-input edges.
+def host_ops(graph: Graph) -> list[HostOp]:
+    """The graph's host-input edges as the host computes them (in edge order: the currents sum in it)."""
+    return [HostOp(e.src, e.dst, e.op, e.gain, e.origin) for e in graph.edges
+            if isinstance(graph.nodes[e.src], HostInput)]
 
-    A host input is [B, *shape] (the same every step) or [T, B, *shape] (one per step)."""
-    missing = sorted(n.name for n in graph.of_type(HostInput) if n.name not in host_inputs)
-    if missing:
-        raise GraphError(f"missing host inputs: {', '.join(missing)}")
-    currents: dict[str, torch.Tensor] = {}
-    for e in graph.edges:
-        if isinstance(graph.nodes[e.src], HostInput):
-            x = host_inputs[e.src].to(dtype)
-            per_step = x.dim() == len(graph.nodes[e.src].shape) + 2
-            rows = x.shape[:2] if per_step else (1, x.shape[0])
-            y = e.op.apply(x.reshape(rows[0] * rows[1], *e.op.in_shape)).reshape(*rows, *e.op.out_shape)
-            gain = torch.ones(graph.timestep, dtype=dtype) if e.gain is None else torch.as_tensor(e.gain, dtype=dtype)
-            currents[e.dst] = currents.get(e.dst, 0) + gain.view(-1, *([1] * (y.dim() - 1))) * y
-    return currents
+
+def ir_host_currents(graph: Graph, host_inputs: dict[str, torch.Tensor],
+                     dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """Currents [T, B, *shape] per logical step into each population / readout from host-input edges."""
+    shapes = {n.name: n.shape for n in graph.of_type(HostInput)}
+    return host_currents(host_ops(graph), shapes, host_inputs, graph.timestep, dtype)
 
 
 @torch.no_grad()
@@ -57,7 +54,7 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
 
     float64 is the reference; calibration may use float32, it only needs peaks.
     """
-    currents = host_currents(graph, host_inputs, dtype)
+    currents = ir_host_currents(graph, host_inputs, dtype)
     name, first = next((k, v) for k, v in host_inputs.items() if k in graph.nodes)
     batch = first.shape[-1 - len(graph.nodes[name].shape)]  # [B, *shape] or [T, B, *shape]
     missing = sorted({e.gate for e in graph.edges if e.gate and (gates is None or e.gate not in gates)})

@@ -33,6 +33,10 @@ from lava.proc.lif.process import LIFReset
 from lava.proc.sparse.models import PySparseModelBitAcc, PySparseModelFloat
 from lava.proc.sparse.process import Sparse
 
+from snc.compiler.targets import get_target
+
+RULES = get_target("loihi2").rules  # the declared precisions of the tables: Loihi 2's, from its profile
+
 
 class StepGainSparse(Sparse):
     """``Sparse`` with a per-step output gain: ``gain`` [steps per call], ``gain_shift`` (fixed_pt)."""
@@ -73,7 +77,7 @@ def _skipped(model) -> bool:
 @implements(proc=StepGainSparse, protocol=LoihiProtocol)
 class PyStepGainSparseModelBitAcc(PySparseModelBitAcc):
     implements_process = None
-    gain: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
+    gain: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=RULES.gain_mant_bits)
 
     def run_spk(self) -> None:
         if _skipped(self):
@@ -98,8 +102,8 @@ class PyStepGainSparseModelFloat(PySparseModelFloat):
 @implements(proc=StepBiasLIFReset, protocol=LoihiProtocol)
 class PyStepBiasLifResetModelBitAcc(PyLifResetModelBitAcc):
     implements_process = None
-    bias_table_mant: np.ndarray = LavaPyType(np.ndarray, np.int16, precision=13)
-    bias_table_exp: np.ndarray = LavaPyType(np.ndarray, np.int16, precision=3)
+    bias_table_mant: np.ndarray = LavaPyType(np.ndarray, np.int16, precision=RULES.bias_mant_bits)
+    bias_table_exp: np.ndarray = LavaPyType(np.ndarray, np.int16, precision=RULES.bias_exp_max.bit_length())
 
     def run_spk(self) -> None:
         row = _row(self.time_step, self.bias_table_mant)

@@ -1,0 +1,92 @@
+"""Frontends: every source a user compiles becomes a ``Deployable`` here.
+
+Sources: an snc checkpoint (``.pt``, dispatched by its ``arch`` to the
+family registered for it), a preset (random init), a checkpoint of the
+public SDDPM / SDM code (``reference``), a plain ``.nir`` file
+(``nir_file``). A model family is one module with its exporter and host
+program (``unet``, ``mlp``, ``lateral``) and one ``register`` line below;
+``base`` declares the contract.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from snc.errors import SncError
+from snc.models import build_model
+from snc.models import preset as get_preset
+from snc.models.checkpoint import load_checkpoint
+
+from . import lateral, mlp, nir_file, reference, unet
+from .base import Deployable, Family, HostProgram
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> None:
+    for arch in family.archs:
+        FAMILIES[arch] = family
+
+
+register(unet.FAMILY)
+register(mlp.FAMILY)
+register(lateral.FAMILY)
+
+
+def family_of(arch: str) -> Family:
+    if arch not in FAMILIES:
+        raise SncError(f"no frontend for architecture {arch!r}; frontends: {', '.join(FAMILIES)}")
+    return FAMILIES[arch]
+
+
+def host_program(arch: str, model: nn.Module, nir_graph) -> HostProgram:
+    """The family's host program around ``model`` (as it is: dtype, mode) for its exported ``nir_graph``."""
+    return family_of(arch).host(model, nir_graph, arch)
+
+
+def deployable(model: nn.Module, arch: str, source: str = "", checkpoint: Optional[Path] = None,
+               meta: Optional[dict[str, Any]] = None) -> Deployable:
+    """Export ``model`` (eval mode; the graph in its parameters' dtype) and give it its host program, which
+    keeps a float64 copy of the model (the host's arithmetic)."""
+    family = family_of(arch)
+    graph = family.export(model, arch)
+    host = family.host(copy.deepcopy(model).double().eval(), graph, arch)
+    return Deployable(arch, graph, model.config.timestep, host, source, checkpoint, dict(meta or {}))
+
+
+def load(path: Optional[Path] = None, *, preset: Optional[str] = None, reference_arch: Optional[str] = None,
+         reference_config: Optional[Union[Path, Mapping[str, Any]]] = None, weights: str = "net",
+         seed: int = 0) -> Deployable:
+    """The deployable of a checkpoint (``.pt``: snc's, or the public code's with ``reference_arch``), a
+    ``.nir`` file or a preset (random init under ``seed``). Any problem is one SncError."""
+    if path is None and preset is None:
+        raise SncError("give a model (checkpoint .pt or .nir) or --preset NAME")
+    if path is not None and preset is not None:
+        raise SncError("give a model or --preset NAME, not both")
+    if reference_arch is None and (reference_config is not None or weights != "net"):
+        raise SncError("--config and --weights describe a checkpoint of the public code: give --arch sddpm|sdm-tsm")
+    if reference_arch is not None and (path is None or Path(path).suffix == ".nir"):
+        raise SncError("--arch reads a checkpoint (.pt) of the public SDDPM / SDM code; give its path")
+    if preset is not None:
+        arch, config = get_preset(preset)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            net = build_model(arch, config).eval()
+        return deployable(net, arch, f"preset {preset} (random init)",
+                          meta={"preset": preset, "seed": seed, "random_init": True})
+    path = Path(path)
+    if path.suffix == ".nir":
+        return nir_file.load(path)
+    if reference_arch is not None:
+        return reference.load(path, reference_arch, reference_config, weights)
+    ckpt = load_checkpoint(path)
+    return deployable(ckpt.model, ckpt.arch, str(path), checkpoint=path)
+
+
+__all__ = ["Deployable", "FAMILIES", "Family", "HostProgram", "deployable", "family_of", "host_program", "lateral",
+           "load", "register"]

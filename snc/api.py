@@ -1,0 +1,295 @@
+"""snc as a library: every command of the ``snc`` CLI as a function with a typed result.
+
+    from snc import api
+    result = api.compile("models/checkpoints/digits-unet.pt", target="loihi2", output="build/unet")
+    build = api.read_build("build/unet")
+    samples = api.sample(build, backend="emu", sampler="ddim", steps=20, n=16)
+    report = api.verify(build, backends=("lava", "emu"))
+    energy = api.energy(build, profile="loihi2", backends=("emu",))
+
+A source is loaded once per call (one checkpoint read, one export or NIR
+read); a ``Build`` or ``Deployable`` can be passed instead of a path to
+reuse what is loaded. The CLI (``snc.cli``) parses arguments, calls these
+and renders the results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping, Optional, Sequence, Union
+
+import nir
+import torch
+
+from snc.compiler import frontends
+from snc.compiler.build import Build, read_build, write_build
+from snc.compiler.driver import CompileResult, compile_deployable
+from snc.compiler.frontends.base import Deployable
+from snc.compiler.ir_io import save_graph
+from snc.compiler.pass_manager import CompileOptions
+from snc.compiler.targets import get_target
+from snc.errors import SncError
+from snc.hw_profiles import load_profile
+from snc.models.diffusion import Schedule
+from snc.runtime.backends import BACKENDS, get_backend
+from snc.runtime.energy import (EnergyReport, LoweredCount, NirLevelCount, NirModel, calibration_pairs, energy_report,
+                                tally_calls)
+from snc.runtime.moments import cached_moments
+from snc.runtime.samplers import ddim_timesteps
+from snc.runtime.samplers import sample as run_sampler
+from snc.runtime.verify import VerifyReport, verify_build
+
+PathLike = Union[str, Path]
+Status = Callable[[str], ContextManager]  # a context shown while a step runs (the CLI: a spinner)
+
+
+def _quiet(_: str) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+def load(source: Optional[PathLike] = None, *, preset: Optional[str] = None, arch: Optional[str] = None,
+         config: Optional[Union[PathLike, Mapping[str, Any]]] = None, weights: str = "net", seed: int = 0) -> Deployable:
+    """A checkpoint (snc's, or the public SDDPM / SDM code's with ``arch``), ``.nir`` file or preset, ready
+    to compile and run."""
+    return frontends.load(Path(source) if source is not None else None, preset=preset, reference_arch=arch,
+                          reference_config=Path(config) if isinstance(config, str) else config, weights=weights,
+                          seed=seed)
+
+
+def open_source(source: Union[PathLike, Build, Deployable]) -> Union[Build, Deployable]:
+    """A build (a build directory) or a deployable (a checkpoint or ``.nir`` file), as given or read."""
+    if isinstance(source, (Build, Deployable)):
+        return source
+    path = Path(source)
+    return read_build(path) if path.is_dir() else load(path)
+
+
+def export(source: Union[PathLike, Deployable]) -> nir.NIRGraph:
+    """The NIR graph of one spiking step of a model's core."""
+    return (source if isinstance(source, Deployable) else load(source)).nir_graph
+
+
+@dataclass
+class Compiled:
+    result: CompileResult
+    output: Optional[Path]
+    seconds: float  # everything, writing included
+
+    @property
+    def build(self) -> Optional[Build]:
+        return self.result.build
+
+    @property
+    def report(self):
+        return self.result.report
+
+
+def compile(source: Union[PathLike, Deployable, None] = None, *, preset: Optional[str] = None,
+            arch: Optional[str] = None, config: Optional[Union[PathLike, Mapping[str, Any]]] = None,
+            weights: str = "net", target: str = "loihi2", output: Optional[PathLike] = None, mode: Optional[str] = None,
+            calibration: int = 4, seed: int = 0, dump_ir: Optional[PathLike] = None, verify: bool = True,
+            allow_oversize: bool = False, threshold_scale: float = 1.0, stop_after: Optional[str] = None,
+            from_ir: Optional[PathLike] = None, modes: Optional[Sequence[str]] = None,
+            observe: Optional[Callable[[str, Any], None]] = None) -> Compiled:
+    """Compile a source for ``target``; with ``output`` write the build there (or, when ``stop_after``
+    ends the pipeline early, the IR after that pass, reloadable with ``from_ir``). ``modes``: the
+    arithmetic modes to lower (default: all of the target's); ``observe(pass, graph)`` after each pass."""
+    start = time.perf_counter()
+    deployable = source if isinstance(source, Deployable) else load(source, preset=preset, arch=arch, config=config,
+                                                                    weights=weights, seed=seed)
+    options = CompileOptions(allow_oversize=allow_oversize, threshold_scale=threshold_scale, verify=verify,
+                             modes=tuple(modes) if modes is not None else None)
+    result = compile_deployable(deployable, target, mode, options, calibration, seed, stop_after,
+                                Path(dump_ir) if dump_ir is not None else None,
+                                Path(from_ir) if from_ir is not None else None, observe)
+    out = Path(output) if output is not None else None
+    if out is not None:
+        if result.build is not None:
+            write_build(out, result.build, deployable.checkpoint)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            graph = result.graph
+            save_graph(graph, out / f"{len(graph.passes):02d}-{graph.passes[-1]}")
+    return Compiled(result, out, time.perf_counter() - start)
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # [n, C, H, W] float32 in [-1, 1]
+    backend: str
+    mode: str
+    sampler: str
+    steps: Optional[int]
+    eta: float
+    threshold_scale: float
+    n: int
+    batch: int
+    seed: int
+    seconds: float  # the sampling loop
+
+
+def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch", mode: Optional[str] = None,
+           sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0,
+           n: int = 16, batch: Optional[int] = None, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None,
+           status: Status = _quiet) -> SampleResult:
+    """Images from a diffusion sampler driving the denoiser on ``backend`` (chip backends need a build)."""
+    if n < 1 or (batch is not None and not 1 <= batch <= n):
+        raise SncError("-n must be at least 1 and --batch in 1..n")
+    if not 0 < threshold_scale < float("inf"):
+        raise SncError("--threshold-scale must be a positive finite number")
+    chosen = get_backend(backend)
+    src = open_source(source)
+    with chosen.open(src, mode, batch=batch or n, threshold_scale=threshold_scale) as runner:
+        host = runner.host  # moments: the model as the runner holds it, without its own guidance
+        cfg = host.config
+        schedule = Schedule(steps=cfg.diffusion_steps)
+        moments = None
+        if sampler == "analytic":
+            with status("epsilon moments of the model on its data (Analytic-DPM)"):
+                moments = cached_moments(src.path if isinstance(src, Build) else None, host.model, schedule,
+                                         ddim_timesteps(schedule.steps, steps or 50))
+        start = time.perf_counter()
+        images = run_sampler(runner, (n, cfg.img_ch, cfg.img_size, cfg.img_size), schedule, sampler=sampler,
+                             steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed), on_step=on_step,
+                             eps_moment=moments)
+        seconds = time.perf_counter() - start
+    return SampleResult(images.float(), backend, runner.mode, sampler, steps, eta, threshold_scale, n, batch or n,
+                        seed, seconds)
+
+
+def verify(source: Union[PathLike, Build], *, backends: Sequence[str] = ("lava",), n: int = 8,
+           batch: Optional[int] = None, seed: int = 0) -> VerifyReport:
+    """One denoiser call per diffusion step (0.1, 0.5, 0.9 of the schedule) on the torch model and each
+    backend; every pair compared (``VerifyReport.exact``: the same arithmetic agreed bit for bit)."""
+    if n < 1:
+        raise SncError("-n must be at least 1")
+    build = source if isinstance(source, Build) else read_build(Path(source))
+    return verify_build(build, n=n, seed=seed, backends=tuple(backends), batch=batch)
+
+
+def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: Optional[str] = None,
+           profile: Optional[str] = None, target: str = "loihi2", backends: Sequence[str] = ("torch",),
+           mode: str = "fixed", steps: Optional[int] = None, n: int = 4, seed: int = 0, specialised: bool = True,
+           nir_level: bool = False, status: Status = _quiet) -> EnergyReport:
+    """Energy, SOPs and resources per layer of a build (or of a checkpoint / preset compiled in memory for
+    ``target``, or with ``nir_level`` counted on its NIR graph), spike counts from ``backends[0]`` (the
+    others compared), priced on ``profile`` (default: the build's target)."""
+    if not backends or len(set(backends)) != len(backends) or not set(backends) <= set(BACKENDS):
+        raise SncError(f"--backend takes {' / '.join(BACKENDS)} or a comma list of them, got {','.join(backends)!r}")
+    if n < 1 or (steps is not None and steps < 1):
+        raise SncError("-n and --steps must be positive")
+    if mode not in get_target(target).modes:
+        raise SncError(f"--mode must be {' or '.join(get_target(target).modes)}")
+    if source is None and preset is None:
+        raise SncError("give a build directory or checkpoint, or --preset NAME")
+    src = open_source(source) if source is not None else None
+    if isinstance(src, Build) and preset is not None:
+        raise SncError("give a build directory or --preset NAME, not both")
+    if nir_level:
+        if list(backends) != ["torch"] or isinstance(src, Build) or (isinstance(src, Deployable) and src.host is None):
+            raise SncError("--nir-level counts a checkpoint (.pt) or --preset with torch spikes (--backend torch)")
+        deployable = src if src is not None else load(preset=preset, seed=seed)
+        price = load_profile(profile or target)
+        with status("counting on the NIR graph with torch spikes"):
+            model = NirModel(deployable.nir_graph, deployable.timestep, deployable.arch, keep_graph=True)
+            counted = NirLevelCount(model, deployable.gate_table())
+            host = deployable.host
+            with get_backend("torch").open(deployable, "float64", record=True) as runner:
+                counts = [tally_calls(runner, counted, model, calibration_pairs(host, n, seed), specialised)]
+            report = energy_report(host, counted, model, price, counts, steps)
+        return dataclasses.replace(report, random_init=deployable.random_init)
+    model = None
+    if isinstance(src, Build):
+        build = src
+    else:
+        if isinstance(src, Deployable) and src.host is None:
+            raise SncError(f"{source}: a NIR file has no host parts to run; compile the checkpoint it came from")
+        deployable = src if src is not None else load(preset=preset, seed=seed)
+
+        def papers_layers(name: str, graph: Any) -> None:  # the compile's own import, as the papers count it
+            nonlocal model
+            if name == "partition_host":
+                model = NirModel(deployable.nir_graph, deployable.timestep, deployable.arch, imported=graph)
+
+        # a report counts a graph whether or not it fits (the resources list the violations), on the chip's
+        # integers only: the float netlist and the IR are not kept
+        with status("compiling"):
+            build = compile(deployable, target=target, seed=seed, allow_oversize=True,
+                            modes=get_target(target).modes[:1], observe=papers_layers).build
+    price = load_profile(profile or build.target)
+    host = build.host
+    model = model or NirModel(build.nir_graph, host.config.timestep, build.arch)
+    counted = LoweredCount(build.netlist(build.modes[0]))  # the chip's integers
+    pairs = calibration_pairs(host, n, seed)
+    counts = []
+    for name in backends:
+        backend = get_backend(name)
+        run_mode = "float64" if name == "torch" else mode
+        with status(f"counting spikes on {name}"), \
+                backend.open(build, run_mode, batch=n, record=True, specialised=specialised) as runner:
+            counts.append(tally_calls(runner, counted, model, pairs, specialised))
+    report = energy_report(host, counted, model, price, counts, steps)
+    return dataclasses.replace(report, random_init=bool(build.meta.get("host_meta", {}).get("random_init")))
+
+
+@dataclass
+class Trained:
+    arch: str
+    model: torch.nn.Module
+    meta: dict[str, Any]
+
+
+def train(preset: Optional[str] = None, *, tsm_finetune: Optional[PathLike] = None, steps: Optional[int] = None,
+          seed: int = 0, batch_size: Optional[int] = None, lr: Optional[float] = None,
+          on_step: Optional[Callable[[int, int, float], None]] = None) -> Trained:
+    """Train a digits denoiser of ``preset`` with DDPM, or fine-tune the TSM scales of an snc U-Net
+    checkpoint (``tsm_finetune``); ``on_step(step, steps, loss)`` after every optimizer step."""
+    from snc.models import preset as get_preset
+    from snc.models.checkpoint import load_checkpoint
+    from snc.models.train import TSM_FINETUNE_SETTINGS, default_settings, finetune_tsm, train_denoiser
+
+    if (preset is None) == (tsm_finetune is None):
+        raise SncError("give --preset NAME to train, or --tsm-finetune CHECKPOINT to fine-tune TSM scales")
+    if tsm_finetune is not None:
+        base = load_checkpoint(tsm_finetune)
+        if base.arch != "spiking-unet":
+            raise SncError(f"{tsm_finetune}: --tsm-finetune needs a spiking-unet checkpoint, not {base.arch}")
+        arch, config, defaults, what = "spiking-unet-tsm", base.config, TSM_FINETUNE_SETTINGS, str(tsm_finetune)
+        origin = {"tsm_finetune_of": str(tsm_finetune)}
+    else:
+        arch, config = get_preset(preset)
+        defaults, what, origin = default_settings(preset), f"preset {preset!r}", {"preset": preset}
+    if (config.img_ch, config.img_size) != (1, 8):
+        raise SncError(f"{what} is not a digits model (8x8x1); snc trains only on digits")
+    settings = dataclasses.replace(
+        defaults,
+        steps=steps if steps is not None else defaults.steps,
+        batch_size=batch_size if batch_size is not None else defaults.batch_size,
+        lr=lr if lr is not None else defaults.lr,
+        seed=seed,
+    )
+    if settings.steps < 1 or settings.batch_size < 1:
+        raise SncError("--steps and --batch-size must be positive")
+    report = None if on_step is None else (lambda step, loss: on_step(step, settings.steps, loss))
+    if tsm_finetune is not None:
+        model, meta = finetune_tsm(base.model, settings, report)
+    else:
+        model, meta = train_denoiser(arch, config, settings, report)
+    return Trained(arch, model, meta | origin)
+
+
+def evaluate(samples: Union[PathLike, torch.Tensor]):
+    """The Fréchet Digits Distance of samples ([N, 1, 8, 8] in [-1, 1], or a .npy / snc .png file) beside
+    its two references (``models.quality.QualityReport``)."""
+    from snc.models.quality import evaluate_samples
+    from snc.runtime.images import load_samples
+
+    images = samples if isinstance(samples, torch.Tensor) else load_samples(samples)
+    try:
+        return evaluate_samples(images)
+    except ValueError as exc:
+        raise SncError(f"{samples}: {exc}") from None
