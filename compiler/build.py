@@ -31,6 +31,7 @@ import nir
 import torch
 
 from snc.errors import SncError
+from snc.models import arch_of
 from snc.models.checkpoint import load_checkpoint, save_checkpoint
 
 from .frontends import host_program
@@ -123,8 +124,8 @@ def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Bu
         if Path(checkpoint).resolve() != model_file.resolve():
             shutil.copyfile(checkpoint, model_file)
     elif build._model is not None:  # a preset's random weights or a converted reference checkpoint
-        save_checkpoint(model_file, build.arch, build._model.model, build.meta.get("host_meta", {}),
-                        dtype=torch.float32)
+        model = build._model.model  # its own architecture: a frontend's arch may name a part of it
+        save_checkpoint(model_file, arch_of(model), model, build.meta.get("host_meta", {}), dtype=torch.float32)
     else:
         model_file.unlink(missing_ok=True)  # a stale copy from an earlier build would mislead
     (directory / "moments.json").unlink(missing_ok=True)  # the cached epsilon moments were the old model's

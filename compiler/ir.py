@@ -52,6 +52,7 @@ import numpy as np
 
 from snc.errors import GraphError
 
+from .gates import gates_at
 from .linear import LinearOp, Shape
 
 if TYPE_CHECKING:
@@ -98,14 +99,6 @@ class Readout:
 
 
 Node = Union[HostInput, Linear, Population, Readout]
-
-
-def step_bias(node: Union[Population, Readout], timestep: int) -> np.ndarray:
-    """The node's bias per logical step, [T, *shape] (a static bias repeated)."""
-    b = np.asarray(node.bias, dtype=np.float64)
-    if b.shape == tuple(node.shape):
-        return np.broadcast_to(b, (timestep, *b.shape))
-    return b
 
 
 def bias_at(node: Union[Population, Readout], t: int) -> np.ndarray:
@@ -194,13 +187,9 @@ class Graph:
         """Every snc.Gate key on an edge or Linear node, sorted."""
         return sorted({getattr(x, "gate", "") for x in (*self.edges, *self.nodes.values())} - {""})
 
-    def gates_at(self, step: int, specialised: bool = True) -> dict[str, np.ndarray]:
-        """Every gate's values [T] for diffusion step ``step`` (the model's, unless ``specialised``)."""
-        tables = self.gates if specialised else {**self.gates, **self.model_gates}
-        steps = next(iter(tables.values())).shape[0] if tables else 0
-        if tables and not 0 <= step < steps:
-            raise GraphError(f"diffusion step {step} outside the gate table's 0..{steps - 1}")
-        return {k: v[step] for k, v in tables.items()}
+    def gates_at(self, step: int) -> dict[str, np.ndarray]:
+        """Every (specialised) gate's values [T] for diffusion step ``step``."""
+        return gates_at(self.gates, step)
 
     @property
     def readout(self) -> Readout:

@@ -17,7 +17,7 @@ from snc.errors import GraphError
 
 from .ir import Edge, Graph, HostInput, Linear, Node, Population, Readout
 from .linear import op_from_dict, op_to_dict
-from .netlist import load_netlist, save_netlist
+from .netlist import load_netlist, save_netlist, stem_file
 
 FORMAT = "snc-ir"
 FORMAT_VERSION = 1
@@ -71,8 +71,8 @@ def save_graph(graph: Graph, stem: Path) -> None:
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": graph.arch, "timestep": graph.timestep,
            "passes": list(graph.passes), "netlists": sorted(graph.netlists), "nodes": nodes, "edges": edges,
            "log": graph.log}
-    _file(stem, ".json").write_text(json.dumps(doc, indent=1, default=json_default))
-    np.savez(_file(stem, ".npz"), **arrays)
+    stem_file(stem, ".json").write_text(json.dumps(doc, indent=1, default=json_default))
+    np.savez(stem_file(stem, ".npz"), **arrays)
     for mode, net in graph.netlists.items():
         save_netlist(net, stem.with_name(f"{stem.name}.netlist-{mode}"))
 
@@ -83,10 +83,10 @@ def load_graph(stem: Path) -> Graph:
     stem = Path(stem)
     stem = stem.parent / stem.name[:-len(".json")] if stem.name.endswith(".json") else stem
     try:
-        doc = json.loads(_file(stem, ".json").read_text())
+        doc = json.loads(stem_file(stem, ".json").read_text())
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
             raise GraphError(f"{stem}.json: not an snc IR dump ({FORMAT} v{FORMAT_VERSION})")
-        with np.load(_file(stem, ".npz"), allow_pickle=False) as npz:
+        with np.load(stem_file(stem, ".npz"), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         graph = _graph(doc, arrays)
         graph.netlists = {mode: load_netlist(stem.with_name(f"{stem.name}.netlist-{mode}")) for mode in doc["netlists"]}
@@ -136,8 +136,3 @@ def json_default(v: Any) -> Any:
     if isinstance(v, np.ndarray):
         return v.tolist()
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
-def _file(stem: Path, suffix: str) -> Path:
-    """``stem`` + ``suffix`` (not ``with_suffix``: a stem may hold dots, as ``NN-pass.netlist-fixed`` does)."""
-    return stem.parent / (stem.name + suffix)

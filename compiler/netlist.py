@@ -79,6 +79,7 @@ from scipy import sparse
 
 from snc.errors import SncError
 
+from .gates import Gates, gates_at, gates_off, switched_off
 from .linear import LinearOp, Shape, op_from_dict, op_to_dict
 
 MODES = ("fixed", "float")
@@ -86,8 +87,6 @@ SYNAPSE_KINDS = ("sparse", "dense", "conv")
 ROLES = ("neuron", "relay", "and")
 FORMAT = "snc-netlist"
 FORMAT_VERSION = 1
-
-Gates = dict[str, np.ndarray]  # key -> [T] values of one call
 
 
 def logical_steps(time_steps: np.ndarray, depth: int, timestep: int, call_steps: int) -> np.ndarray:
@@ -211,11 +210,7 @@ class Netlist:
     # --- the gates of a call --------------------------------------------------------------------
     def gates_at(self, step: int, specialised: bool = True) -> Gates:
         """Every gate's values [T] for diffusion step ``step`` (the model's, unless ``specialised``)."""
-        tables = self.gates if specialised else {**self.gates, **self.model_gates}
-        steps = next(iter(tables.values())).shape[0] if tables else 0
-        if tables and not 0 <= step < steps:
-            raise SncError(f"diffusion step {step} outside the gate table's 0..{steps - 1}")
-        return {k: v[step] for k, v in tables.items()}
+        return gates_at(self.gates if specialised else {**self.gates, **self.model_gates}, step)
 
     def call_gates(self, t: torch.Tensor, specialised: bool = True) -> Optional[Gates]:
         """The gate values [T] of a call at diffusion steps t (one step per call), None without gates."""
@@ -228,18 +223,12 @@ class Netlist:
 
     def gates_off(self, step: int) -> set[str]:
         """The (specialised) gates that are 0 at every inner step of diffusion step ``step``."""
-        return {k for k, v in self.gates_at(step).items() if not np.any(v)} if self.gates else set()
+        return gates_off(self.gates, step)
 
     def switched_off(self, step: int) -> set[str]:
-        """Groups every synapse into which passes a gate that is 0 for the whole diffusion step (their
-        host currents, an expert's bias, are scaled by the same gate): they do nothing in that call."""
-        off = self.gates_off(step)
-        if not off:
-            return set()
-        gates: dict[str, list[str]] = {}
-        for s in self.synapses:
-            gates.setdefault(s.dst, []).append(s.gate)
-        return {g for g, passed in gates.items() if g in self.groups and all(k in off for k in passed)}
+        """Groups every synapse into which is behind a gate that is 0 for the whole diffusion step: they
+        do nothing in that call."""
+        return switched_off(((s.dst, s.gate) for s in self.synapses), self.gates_off(step), self.groups.__contains__)
 
     def relay_source(self, relay: str) -> str:
         """The group whose spikes a relay (of a chain of relays) repeats."""
@@ -449,16 +438,16 @@ def save_netlist(net: Netlist, stem: Path) -> None:
            "readout": {"name": r.name, "shape": list(r.shape), "scale": r.scale, "depth": r.depth},
            "inputs": net.inputs, "host_inputs": {k: list(v) for k, v in net.host_inputs.items()},
            "host_ops": host_ops}
-    _file(stem, ".json").write_text(json.dumps(doc, indent=1))
-    np.savez(_file(stem, ".npz"), **arrays)  # compressing weights gains little, costs minutes
+    stem_file(stem, ".json").write_text(json.dumps(doc, indent=1))
+    np.savez(stem_file(stem, ".npz"), **arrays)  # compressing weights gains little, costs minutes
 
 
 def load_netlist(stem: Path) -> Netlist:
-    doc = json.loads(_file(stem, ".json").read_text())
+    doc = json.loads(stem_file(stem, ".json").read_text())
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise SncError(f"{stem}: netlist format {doc.get('format')!r} v{doc.get('format_version')!r}, "
                        f"this snc reads {FORMAT} v{FORMAT_VERSION}")
-    with np.load(_file(stem, ".npz"), allow_pickle=False) as npz:
+    with np.load(stem_file(stem, ".npz"), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     groups = {}
     for d in doc["groups"]:
@@ -487,6 +476,6 @@ def _scalar(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _file(stem: Path, suffix: str) -> Path:
+def stem_file(stem: Path, suffix: str) -> Path:
     """``stem`` + ``suffix`` (not ``with_suffix``: a stem may hold dots, as ``NN-pass.netlist-fixed`` does)."""
     return stem.parent / (stem.name + suffix)

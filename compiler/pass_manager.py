@@ -30,18 +30,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import nir
-import numpy as np
 import torch
 
 from snc.errors import GraphError, SncError
 
+from .gates import Gates, GateTable
 from .ir import Graph
 
 if TYPE_CHECKING:
     from .targets import Target
 
-Gates = dict[str, np.ndarray]
-GateTable = dict[str, np.ndarray]  # key -> [diffusion steps, T]
 
 
 @dataclass(frozen=True)

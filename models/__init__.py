@@ -7,7 +7,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, shipped_ch
 from .lateral import LateralConfig, SpikingLateralTransformer
 from .mlp import MLPConfig, SpikingMLP
 from .neurons import IFNeuron, NeuronConfig
-from .presets import PRESETS, ann_twin, build_model, preset
+from .presets import PRESETS, ann_twin, arch_of, build_model, preset
 from .unet import SpikingUNet, SpikingUNetTSM, TSMConv2d, UNetConfig
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "TSMConv2d",
     "UNetConfig",
     "ann_twin",
+    "arch_of",
     "build_model",
     "load_checkpoint",
     "preset",

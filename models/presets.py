@@ -70,6 +70,14 @@ def build_model(arch: str, config: Config) -> nn.Module:
     return ARCHS[arch][1](config)
 
 
+def arch_of(model: nn.Module) -> str:
+    """The architecture name of a model (its class in ``ARCHS``): what its checkpoint records."""
+    for name, (_, cls) in ARCHS.items():
+        if type(model) is cls:
+            return name
+    raise SncError(f"{type(model).__name__} is not a registered architecture")
+
+
 def ann_twin(config: Config) -> Config:
     """The same graph without spikes (ReLU neurons, one step): for ANN-vs-SNN energy."""
     return dataclasses.replace(config, spiking=False, timestep=1)

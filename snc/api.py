@@ -184,11 +184,9 @@ def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: O
         raise SncError("-n and --steps must be positive")
     if mode not in get_target(target).modes:
         raise SncError(f"--mode must be {' or '.join(get_target(target).modes)}")
-    if source is None and preset is None:
-        raise SncError("give a build directory or checkpoint, or --preset NAME")
+    if (source is None) == (preset is None):
+        raise SncError("give a build directory or checkpoint, or --preset NAME (not both)")
     src = open_source(source) if source is not None else None
-    if isinstance(src, Build) and preset is not None:
-        raise SncError("give a build directory or --preset NAME, not both")
     if nir_level:
         if list(backends) != ["torch"] or isinstance(src, Build) or (isinstance(src, Deployable) and src.host is None):
             raise SncError("--nir-level counts a checkpoint (.pt) or --preset with torch spikes (--backend torch)")
@@ -216,10 +214,12 @@ def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: O
                 model = NirModel(deployable.nir_graph, deployable.timestep, deployable.arch, imported=graph)
 
         # a report counts a graph whether or not it fits (the resources list the violations), on the chip's
-        # integers only: the float netlist and the IR are not kept
+        # integers; the other mode's netlist only if a backend runs it, and the IR is not kept
+        chip = get_target(target).modes[0]
+        modes = (chip,) + ((mode,) if mode != chip and any(b != "torch" for b in backends) else ())
         with status("compiling"):
-            build = compile(deployable, target=target, seed=seed, allow_oversize=True,
-                            modes=get_target(target).modes[:1], observe=papers_layers).build
+            build = compile(deployable, target=target, seed=seed, allow_oversize=True, modes=modes,
+                            observe=papers_layers).build
     price = load_profile(profile or build.target)
     host = build.host
     model = model or NirModel(build.nir_graph, host.config.timestep, build.arch)

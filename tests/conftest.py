@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import snc.models as m
+from snc.models import arch_of
 from snc.compiler import frontends
 from snc.compiler.driver import CompileResult, compile_deployable
 from snc.compiler.frontends.base import Deployable
@@ -51,10 +52,6 @@ def make_model(preset: str, seed: int = 0, **overrides) -> torch.nn.Module:
         model = m.build_model(arch, config)
     randomize_batchnorm(model, seed)
     return model.eval()
-
-
-def arch_of(model: torch.nn.Module) -> str:
-    return next(name for name, (_, cls) in m.presets.ARCHS.items() if type(model) is cls)
 
 
 def export(model: torch.nn.Module) -> nir.NIRGraph:

@@ -113,7 +113,7 @@ def _active_circuits(seed: int = 1) -> SpikingLateralTransformer:
 
 @pytest.mark.lava
 def test_lateral_circuits_select_the_same_experts_on_lava_as_in_torch():
-    from snc.compiler.frontends.lateral import selection_deployable
+    from snc.compiler import frontends
     from snc.compiler.ir_executor import run_ir
     from snc.compiler.netlist import netlist_currents
     from snc.runtime.backends.emulator import EmuNetwork
@@ -124,7 +124,7 @@ def test_lateral_circuits_select_the_same_experts_on_lava_as_in_torch():
 
     model = _active_circuits()
     cfg = model.config
-    dep = selection_deployable(model)
+    dep = frontends.deployable(model, "lateral-selection")
     graph, result = dep.nir_graph, compile_model(dep)
     ir = result.graph
     loops = [e for e in ir.edges if e.lag]

@@ -14,10 +14,9 @@ from snc.compiler.ir import Edge, Graph, HostInput, Linear, Population, Readout
 from snc.compiler.ir_io import load_graph, save_graph
 from snc.compiler.linear import LinearOp
 from snc.compiler.pass_manager import CalibrationCall, CompileContext, CompileOptions, Pass, PassManager
-from snc.compiler.passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, map_cores,
+from snc.compiler.passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, lower, map_cores,
                                  partition_host, quantize, reassociate, specialise_selection, split_signs)
 from snc.compiler.targets import get_target
-from snc.compiler.targets.loihi2 import LOWER
 from snc.errors import GraphError, SncError
 
 from conftest import compile_model, deploy, make_model
@@ -226,21 +225,21 @@ def test_guide_thresholds_scales_neurons_not_relays_and_refuses_rounding_away():
 # --- lower and map_cores ---------------------------------------------------------------------------------
 def test_lower_makes_one_netlist_per_mode_from_the_guided_graph():
     ir = guide_thresholds.run(quantize.run(_scaled(), _ctx()), _ctx())
-    ir = LOWER.run(ir, _ctx())
-    LOWER.verify(ir, _ctx())
+    ir = lower.PASS.run(ir, _ctx())
+    lower.PASS.verify(ir, _ctx())
     fixed, floating = ir.netlists["fixed"], ir.netlists["float"]
     assert set(fixed.groups) == {"a", "b", "c", "a.delay1"} and fixed.groups["a.delay1"].reset_interval == 0
     assert [h.src for h in fixed.host_ops] == ["in"] and fixed.inputs == {"a": ir.nodes["a"].scale}
     assert all(s.op.weight.dtype.kind == "i" for s in fixed.synapses)
     assert all(s.op.weight.dtype.kind == "f" for s in floating.synapses) and floating.groups["a"].vth == 1.0
-    only_fixed = LOWER.run(ir, _ctx(modes=("fixed",)))
+    only_fixed = lower.PASS.run(ir, _ctx(modes=("fixed",)))
     assert list(only_fixed.netlists) == ["fixed"]
     with pytest.raises(SncError, match="needs fixed"):
-        LOWER.run(ir, _ctx(modes=("float",)))
+        lower.PASS.run(ir, _ctx(modes=("float",)))
 
 
 def test_map_cores_fails_a_netlist_that_does_not_fit_unless_allowed():
-    ir = LOWER.run(guide_thresholds.run(quantize.run(_scaled(), _ctx()), _ctx()), _ctx())
+    ir = lower.PASS.run(guide_thresholds.run(quantize.run(_scaled(), _ctx()), _ctx()), _ctx())
     assert map_cores.run(ir, _ctx()) is ir and map_cores.verify(ir, _ctx()) is None
     entry = ir.log[-1]
     assert entry["pass"] == "map_cores" and entry["neurons"] == 10 and not entry["violations"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from snc import api
-from snc.compiler.frontends.lateral import selection_deployable
+from snc.compiler import frontends
 from snc.compiler.netlist import netlist_currents
 from snc.models.checkpoint import load_checkpoint
 from snc.models.lateral import SpikingLateralTransformer
@@ -40,7 +40,7 @@ def main() -> None:
     cfg = model.config
     steps = cfg.diffusion_steps
     t = torch.arange(steps) if args.n == 0 else torch.linspace(0, steps - 1, args.n).round().long()
-    circuits = selection_deployable(model)
+    circuits = frontends.deployable(model, "lateral-selection", source=f"lateral circuits of {args.checkpoint}")
     net = api.compile(circuits, calibration=0).build.netlist(args.mode)
     with torch.no_grad():
         h, delta = model.selection(t)

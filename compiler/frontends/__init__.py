@@ -36,6 +36,7 @@ def register(family: Family) -> None:
 register(unet.FAMILY)
 register(mlp.FAMILY)
 register(lateral.FAMILY)
+register(lateral.SELECTION)
 
 
 def family_of(arch: str) -> Family:

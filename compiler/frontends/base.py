@@ -35,9 +35,8 @@ from snc.models.data import digits
 from snc.models.diffusion import Schedule, q_sample
 from snc.models.neurons import IFNeuron, SpikeAnd, scale_thresholds
 
-from ..pass_manager import CalibrationCall, GateTable
-
-Gates = dict[str, np.ndarray]  # key -> [T] values of one call
+from ..gates import Gates, GateTable
+from ..pass_manager import CalibrationCall
 CALIBRATION_FRACTIONS = (0.05, 0.35, 0.65, 0.95)  # of the diffusion steps: the compile-time calibration calls
 
 

@@ -14,8 +14,9 @@ the fc1 bias; ``bias.<block>.experts``: sum of h[t] times the fc2 biases).
 Residual sums are ``<block>.in`` / ``.mid`` / ``.out`` junctions. The
 output is the last stream; the head and the mean over steps are host work.
 
-``export_selection`` writes the lateral circuits alone (``selection_deployable``):
-every block's Omega and its recurrent loop, driven by ``lateral.blocks.<r>``.
+``export_selection`` writes the lateral circuits alone (the family
+``lateral-selection``): every block's Omega and its recurrent loop, driven by
+``lateral.blocks.<r>``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from snc.errors import SncError
 from snc.models.lateral import LinearBN, SpikingLateralTransformer
 
 from ..nir_io import NIR_DT, Gate, NearestUpsample2d, fix_grouped_conv_type
-from .base import Deployable, Family, Gates, HostProgram, broadcast
+from .base import Family, Gates, HostProgram, broadcast
 from .nir_builder import GraphBuilder, as_array, builder_for, fold_batchnorm, neuron_node
 
 ARCHS = ("lateral-transformer",)
@@ -193,6 +194,10 @@ def export_selection(model: SpikingLateralTransformer) -> nir.NIRGraph:
                    "lateral.blocks.<r>: A_agg l of block r's router, constant over the inner steps")
 
 
+def _export_selection(model: SpikingLateralTransformer, arch: str) -> nir.NIRGraph:
+    return export_selection(model)
+
+
 class SelectionHost(HostProgram):
     """The lateral circuits' inputs: each block's drive ``A_agg l`` from its router, over the inner steps."""
 
@@ -205,12 +210,6 @@ class SelectionHost(HostProgram):
         return inputs
 
 
-def selection_deployable(model: SpikingLateralTransformer) -> Deployable:
-    """The lateral circuits of a lateral transformer (eval mode) as their own deployable."""
-    graph = export_selection(model)
-    return Deployable("lateral-selection", graph, model.config.timestep, SelectionHost(model, graph,
-                                                                                      "lateral-selection"),
-                      source="lateral circuits of a lateral transformer")
-
-
 FAMILY = Family(ARCHS, export, LateralHost)
+# the lateral circuits alone: ``frontends.deployable(model, "lateral-selection")``
+SELECTION = Family(("lateral-selection",), _export_selection, SelectionHost)

@@ -143,7 +143,8 @@ def quantize(graph: Graph, rules: FixedPoint, target: str = "the target") -> Gra
         w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale, rules, e.op.upsample)
         if exp > rules.weight_exp_max:
             problems.append(f"{e.name}: weights need exponent {exp} > {rules.weight_exp_max}")
-        e.fixed = {"weight": w_int.astype(np.int16), "weight_exp": exp}  # |w| <= 256
+        # stored at the width a backend is handed (int16 on Loihi 2), not int64: the weights of a CIFAR model
+        e.fixed = {"weight": w_int.astype(f"int{rules.handed_weight_bits}"), "weight_exp": exp}
         edge_rows.append({"edge": e.name, "weight_exp": exp, "relative_error": err})
         if e.gain is not None:
             mant, shift, gain_err = quantize_gain(e.gain, rules)

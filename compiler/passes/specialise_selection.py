@@ -38,7 +38,8 @@ import numpy as np
 from snc.errors import GraphError
 
 from ..ir import Graph
-from ..pass_manager import CompileContext, GateTable, Pass
+from ..gates import GateTable
+from ..pass_manager import CompileContext, Pass
 
 
 def run(graph: Graph, ctx: CompileContext) -> Graph:

@@ -26,13 +26,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from snc.errors import GraphError, SncError
+from snc.errors import SncError
 
 from ..ir import Graph, HostInput, Population
 from ..linear import LinearOp
 from ..netlist import MODES, HostOp, Netlist, NeuronGroup, ReadoutPort, Synapse
-from ..pass_manager import CompileContext, Pass
-from ..passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, map_cores, partition_host,
+from ..pass_manager import Pass
+from ..passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, lower, map_cores, partition_host,
                       quantize, reassociate, specialise_selection, split_signs)
 from . import Target
 
@@ -44,7 +44,7 @@ class Loihi2(Target):
     def passes(self) -> Sequence[Pass]:
         return (import_nir.PASS, partition_host.PASS, reassociate.PASS, specialise_selection.PASS,
                 balance_delays.PASS, fold_thresholds.PASS, split_signs.PASS, quantize.PASS, guide_thresholds.PASS,
-                LOWER, map_cores.PASS)
+                lower.PASS, map_cores.PASS)
 
     # --- lowering ----------------------------------------------------------------------------------
     def lower(self, graph: Graph, mode: str) -> Netlist:
@@ -205,34 +205,3 @@ def _lowered_op(op: LinearOp, fixed_params: dict, fixed: bool) -> LinearOp:
 
 
 TARGET = Loihi2()
-
-
-def _modes(ctx: CompileContext) -> tuple[str, ...]:
-    modes = ctx.options.modes or ctx.target.modes
-    unknown = sorted(set(modes) - set(ctx.target.modes))
-    if unknown or ctx.target.modes[0] not in modes:  # the chip's mode: what the core mapping counts
-        raise SncError(f"lowering modes {', '.join(modes)}: {ctx.target.name} has {', '.join(ctx.target.modes)} "
-                       f"and needs {ctx.target.modes[0]}")
-    return tuple(m for m in ctx.target.modes if m in modes)
-
-
-def _lower(graph: Graph, ctx: CompileContext) -> Graph:
-    graph.netlists = {mode: ctx.target.lower(graph, mode) for mode in _modes(ctx)}
-    return graph
-
-
-def _verify_lowering(graph: Graph, ctx: CompileContext) -> None:
-    graph.check()
-    populations = {p.name for p in graph.of_type(Population)}
-    for mode, net in graph.netlists.items():
-        ctx.target.check(net)
-        chip_edges = sum(not isinstance(graph.nodes[e.src], HostInput) for e in graph.edges)
-        if set(net.groups) != populations or len(net.synapses) != chip_edges or net.mode != mode:
-            raise GraphError(f"the {mode} netlist does not hold every population and chip edge of the graph")
-    if tuple(graph.netlists) != _modes(ctx):
-        raise GraphError(f"lowering made netlists for {sorted(graph.netlists)}, not {list(_modes(ctx))}")
-
-
-# the last compile step: every later consumer reads these netlists, not the IR
-LOWER = Pass("lower", _lower, _verify_lowering, requires=("fixed-point", "guided", "schedule", "gate-tables"),
-             provides=("netlist",))

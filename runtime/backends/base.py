@@ -136,7 +136,8 @@ def host_values(net: Netlist, currents: dict[str, np.ndarray], batch: int) -> di
     """Per input group: [T, B, n] int64 (fixed: rounded at the group's scale) or float64 (float)."""
     values = {}
     T = net.timestep
-    limit = get_target(net.target).rules.current_limit if net.mode == "fixed" else None
+    rules = get_target(net.target).rules
+    limit = rules.current_limit if net.mode == "fixed" else None
     for name, scale in net.inputs.items():
         if name not in currents:
             raise SncError(f"no host current for population {name}")
@@ -150,7 +151,7 @@ def host_values(net: Netlist, currents: dict[str, np.ndarray], batch: int) -> di
         if limit is not None:
             scaled = np.round(x * scale)
             if np.abs(scaled).max(initial=0) >= limit:
-                raise SncError(f"host current into {name} exceeds the 24-bit range at this scale "
+                raise SncError(f"host current into {name} exceeds the {rules.state_bits}-bit range at this scale "
                                f"(peak {np.abs(x).max():.3g}); recompile with calibration data like these inputs")
             x = scaled.astype(np.int64)
         values[name] = np.broadcast_to(x, (T, batch, n))

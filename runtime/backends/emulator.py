@@ -1,6 +1,6 @@
 """Bit-exact, vectorised emulator of a netlist with Lava 0.10's fixed_pt semantics.
 
-Requires a fixed-mode ``Netlist`` (``compiler/lower.py``). Guarantees: every
+Requires a fixed-mode ``Netlist`` of the ``loihi2`` target (``compiler/netlist.py``). Guarantees: every
 step's spikes, u, v and readout equal those of Lava's fixed_pt process
 models (``lava/proc/{lif,sparse,dense,conv}/models.py``) for the same netlist,
 batch and host currents, counting time steps across calls as Lava does. The

@@ -33,13 +33,14 @@ class TorchRunner:
         dtype = DTYPES[mode]
         if next(host.model.parameters()).dtype != dtype:  # a copy: the source's host stays as it is
             host = host.with_model(copy.deepcopy(host.model).to(dtype))
-        self.host = host
+        self.host, self.dtype = host, dtype
         self.program = host.guided(threshold_scale) if threshold_scale != 1.0 else host
         self.backend, self.mode, self.record = BACKEND.name, mode, record
         self.last: Optional[CallResult] = None
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)  # the sampler's float32 images into a float64 model
         if not self.record:
             return self.program.model(x, t)
         eps, spikes = self.program.reference(x, t)

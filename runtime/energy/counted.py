@@ -18,6 +18,7 @@ from typing import Any, Optional
 import nir
 import numpy as np
 
+from snc.compiler.gates import gates_off, switched_off
 from snc.compiler.ir import Graph, HostInput, Linear, Population
 from snc.compiler.netlist import Netlist
 from snc.compiler.nir_io import StepScale
@@ -161,18 +162,12 @@ class NirLevelCount:
                                                                                                 "readout", r.depth)]
 
     def gates_off(self, step: int) -> set[str]:
-        return {k for k, v in self.graph.gates_at(step).items() if not np.any(v)} if self.graph.gates else set()
+        return gates_off(self.graph.gates, step)
 
     def switched_off(self, step: int) -> set[str]:
-        """Populations every spike path into which passes a gate that is 0 for the whole diffusion step."""
-        off = self.gates_off(step)
-        if not off:
-            return set()
-        inputs: dict[str, list[str]] = {}
-        for _, dst, gate in self._paths:
-            inputs.setdefault(dst, []).append(gate)
-        return {p for p, passed in inputs.items() if isinstance(self.graph.nodes[p], Population)
-                and all(g in off for g in passed)}
+        """Populations every spike path into which (through the NIR ops) passes a gate 0 for the whole step."""
+        return switched_off(((dst, gate) for _, dst, gate in self._paths), self.gates_off(step),
+                            lambda name: isinstance(self.graph.nodes[name], Population))
 
     def host_macs(self, step_scales: set[str]) -> dict[str, int]:
         return {}  # the NIR graph's host ops are its layers (the papers' count)

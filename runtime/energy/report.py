@@ -4,12 +4,12 @@ Counting (per image and denoiser call; per sample multiplies by the sampler's st
 
 - **spike counts** per neuron of every population, from calls on calibration
   inputs (digits noised at diffusion steps spread over t) run by a backend:
-  ``torch`` (the checkpoint's model; relays repeat their source), ``lava``
-  or ``emu`` (every population, relays included);
-- **exact SOPs**: each spike times the fan-out of its neuron in the lowered
-  graph: the re-associated, delayed, sign-split synapses with their quantized
-  weights, border-aware (``LinearOp.fan_out``), relays and the identity
-  synapses into them included;
+  ``torch`` (the model; relays repeat their source), ``lava`` or ``emu``
+  (every population, relays included);
+- **exact SOPs**: each spike times the fan-out of its neuron in the build's
+  fixed-point netlist: the re-associated, delayed, sign-split synapses with
+  their integer weights, border-aware (``LinearOp.fan_out``), relays and the
+  identity synapses into them included;
 - **the papers' SOPs**: ``fr x T x FLOPs`` per layer of the NIR graph (paper
   004, section V), where FLOPs counts a layer as an ANN does and fr is the
   firing rate of the spikes it reads; a layer whose input is real-valued (the
@@ -36,11 +36,11 @@ Counting (per image and denoiser call; per sample multiplies by the sampler's st
   and the ANN twin skips the same experts; ``--all-experts`` counts every
   expert, weighted by its gate, and the router as per-call host work; the
   gates' multiplies are MACs on chip;
-- **NIR level** (``nir_energy_report``, ``snc energy --nir-level``): a model
+- **NIR level** (``NirLevelCount``, ``snc energy --nir-level``): a model
   too large to compile here is counted on its imported NIR graph with torch
   spikes: the papers' method, T neuron updates per call, host parts, the ANN
-  twin; what only the lowered graph has (exact SOPs over re-associated
-  synapses, relays, pipeline fill, cores) is not.
+  twin; what only the netlist has (exact SOPs over re-associated synapses,
+  relays, pipeline fill, cores) is not.
 
 Energy = operations x the profile's pJ per operation (``hw_profiles/NAME.toml``,
 ``[energy]``); the formulas are returned with the numbers.

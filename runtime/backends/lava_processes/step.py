@@ -12,7 +12,7 @@ and the convs' biases become a bias per step of the population:
   ``weight_exp`` shift; int64, the int32 port wraps it), floating_pt
   ``a * gain``. At a step whose gain is 0 it does no synaptic work (an expert
   the selection switched off, a recurrent synapse outside its window). One table entry per step of a call (the compiler maps each
-  step to its logical step, ``compiler/lower.py::logical_steps``).
+  step to its logical step, ``compiler/netlist.py::logical_steps``).
 - ``StepBiasLIFReset``: Lava's ``LIFReset`` whose ``bias_mant`` and
   ``bias_exp`` are taken from row ``(ts - 1) % rows`` of a table before
   every step; everything else is LIFReset's.
