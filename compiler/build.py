@@ -54,6 +54,12 @@ class Build:
     _model: Optional[HostProgram] = field(default=None, repr=False)  # the host program of the model, unguided
     _host: Optional[HostProgram] = field(default=None, repr=False)  # ... with the build's guidance
 
+    @classmethod
+    def in_memory(cls, meta: dict[str, Any], nir_graph: nir.NIRGraph, netlists: dict[str, Netlist],
+                  host: Optional[HostProgram]) -> "Build":
+        """A build a compile just made: every netlist and the host program (its model unguided) held."""
+        return cls(meta, nir_graph, None, dict(netlists), host)
+
     @property
     def arch(self) -> str:
         return self.meta["arch"]

@@ -95,7 +95,7 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
     if graph.netlists and run.complete:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "modes": list(graph.netlists), **report.as_dict(),
                 "host_meta": deployable.meta, "log": graph.log}
-        build = Build(meta, deployable.nir_graph, None, dict(graph.netlists), deployable.host)
+        build = Build.in_memory(meta, deployable.nir_graph, graph.netlists, deployable.host)
     return CompileResult(graph, report, build)
 
 
