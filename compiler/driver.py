@@ -22,6 +22,7 @@ from .build import FORMAT, FORMAT_VERSION, Build
 from .frontends.base import Deployable
 from .ir import Graph
 from .ir_io import load_graph
+from .nir_io import digest
 from .pass_manager import CompileContext, CompileOptions, PassManager, PassRecord
 from .targets import get_target
 
@@ -80,9 +81,10 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
     graph = None
     if from_ir is not None:
         graph = load_graph(from_ir)
-        if (graph.arch, graph.timestep) != (deployable.arch, deployable.timestep):
-            raise SncError(f"{from_ir}: the IR of a {graph.arch or 'bare'} graph with T = {graph.timestep}, "
-                           f"not of this source ({deployable.arch or 'bare graph'}, T = {deployable.timestep})")
+        if graph.source != digest(deployable.nir_graph) or graph.timestep != deployable.timestep:
+            raise SncError(f"{from_ir}: the IR of another graph (a {graph.arch or 'bare'} graph with T = "
+                           f"{graph.timestep}), not of this source ({deployable.arch or 'bare graph'}, "
+                           f"T = {deployable.timestep})")
     run = PassManager(tgt.passes()).run(ctx, graph, stop_after, dump_ir, observe)
     graph = run.graph
     report = CompileReport(deployable.arch, target, mode, deployable.timestep, deployable.source, calls is not None,

@@ -135,6 +135,7 @@ class Graph:
     gates: dict[str, np.ndarray] = field(default_factory=dict)  # key -> [diffusion steps, T], what runs
     model_gates: dict[str, np.ndarray] = field(default_factory=dict)  # the model's values, where specialised differs
     passes: list[str] = field(default_factory=list)  # the passes applied, in order (the pass manager's record)
+    source: str = ""  # nir_io.digest of the NIR graph it was imported from
     netlists: dict[str, "Netlist"] = field(default_factory=dict)  # mode -> the target's lowering (the last passes)
 
     # --- queries -------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def save_graph(graph: Graph, stem: Path) -> None:
     for prefix, tables in (("gates", graph.gates), ("model_gates", graph.model_gates)):
         arrays.update({f"{prefix}/{k}": v for k, v in tables.items()})
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": graph.arch, "timestep": graph.timestep,
-           "passes": list(graph.passes), "netlists": sorted(graph.netlists), "nodes": nodes, "edges": edges,
+           "source": graph.source, "passes": list(graph.passes), "netlists": sorted(graph.netlists), "nodes": nodes, "edges": edges,
            "log": graph.log}
     stem_file(stem, ".json").write_text(json.dumps(doc, indent=1, default=json_default))
     np.savez(stem_file(stem, ".npz"), **arrays)
@@ -126,7 +126,7 @@ def _graph(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Graph:
     tables = {prefix: {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
               for prefix in ("gates", "model_gates")}
     return Graph(nodes, edges, timestep=doc["timestep"], arch=doc["arch"], log=doc["log"], gates=tables["gates"],
-                 model_gates=tables["model_gates"], passes=list(doc["passes"]))
+                 model_gates=tables["model_gates"], passes=list(doc["passes"]), source=doc["source"])
 
 
 def json_default(v: Any) -> Any:

@@ -38,6 +38,7 @@ exactly its input; an LIF neuron with per-step decay b has
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
@@ -211,6 +212,20 @@ def node_arrays(node: nir.NIRNode) -> dict[str, np.ndarray]:
         if np.issubdtype(arr.dtype, np.number):
             arrays[key] = arr
     return arrays
+
+
+def digest(graph: nir.NIRGraph) -> str:
+    """A fingerprint of a graph's nodes (types, every parameter's bytes) and edges: an IR records the one of
+    the graph it was imported from, so that resuming a compile from a dump checks it is the same source."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(graph.nodes):
+        node = graph.nodes[name]
+        h.update(f"{name}:{getattr(node, 'TYPE', type(node).__name__)}".encode())
+        for key, arr in sorted(node_arrays(node).items()):
+            h.update(f"{key}{arr.dtype}{arr.shape}".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(repr(sorted((str(a), str(b)) for a, b in graph.edges)).encode())
+    return h.hexdigest()
 
 
 def check_finite(graph: nir.NIRGraph) -> None:

@@ -318,6 +318,8 @@ def test_stop_after_writes_the_ir_and_from_ir_refuses_another_source(tmp):
         api.compile(dep, stop_after="nonsense")
     with pytest.raises(SncError, match="not of this source"):
         api.compile(deploy(make_model("digits-unet")), from_ir=dump)
+    with pytest.raises(SncError, match="not of this source"):  # the same architecture, other weights
+        api.compile(deploy(make_model("digits-mlp", seed=1)), from_ir=dump)
     with pytest.raises(GraphError, match="not an snc IR dump"):
         (tmp / "x.json").write_text("[]")
         (tmp / "x.npz").write_bytes(b"")

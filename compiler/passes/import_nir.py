@@ -23,7 +23,7 @@ from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
 from ..linear import LinearOp, upsample_op
-from ..nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, check_finite
+from ..nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, check_finite, digest
 from ..pass_manager import CompileContext, Pass
 
 
@@ -191,7 +191,7 @@ def import_graph(graph: nir.NIRGraph, timestep: int, arch: str = "") -> Graph:
             edges.append(Edge(src, dst, LinearOp.identity(out_shape, in_shape)))
     if problems:
         raise GraphError("cannot import the NIR graph:\n  " + "\n  ".join(problems))
-    return Graph(nodes, edges, timestep=timestep, arch=arch)
+    return Graph(nodes, edges, timestep=timestep, arch=arch, source=digest(graph))
 
 
 def run(_: None, ctx: CompileContext) -> Graph:
