@@ -49,6 +49,8 @@ class CompileReport:
     resources: dict[str, Any] = field(default_factory=dict)  # map_cores: groups, totals, violations
     compile_seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    dt: float = 0.0  # seconds per step of the source graph's discretisation
+    warnings: list[str] = field(default_factory=list)  # what reading the source had to interpret
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,7 +79,7 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
         raise SncError(f"--mode must be one of {', '.join(options.modes or tgt.modes)} for {target}, not {mode!r}")
     calls = deployable.calibration(calibration, seed)
     ctx = CompileContext(tgt, deployable.timestep, deployable.arch, deployable.nir_graph, options, calls,
-                         deployable.gate_table())
+                         deployable.gate_table(), deployable.dt)
     graph = None
     if from_ir is not None:
         graph = load_graph(from_ir)
@@ -88,7 +90,8 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
     run = PassManager(tgt.passes()).run(ctx, graph, stop_after, dump_ir, observe)
     graph = run.graph
     report = CompileReport(deployable.arch, target, mode, deployable.timestep, deployable.source, calls is not None,
-                           options.threshold_scale, run.records, run.complete)
+                           options.threshold_scale, run.records, run.complete, dt=deployable.dt,
+                           warnings=list(deployable.warnings))
     _summarise(report, graph, tgt)
     report.compile_seconds = round(time.perf_counter() - start, 2)
     report.peak_rss_mb = round(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]

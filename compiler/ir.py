@@ -10,9 +10,11 @@ Nodes (all carry a ``name`` that traces to the NIR node and torch module):
   gain[t] at logical step t; a ``lag`` (NIR's one-step ``Delay``) outputs at
   step t its input of step t - 1 (0 before). After ``reassociate`` no Linear
   node is left.
-- ``Population``: spiking neurons (IF/LIF, threshold, decay, a bias) or a
-  ``relay`` inserted by ``balance_delays``.
-- ``Readout``: the graph's output, read by the host every step.
+- ``Population``: spiking neurons (IF/LIF/CubaLIF: threshold, voltage decay,
+  current decay, a bias) or a ``relay`` inserted by ``balance_delays``.
+- ``Readout``: the graph's output, read by the host every step; its
+  ``filters`` (NIR's non-spiking LI / I / CubaLI output neurons) integrate
+  what it reads on the host (``netlist.ReadoutFilter``).
 
 Per-step values (TSM): an edge's ``gain`` [T] multiplies its current at
 logical step t; a bias is either full-shape (the same every step) or
@@ -54,6 +56,7 @@ from snc.errors import GraphError
 
 from .gates import gates_at
 from .linear import LinearOp, Shape
+from .readout import ReadoutFilter
 
 if TYPE_CHECKING:
     from .netlist import Netlist
@@ -81,12 +84,13 @@ class Population:
     name: str
     shape: Shape
     threshold: float
-    decay: float  # v <- decay * v + input; 1.0 is integrate-and-fire
+    decay: float  # v <- decay * v + u + bias; 1.0 is integrate-and-fire
     bias: np.ndarray  # full shape, added every step, or [T, *shape] per logical step
     role: str = "neuron"  # neuron | relay | and (a spike AND: memoryless, threshold 1.5 on unit inputs)
     depth: int = -1  # steps after the call's first step at which logical step 0 is integrated
     scale: float = 1.0  # fold_thresholds: integer units per unit of model current
     fixed: dict[str, Any] = field(default_factory=dict)  # quantize: vth, du, dv, bias_mant, bias_exp
+    current_decay: float = 0.0  # u <- current_decay * u + input (CubaLIF's synaptic current); 0: u is the input
 
 
 @dataclass
@@ -96,6 +100,7 @@ class Readout:
     bias: np.ndarray  # added on the host; full shape or [T, *shape]
     depth: int = -1
     scale: float = 1.0
+    filters: tuple[ReadoutFilter, ...] = ()  # host-side integration of what it reads, in order
 
 
 Node = Union[HostInput, Linear, Population, Readout]

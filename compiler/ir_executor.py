@@ -5,7 +5,9 @@ population at step t reads step t of its sources), which is what the model
 computes; relays pass their source's spikes through; per-step gains and
 biases (TSM) are taken at the logical step, a gated edge's current is
 also multiplied by the call's gate value at the step; a recurrent edge (lag k) reads
-its source's spikes of step t - k (nothing before step 0). Used to calibrate
+its source's spikes of step t - k (nothing before step 0). A population with a
+current decay (CubaLIF) integrates its input into u first; the readout is
+integrated through its host filters (LI / I / CubaLI outputs). Used to calibrate
 ``fold_thresholds`` and to prove that re-association kept the function.
 The host-input edges are evaluated as the netlist's host ops are
 (``netlist.host_currents``).
@@ -23,6 +25,7 @@ from snc.errors import GraphError
 
 from .ir import Graph, HostInput, Population, Readout, bias_at
 from .netlist import HostOp, host_currents
+from .readout import apply_filters
 
 
 @dataclass
@@ -63,6 +66,7 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
     order = [n for n in graph.topological() if not isinstance(graph.nodes[n], HostInput)]
     chip_edges = {n: [e for e in graph.into(n) if isinstance(graph.nodes[e.src], Population)] for n in order}
     v: dict[str, torch.Tensor] = {}
+    u: dict[str, torch.Tensor] = {}
     out = IRRun(readout=torch.empty(0))
     readouts, spikes = [], {n: [] for n in order if isinstance(graph.nodes[n], Population)}
 
@@ -77,27 +81,31 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
         for name in order:
             node = graph.nodes[name]
             shape = (batch, *node.shape)
-            bias = torch.as_tensor(bias_at(node, t), dtype=dtype)
-            x = bias.expand(shape).clone()
+            bias = torch.as_tensor(bias_at(node, t), dtype=dtype).expand(shape)
+            x = torch.zeros(shape, dtype=dtype)
             if name in currents:
                 x = x + currents[name][t].reshape(shape)
+            chip = torch.zeros(shape, dtype=dtype)
             for e in chip_edges[name]:
                 y = e.op.apply(source(e, now, t).reshape(batch, *e.op.in_shape)).reshape(shape)
                 factor = 1.0 if e.gain is None else float(e.gain[t])
-                x = x + (factor * float(gates[e.gate][t]) if e.gate else factor) * y
+                chip = chip + (factor * float(gates[e.gate][t]) if e.gate else factor) * y
+            x = x + chip
             if isinstance(node, Readout):
-                chip = x - bias - (currents[name][t] if name in currents else 0)
                 out.peak_input[name] = max(out.peak_input.get(name, 0.0), float(chip.abs().max()))
-                readouts.append(x)
+                readouts.append(x + bias)
                 continue
-            state = node.decay * v.get(name, torch.zeros(shape, dtype=dtype)) + x
+            if node.current_decay:  # CubaLIF: the synaptic current u keeps a fraction of itself
+                x = node.current_decay * u.get(name, torch.zeros(shape, dtype=dtype)) + x
+                u[name] = x
+            state = node.decay * v.get(name, torch.zeros(shape, dtype=dtype)) + x + bias
             fired = (state > node.threshold).to(dtype)
             out.peak_v[name] = max(out.peak_v.get(name, 0.0), float(state.abs().max()))
-            out.peak_input[name] = max(out.peak_input.get(name, 0.0), float(x.abs().max()))
+            out.peak_input[name] = max(out.peak_input.get(name, 0.0), float((x + bias).abs().max()))
             v[name] = state * (1 - fired)
             now[name] = fired
             spikes[name].append(fired)
-    out.readout = torch.stack(readouts)
+    out.readout = apply_filters(torch.stack(readouts), graph.readout.filters, graph.readout.shape)
     if record:
         out.spikes = {n: torch.stack(s) for n, s in spikes.items()}
     return out

@@ -16,11 +16,12 @@ import numpy as np
 from snc.errors import GraphError
 
 from .ir import Edge, Graph, HostInput, Linear, Node, Population, Readout
+from .readout import ReadoutFilter
 from .linear import op_from_dict, op_to_dict
 from .netlist import load_netlist, save_netlist, stem_file
 
 FORMAT = "snc-ir"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _scalars(fixed: dict[str, Any]) -> dict[str, Any]:
@@ -47,8 +48,11 @@ def _node_doc(n: Node, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         arrays[f"{key}/bias"] = n.bias
         d.update(depth=n.depth, scale=n.scale)
     if isinstance(n, Population):
-        d.update(threshold=n.threshold, decay=n.decay, role=n.role, fixed=_scalars(n.fixed))
+        d.update(threshold=n.threshold, decay=n.decay, current_decay=n.current_decay, role=n.role,
+                 fixed=_scalars(n.fixed))
         _arrays(n.fixed, key, arrays)
+    if isinstance(n, Readout):
+        d["filters"] = [f.as_dict() for f in n.filters]
     return d
 
 
@@ -114,10 +118,12 @@ def _graph(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Graph:
             nodes[name] = Linear(name, op_from_dict(d["op"], arrays.get(f"{key}/weight")), arrays[f"{key}/bias"],
                                  d["placement"], arrays.get(f"{key}/gain"), d["lag"], d["gate"])
         elif d["kind"] == "Readout":
-            nodes[name] = Readout(name, tuple(d["shape"]), arrays[f"{key}/bias"], d["depth"], d["scale"])
+            nodes[name] = Readout(name, tuple(d["shape"]), arrays[f"{key}/bias"], d["depth"], d["scale"],
+                                  tuple(ReadoutFilter.from_dict(f) for f in d["filters"]))
         elif d["kind"] == "Population":
             nodes[name] = Population(name, tuple(d["shape"]), d["threshold"], d["decay"], arrays[f"{key}/bias"],
-                                     d["role"], d["depth"], d["scale"], _fixed(d["fixed"], key, arrays))
+                                     d["role"], d["depth"], d["scale"], _fixed(d["fixed"], key, arrays),
+                                     d["current_decay"])
         else:
             raise GraphError(f"unknown IR node kind {d['kind']!r}")
     edges = [Edge(d["src"], d["dst"], op_from_dict(d["op"], arrays.get(f"edge/{i}/weight")), d["delay"],

@@ -47,7 +47,8 @@ Lava's process library, which is what Loihi 2 runs:
   ``inputs`` maps each group that receives a host current to the scale that
   turns model units into its integers;
 - **the readout**: the summed output of the synapses into it, read every
-  step; the host adds its ``bias`` (and host ops into it);
+  step; the host adds its ``bias`` (and host ops into it) and integrates it
+  through its ``filters`` (a non-spiking NIR output neuron, ``readout.py``);
 - **gate tables** (``gates``, key -> [diffusion steps, T]): what each call
   programs into the gated synapses (``model_gates``: the model's values
   where the compiler's specialisation changed them).
@@ -81,17 +82,24 @@ from snc.errors import SncError
 
 from .gates import Gates, gates_at, gates_off, switched_off
 from .linear import LinearOp, Shape, op_from_dict, op_to_dict
+from .readout import ReadoutFilter
 
 MODES = ("fixed", "float")
 SYNAPSE_KINDS = ("sparse", "dense", "conv")
 ROLES = ("neuron", "relay", "and")
 FORMAT = "snc-netlist"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def logical_steps(time_steps: np.ndarray, depth: int, timestep: int, call_steps: int) -> np.ndarray:
     """The logical step (0..T-1) whose per-step values apply at each Lava time step (counted from 1)."""
     return np.clip((np.asarray(time_steps) - 1) % call_steps - depth, 0, timestep - 1)
+
+
+def window_reset(depth: int, call_steps: int) -> tuple[int, int]:
+    """(reset_interval, reset_offset) of a group whose logical step 0 is at 0-based step ``depth`` of every
+    call of ``call_steps`` steps: it starts each call's window from zero."""
+    return call_steps, (depth + 1) % call_steps
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,7 @@ class ReadoutPort:
     scale: float  # integer units per model unit (fixed); 1.0 in float mode
     depth: int  # 0-based step of a call at which logical step 0 arrives
     bias: Optional[np.ndarray] = None  # model units, [*shape] or [T, *shape], added by the host
+    filters: tuple[ReadoutFilter, ...] = ()  # host integration after the bias (LI / I / CubaLI outputs)
 
     @property
     def n(self) -> int:
@@ -197,6 +206,31 @@ class Netlist:
     def call_steps(self) -> int:
         """Steps of one denoiser call: the pipeline depth plus T."""
         return self.readout.depth + self.timestep
+
+    def step_invariant(self) -> list[str]:
+        """What ties the netlist to its T (per-step biases, gains, gates): empty when it runs any length."""
+        tied = [f"{g.name}: a bias per step" for g in self.groups.values() if g.per_step]
+        tied += [f"{s.name}: a per-step gain" for s in self.synapses if s.gain is not None]
+        tied += [f"{h.src}->{h.dst}: a per-step host gain" for h in self.host_ops if h.gain is not None]
+        r = self.readout
+        if r.bias is not None and np.shape(r.bias) != tuple(r.shape):
+            tied.append(f"{r.name}: a readout bias per step")
+        return tied
+
+    def for_steps(self, steps: int) -> "Netlist":
+        """The same network run for ``steps`` logical steps in one call (each group reset once, when its
+        window starts); refused when the netlist has values per logical step (``step_invariant``)."""
+        if steps == self.timestep:
+            return self
+        tied = self.step_invariant()
+        if tied or steps < 1:
+            raise SncError(f"this build runs calls of T = {self.timestep} steps, not {steps}: "
+                           + ("; ".join(tied) if tied else "need at least one step"))
+        length = self.depth + steps
+        groups = {name: g if not g.reset_interval else replace(g, **dict(zip(("reset_interval", "reset_offset"),
+                                                                             window_reset(g.depth, length))))
+                  for name, g in self.groups.items()}
+        return replace(self, groups=groups, timestep=steps)
 
     def size(self, name: str) -> int:
         return self.readout.n if name == self.readout.name else self.groups[name].n
@@ -435,7 +469,8 @@ def save_netlist(net: Netlist, stem: Path) -> None:
         arrays.update({f"{prefix}/{k}": v for k, v in tables.items()})
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "mode": net.mode, "target": net.target,
            "timestep": net.timestep, "groups": groups, "synapses": synapses,
-           "readout": {"name": r.name, "shape": list(r.shape), "scale": r.scale, "depth": r.depth},
+           "readout": {"name": r.name, "shape": list(r.shape), "scale": r.scale, "depth": r.depth,
+                       "filters": [f.as_dict() for f in r.filters]},
            "inputs": net.inputs, "host_inputs": {k: list(v) for k, v in net.host_inputs.items()},
            "host_ops": host_ops}
     stem_file(stem, ".json").write_text(json.dumps(doc, indent=1))
@@ -462,7 +497,8 @@ def load_netlist(stem: Path) -> Netlist:
     host_ops = [HostOp(d["src"], d["dst"], op_from_dict(d["op"], arrays.get(f"h/{i}/weight")),
                        arrays.get(f"h/{i}/gain"), tuple(d["origin"])) for i, d in enumerate(doc["host_ops"])]
     r = doc["readout"]
-    readout = ReadoutPort(r["name"], tuple(r["shape"]), r["scale"], r["depth"], arrays.get("readout/bias"))
+    readout = ReadoutPort(r["name"], tuple(r["shape"]), r["scale"], r["depth"], arrays.get("readout/bias"),
+                          tuple(ReadoutFilter.from_dict(f) for f in r["filters"]))
     tables = {prefix: {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
               for prefix in ("gates", "model_gates")}
     net = Netlist(doc["mode"], groups, synapses, readout, doc["timestep"], dict(doc["inputs"]),

@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import h5py
 import nir
@@ -158,8 +158,10 @@ def write_graph(path: str | Path, graph: nir.NIRGraph) -> None:
     nir.write(str(path), graph)
 
 
-def read_graph(path: str | Path) -> nir.NIRGraph:
-    """Read a NIR file that may contain snc extension nodes; one GraphError on any problem."""
+def read_graph(path: str | Path, warnings: Optional[list[str]] = None) -> nir.NIRGraph:
+    """Read a NIR file that may contain snc extension nodes and nested subgraphs; one GraphError listing
+    every unknown node type or malformed node. Parameters whose shapes NIR's node classes refuse (0-d
+    values beside per-neuron ones, as norse writes them) are broadcast, with a note in ``warnings``."""
     path = Path(path)
     if not path.is_file():
         raise GraphError(f"{path}: no such file")
@@ -170,35 +172,55 @@ def read_graph(path: str | Path) -> nir.NIRGraph:
         raise GraphError(f"{path}: not a readable NIR file ({exc})") from None
     if data.get("type") != "NIRGraph" or "nodes" not in data or "edges" not in data:
         raise GraphError(f"{path}: the top-level node is not a NIRGraph")
-    unknown = sorted(
-        {f"{name} ({_as_str(n.get('type'))})" for name, n in data["nodes"].items()
-         if _as_str(n.get("type")) not in STOCK_TYPES and _as_str(n.get("type")) not in EXTENSIONS}
-    )
+    unknown: list[str] = []
+    problems: list[str] = []
+    notes = [] if warnings is None else warnings
+    graph = _graph_from_dict(data, "", unknown, problems, notes)
     if unknown:
-        raise GraphError(
-            f"{path}: unknown NIR node type(s): {', '.join(unknown)}; "
-            f"snc reads the NIR 1.0 primitives and {', '.join(EXTENSIONS)}"
-        )
-    nodes = {}
-    for name, node in data["nodes"].items():
-        kind = _as_str(node["type"])
-        try:
-            if kind in EXTENSIONS:
-                nodes[name] = EXTENSIONS[kind].from_dict(dict(node))
-            else:
-                nodes[name] = fix_grouped_conv_type(nir.dict2NIRNode(dict(node)))
-        except (TypeError, ValueError, KeyError, AssertionError) as exc:
-            raise GraphError(f"{path}: node {name!r} ({kind}) is malformed: {exc}") from None
-    edges = [(_as_str(a), _as_str(b)) for a, b in np.asarray(data["edges"]).reshape(-1, 2)]
-    missing = sorted({n for e in edges for n in e if n not in nodes})
-    if missing:
-        raise GraphError(f"{path}: edges name unknown nodes: {', '.join(missing)}")
-    try:
-        graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(data.get("metadata", {})))
-    except (ValueError, AssertionError, NotImplementedError) as exc:
-        raise GraphError(f"{path}: inconsistent NIR graph: {exc}") from None
+        problems.insert(0, f"unknown NIR node type(s): {', '.join(sorted(unknown))}; snc reads the NIR 1.0 "
+                           f"primitives, nested NIRGraphs and {', '.join(EXTENSIONS)}")
+    if problems:
+        raise GraphError(f"{path}: " + ("\n  ".join([""] + problems) if len(problems) > 1 else problems[0]))
     check_finite(graph)
     return graph
+
+
+def _graph_from_dict(data: dict, prefix: str, unknown: list[str], problems: list[str],
+                     warnings: list[str]) -> nir.NIRGraph:
+    nodes = {}
+    for name, node in data["nodes"].items():
+        kind = _as_str(node.get("type"))
+        full = prefix + str(name)
+        if kind == "NIRGraph" and "nodes" in node and "edges" in node:
+            nodes[name] = _graph_from_dict(node, full + ".", unknown, problems, warnings)
+            continue
+        if kind not in STOCK_TYPES and kind not in EXTENSIONS:
+            unknown.append(f"{full} ({kind})")
+            continue
+        try:
+            nodes[name] = _node_from_dict(kind, dict(node), full, warnings)
+        except (TypeError, ValueError, KeyError, AssertionError) as exc:
+            problems.append(f"node {full!r} ({kind}) is malformed: {exc}")
+    edges = [(_as_str(a), _as_str(b)) for a, b in np.asarray(data["edges"]).reshape(-1, 2)]
+    missing = sorted({n for e in edges for n in e if n not in data["nodes"]})
+    if missing:
+        problems.append(f"edges name unknown nodes: {', '.join(prefix + n for n in missing)}")
+    meta = data.get("metadata", {})
+    return nir.NIRGraph(nodes=nodes, edges=[e for e in edges if e[0] in nodes and e[1] in nodes],
+                        metadata=dict(meta) if isinstance(meta, dict) else {}, type_check=False)
+
+
+def _node_from_dict(kind: str, node: dict, name: str, warnings: list[str]) -> nir.NIRNode:
+    if kind in EXTENSIONS:
+        return EXTENSIONS[kind].from_dict(node)
+    try:
+        return fix_grouped_conv_type(nir.dict2NIRNode(node))
+    except AssertionError:  # "All parameters must have the same shape": broadcast the one-value ones
+        arrays = {k: np.asarray(v) for k, v in node.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+        shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
+        node.update({k: np.broadcast_to(a, shape).copy() for k, a in arrays.items()})
+        warnings.append(f"{name}: parameters of different shapes broadcast to {tuple(shape)}")
+        return fix_grouped_conv_type(nir.dict2NIRNode(node))
 
 
 def node_arrays(node: nir.NIRNode) -> dict[str, np.ndarray]:

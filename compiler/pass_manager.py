@@ -36,6 +36,7 @@ from snc.errors import GraphError, SncError
 
 from .gates import Gates, GateTable
 from .ir import Graph
+from .nir_io import NIR_DT
 
 if TYPE_CHECKING:
     from .targets import Target
@@ -68,6 +69,7 @@ class CompileContext:
     options: CompileOptions = field(default_factory=CompileOptions)
     calibration: Optional[Sequence[CalibrationCall]] = None  # None: uncalibrated
     gate_table: Optional[GateTable] = None  # every snc.Gate's values per diffusion step
+    dt: float = NIR_DT  # seconds per step of the NIR graph's Euler discretisation
 
 
 @dataclass(frozen=True)

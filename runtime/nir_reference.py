@@ -7,7 +7,9 @@ so every cycle must pass a Delay. Neurons (forward Euler, then spike test):
 
 - IF:  ``v += dt * r * I``; spike if ``v > v_threshold``; then ``v = v_reset``
 - LIF: ``v += dt / tau * (v_leak - v + r * I)``; same spike and reset
-- LI / I: as LIF / IF without spiking; output v
+- CubaLIF: ``i += dt / tau_syn * (w_in * I - i)``, then LIF on i with tau_mem
+  (the current of the same step drives v: NIR's and Lava's order)
+- LI / I / CubaLI: as LIF / IF / CubaLIF without spiking; output v
 - Threshold: ``I > threshold``
 - snc.StepScale: ``scale[t] * I + bias`` at step t
 - snc.Gate: ``g[key][t] * I`` with the call's gate values (``run(gates=...)``)
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from snc.compiler.nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale
+from snc.compiler.nir_normalise import conv_padding, pairs
 from snc.errors import GraphError
 
 State = dict
@@ -46,22 +49,20 @@ def _stateless(node: nir.NIRNode) -> Callable[[torch.Tensor], torch.Tensor] | No
         return lambda x: F.linear(x, _t(node.weight, x))
     if isinstance(node, nir.Scale):
         return lambda x: x * _t(node.scale, x)
-    if isinstance(node, nir.Conv2d):
-        padding = node.padding if isinstance(node.padding, str) else tuple(int(p) for p in node.padding)
-        return lambda x: F.conv2d(
-            x, _t(node.weight, x), _t(node.bias, x), tuple(int(s) for s in node.stride), padding,
-            tuple(int(d) for d in node.dilation), int(node.groups),
-        )
+    if isinstance(node, (nir.Conv1d, nir.Conv2d)):
+        spatial = 1 if isinstance(node, nir.Conv1d) else 2
+        pads = [p for pair in reversed(conv_padding(node, spatial)) for p in pair]  # F.pad: last axis first
+        conv = F.conv1d if spatial == 1 else F.conv2d
+        return lambda x: conv(F.pad(x, pads), _t(node.weight, x), _t(node.bias, x).reshape(-1),
+                              pairs(node.stride, spatial), 0, pairs(node.dilation, spatial), int(node.groups))
     if isinstance(node, nir.Flatten):
         end = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim
         return lambda x: x.flatten(node.start_dim + 1, end)  # +1: batch dimension first
     if isinstance(node, nir.SumPool2d):
-        k, s = tuple(int(v) for v in node.kernel_size), tuple(int(v) for v in node.stride)
-        p = tuple(int(v) for v in node.padding)
+        k, s, p = (pairs(v, 2) for v in (node.kernel_size, node.stride, node.padding))
         return lambda x: F.avg_pool2d(x, k, s, p, divisor_override=1)
     if isinstance(node, nir.AvgPool2d):
-        k, s = tuple(int(v) for v in node.kernel_size), tuple(int(v) for v in node.stride)
-        p = tuple(int(v) for v in node.padding)
+        k, s, p = (pairs(v, 2) for v in (node.kernel_size, node.stride, node.padding))
         return lambda x: F.avg_pool2d(x, k, s, p, count_include_pad=True)
     if isinstance(node, nir.Threshold):
         return lambda x: (x > _t(node.threshold, x)).to(x.dtype)
@@ -70,19 +71,26 @@ def _stateless(node: nir.NIRNode) -> Callable[[torch.Tensor], torch.Tensor] | No
     return None
 
 
-NEURONS = (nir.IF, nir.LIF, nir.LI, nir.I)
+NEURONS = (nir.IF, nir.LIF, nir.LI, nir.I, nir.CubaLIF, nir.CubaLI)
 
 
-def _neuron_step(node: nir.NIRNode, v: torch.Tensor, x: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Euler step; returns (output, new state)."""
+def _neuron_step(node: nir.NIRNode, state: tuple, x: torch.Tensor, dt: float) -> tuple[torch.Tensor, tuple]:
+    """One Euler step from state (v, synaptic current); returns (output, new state)."""
+    v, i = state
+    if isinstance(node, (nir.CubaLIF, nir.CubaLI)):  # the current of this step drives v (Lava's, NIR's order)
+        i = i + dt / _t(node.tau_syn, x) * (_t(node.w_in, x) * x - i)
+        x = i
+        tau = _t(node.tau_mem, x)
+    elif isinstance(node, (nir.LIF, nir.LI)):
+        tau = _t(node.tau, x)
     if isinstance(node, (nir.IF, nir.I)):
         v = v + dt * _t(node.r, x) * x
     else:
-        v = v + dt / _t(node.tau, x) * (_t(node.v_leak, x) - v + _t(node.r, x) * x)
-    if isinstance(node, (nir.LI, nir.I)):
-        return v, v
+        v = v + dt / tau * (_t(node.v_leak, x) - v + _t(node.r, x) * x)
+    if isinstance(node, (nir.LI, nir.I, nir.CubaLI)):
+        return v, (v, i)
     spikes = v > _t(node.v_threshold, x)
-    return spikes.to(x.dtype), torch.where(spikes, _t(node.v_reset, x), v)
+    return spikes.to(x.dtype), (torch.where(spikes, _t(node.v_reset, x), v), i)
 
 
 class NIRReference:
@@ -146,8 +154,8 @@ class NIRReference:
                     continue
                 x = sum(values[p] for p in self.preds[name])
                 if isinstance(node, NEURONS):
-                    v = state.get(name, torch.zeros_like(x))
-                    values[name], state[name] = _neuron_step(node, v, x, self.dt)
+                    zero = torch.zeros_like(x)
+                    values[name], state[name] = _neuron_step(node, state.get(name, (zero, zero)), x, self.dt)
                 elif isinstance(node, nir.Output):
                     values[name] = x
                 elif isinstance(node, StepScale):

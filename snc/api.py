@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Optional, Sequence, Union
 
 import nir
+import numpy as np
 import torch
 
 from snc.compiler import frontends
+from snc.compiler.frontends import GraphOptions, nir_file
 from snc.compiler.build import Build, read_build, write_build
 from snc.compiler.driver import CompileResult, compile_deployable
 from snc.compiler.frontends.base import Deployable
@@ -38,6 +40,8 @@ from snc.models.diffusion import Schedule
 from snc.runtime.backends import BACKENDS, get_backend
 from snc.runtime.energy import (EnergyReport, LoweredCount, NirLevelCount, NirModel, calibration_pairs, energy_report,
                                 tally_calls)
+from snc.runtime.energy.graph import GraphEnergyReport, graph_energy
+from snc.runtime.graph_run import GraphRun, run_graph
 from snc.runtime.moments import cached_moments
 from snc.runtime.samplers import ddim_timesteps
 from snc.runtime.samplers import sample as run_sampler
@@ -51,13 +55,29 @@ def _quiet(_: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def load(source: Optional[PathLike] = None, *, preset: Optional[str] = None, arch: Optional[str] = None,
-         config: Optional[Union[PathLike, Mapping[str, Any]]] = None, weights: str = "net", seed: int = 0) -> Deployable:
-    """A checkpoint (snc's, or the public SDDPM / SDM code's with ``arch``), ``.nir`` file or preset, ready
-    to compile and run."""
+def load(source: Union[PathLike, nir.NIRGraph, None] = None, *, preset: Optional[str] = None,
+         arch: Optional[str] = None, config: Optional[Union[PathLike, Mapping[str, Any]]] = None, weights: str = "net",
+         seed: int = 0, graph: Optional[GraphOptions] = None) -> Deployable:
+    """A checkpoint (snc's, or the public SDDPM / SDM code's with ``arch``), a ``.nir`` file or an
+    in-memory NIR graph (e.g. a framework exporter's result; read with ``graph``'s dt, convention, T and
+    calibration input), or a preset, ready to compile and run."""
+    if isinstance(source, nir.NIRGraph):
+        g = graph or GraphOptions()
+        return nir_file.from_graph(source, "NIR graph (in memory)", g.dt, g.convention, g.timestep, g.calibration)
     return frontends.load(Path(source) if source is not None else None, preset=preset, reference_arch=arch,
                           reference_config=Path(config) if isinstance(config, str) else config, weights=weights,
-                          seed=seed)
+                          seed=seed, graph=graph)
+
+
+def load_array(path: PathLike, what: str = "input") -> np.ndarray:
+    """A numeric .npy file (never unpickled); one SncError if it is missing or not one."""
+    try:
+        x = np.load(Path(path), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SncError(f"{path}: not a readable .npy {what} ({exc})") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf":
+        raise SncError(f"{path}: the {what} must be an array of numbers")
+    return x
 
 
 def open_source(source: Union[PathLike, Build, Deployable]) -> Union[Build, Deployable]:
@@ -88,19 +108,20 @@ class Compiled:
         return self.result.report
 
 
-def compile(source: Union[PathLike, Deployable, None] = None, *, preset: Optional[str] = None,
+def compile(source: Union[PathLike, Deployable, nir.NIRGraph, None] = None, *, preset: Optional[str] = None,
             arch: Optional[str] = None, config: Optional[Union[PathLike, Mapping[str, Any]]] = None,
             weights: str = "net", target: str = "loihi2", output: Optional[PathLike] = None, mode: Optional[str] = None,
             calibration: int = 4, seed: int = 0, dump_ir: Optional[PathLike] = None, verify: bool = True,
             allow_oversize: bool = False, threshold_scale: float = 1.0, stop_after: Optional[str] = None,
             from_ir: Optional[PathLike] = None, modes: Optional[Sequence[str]] = None,
-            observe: Optional[Callable[[str, Any], None]] = None) -> Compiled:
+            observe: Optional[Callable[[str, Any], None]] = None, graph: Optional[GraphOptions] = None) -> Compiled:
     """Compile a source for ``target``; with ``output`` write the build there (or, when ``stop_after``
     ends the pipeline early, the IR after that pass, reloadable with ``from_ir``). ``modes``: the
-    arithmetic modes to lower (default: all of the target's); ``observe(pass, graph)`` after each pass."""
+    arithmetic modes to lower (default: all of the target's); ``observe(pass, graph)`` after each pass;
+    ``graph``: how to read a NIR source (dt, convention, T, calibration input)."""
     start = time.perf_counter()
     deployable = source if isinstance(source, Deployable) else load(source, preset=preset, arch=arch, config=config,
-                                                                    weights=weights, seed=seed)
+                                                                    weights=weights, seed=seed, graph=graph)
     options = CompileOptions(allow_oversize=allow_oversize, threshold_scale=threshold_scale, verify=verify,
                              modes=tuple(modes) if modes is not None else None)
     result = compile_deployable(deployable, target, mode, options, calibration, seed, stop_after,
@@ -234,6 +255,24 @@ def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: O
             counts.append(tally_calls(runner, counted, model, pairs, specialised))
     report = energy_report(host, counted, model, price, counts, steps)
     return dataclasses.replace(report, random_init=bool(build.meta.get("host_meta", {}).get("random_init")))
+
+
+def run(build: Union[PathLike, Build], inputs: Union[PathLike, np.ndarray], *, backend: str = "emu",
+        mode: Optional[str] = None) -> GraphRun:
+    """Run a compiled graph on an input sequence (``[steps, *input_shape]`` or ``[steps, batch,
+    *input_shape]``, an array or a .npy file) on ``backend`` (lava, emu, reference: the float NIR executor)."""
+    b = build if isinstance(build, Build) else read_build(Path(build))
+    x = inputs if isinstance(inputs, np.ndarray) else load_array(inputs)
+    return run_graph(b, x, backend, mode)
+
+
+def graph_energy_of(build: Union[PathLike, Build], inputs: Union[PathLike, np.ndarray], *, backend: str = "emu",
+                    mode: Optional[str] = None, profile: Optional[str] = None) -> GraphEnergyReport:
+    """Energy, SOPs and resources of a compiled graph for the spikes of a run on ``inputs``."""
+    b = build if isinstance(build, Build) else read_build(Path(build))
+    result = run(b, inputs, backend=backend, mode=mode)
+    net = b.netlist(b.modes[0]).for_steps(result.steps)  # counted on the chip's integers
+    return graph_energy(net, result.spikes, result.backend, result.mode, load_profile(profile or b.target))
 
 
 @dataclass

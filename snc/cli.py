@@ -224,17 +224,31 @@ def compile_cmd(
                                                     "constructor's arguments (T, ch, ch_mult, attn, num_res_blocks, "
                                                     "dropout, timestep, img_ch; img_size, default 32)"),
     weights: str = typer.Option("net", "--weights", help="with --arch: net | ema (net_model or ema_model)"),
+    dt: Optional[float] = typer.Option(None, "--dt", help="a .nir graph: seconds per step (default: the graph "
+                                       "metadata's, else 1e-4)"),
+    nir_convention: str = typer.Option("nir", "--nir-convention", help="a .nir graph: nir (as NIR defines it: "
+                                       "snnTorch, SpikingJelly, snc) | norse (what norse 1.1's to_nir writes)"),
+    timestep: Optional[int] = typer.Option(None, "--timestep", help="a .nir graph: logical steps T (default: "
+                                           "the graph metadata's, else the calibration input's)"),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="a .nir graph: sample input .npy "
+                                             "[steps, (batch,) *input_shape] to pick the fixed-point scales on"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compile a model for a target: NIR -> passes -> netlist in a build directory."""
     from snc import api
+    from snc.compiler.frontends import GraphOptions
 
+    graph = GraphOptions(dt, nir_convention, timestep,
+                         api.load_array(calibrate, "calibration input") if calibrate is not None else None)
     compiled = api.compile(model, preset=preset, arch=reference_arch, config=reference_config, weights=weights,
                            target=target, output=output, mode=mode, calibration=calibration, seed=seed,
                            dump_ir=dump_ir, verify=verify, allow_oversize=allow_oversize,
-                           threshold_scale=threshold_scale, stop_after=stop_after, from_ir=from_ir)
+                           threshold_scale=threshold_scale, stop_after=stop_after, from_ir=from_ir, graph=graph)
     report = compiled.report
+    if not as_json:
+        for warning in report.warnings:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     result = {k: v for k, v in report.as_dict().items() if k != "resources"} | {
         "build": str(output), "cores": report.resources.get("cores"), "chips": report.resources.get("chips"),
         "violations": report.resources.get("violations", []), "seconds_with_writing": round(compiled.seconds, 2)}
@@ -248,6 +262,42 @@ def compile_cmd(
                       f"({len(graph.passes):02d}-{graph.passes[-1]}.json; resume with --from-ir)", highlight=False)
         return
     render.compile_report(console, report, output, compiled.seconds)
+
+
+@app.command("run")
+def run_cmd(
+    build_dir: Path = typer.Argument(..., help="build directory from snc compile (any graph)"),
+    inputs: Path = typer.Option(..., "--input", help=".npy of the graph input per logical step: "
+                                "[steps, *input_shape] or [steps, batch, *input_shape]"),
+    backend: str = typer.Option("emu", "--backend", help="lava | emu | reference (the float NIR executor)"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="fixed | float (default: the build's; emu: fixed)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help=".npz to write: output [steps, batch, "
+                                          "*output_shape] and count/<population> (spikes per neuron)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a compiled graph on an input sequence (snc adds the pipeline depth); write its output per step."""
+    import time
+
+    from snc import api
+    from snc.runtime.graph_run import save_run
+
+    if output is not None and not output.parent.is_dir():
+        raise SncError(f"{output}: no such directory {output.parent}")
+    start = time.perf_counter()
+    result = api.run(build_dir, inputs, backend=backend, mode=mode)
+    seconds = time.perf_counter() - start
+    if output is not None:
+        try:
+            save_run(result, output)
+        except OSError as exc:
+            raise SncError(f"cannot write {output}: {exc}") from None
+    summary = {"build": str(build_dir), "backend": result.backend, "mode": result.mode, "steps": result.steps,
+               "batch": result.batch, "pipeline_depth": result.depth, "output_shape": list(result.output.shape),
+               "spikes": result.totals(), "output": str(output) if output else None, "seconds": round(seconds, 2)}
+    total = sum(summary["spikes"].values())
+    _emit(summary, as_json, [f"ran {result.steps} steps x {result.batch} on {result.backend} ({result.mode}; "
+                             f"pipeline depth {result.depth}): {total:,} spikes in {len(result.spikes)} populations"
+                             + (f"; wrote {output}" if output else "") + f" ({seconds:.1f} s)"])
 
 
 @app.command()
@@ -296,29 +346,38 @@ def energy(
                                      "run every expert, without the compiled selection specialisation"),
     nir_level: bool = typer.Option(False, "--nir-level", help="count a checkpoint or preset on its NIR graph "
                                    "without compiling it (papers' method only; for models too large to compile)"),
+    inputs: Optional[Path] = typer.Option(None, "--input", help="a build of any graph: .npy input sequence to "
+                                          "count the spikes of (snc run's); --backend lava | emu | reference"),
     as_json: bool = typer.Option(False, "--json"),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="write the per-layer table as CSV"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a per-layer bar chart (PNG)"),
 ) -> None:
-    """Energy, SOPs and resources per layer: exact (the netlist) and the papers' fr x T x FLOPs."""
-    import csv
-
+    """Energy, SOPs and resources per layer: exact (the netlist) and the papers' fr x T x FLOPs; for a build
+    of any graph, of one run on --input."""
     from snc import api
 
     for path in (csv_path, plot):  # before minutes of counting, not after
         if path is not None and not path.parent.is_dir():
             raise SncError(f"{path}: no such directory {path.parent}")
     chosen = [b.strip() for b in backend.split(",") if b.strip()]
+    if inputs is not None:
+        if source is None or len(chosen) != 1 or nir_level or preset is not None:
+            raise SncError("--input costs one run of a build directory on one --backend (lava | emu | reference)")
+        graph_report = api.graph_energy_of(source, inputs, backend="emu" if chosen == ["torch"] else chosen[0],
+                                           mode=mode, profile=profile_name)
+        if csv_path is not None:
+            _write_csv(csv_path, graph_report.layers)
+        if as_json:
+            print(json.dumps(graph_report.as_dict(), indent=2, default=str))
+            return
+        render.graph_energy_report(console, graph_report)
+        return
     report = api.energy(source, preset=preset, profile=profile_name, target=target, backends=chosen, mode=mode,
                         steps=steps, n=n, seed=seed, specialised=not all_experts, nir_level=nir_level,
                         status=console.status)
     try:
         if csv_path is not None:
-            keys = list(dict.fromkeys(k for r in report.layers for k in r))
-            with open(csv_path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(report.layers)
+            _write_csv(csv_path, report.layers)
         if plot is not None:
             render.energy_plot(report, plot)
     except OSError as exc:
@@ -327,6 +386,18 @@ def energy(
         print(json.dumps(report.as_dict(), indent=2))
         return
     render.energy_report(console, report, chosen, ann)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    try:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise SncError(f"cannot write {path}: {exc}") from None
 
 
 INTERRUPTED = 130  # the shell's code for SIGINT; typer returns it for Ctrl-C when not standalone

@@ -48,12 +48,14 @@ def compile_report(console: Console, report, output: Path, seconds: float) -> No
     guidance = (f"threshold guidance x{report.threshold_scale}: x{report.guidance[0]:.5f}..{report.guidance[1]:.5f} "
                 "after vth rounding\n") if report.guidance else ""
     console.print(
-        f"host: {', '.join(report.host_ops + ['time embedding', 'tail'])}\n"
+        f"host: {', '.join(report.host_ops + (['time embedding', 'tail'] if report.arch else [])) or 'nothing'}\n"
         f"synapses: {report.synapses:,} on chip (the NIR graph's ops had {report.synapses_before_reassociation:,}; "
         f"{report.rewritten_edges} edges re-associated, relays included)\n"
         "w bits / w exp: weight magnitude bits and exponents of the synapses in; w err: their largest relative L2 "
         "quantization error; partition chip+host: the population also takes a host current\n"
-        f"pipeline depth {report.depth}, {report.call_steps} steps per denoiser call (T={report.timestep})\n"
+        f"pipeline depth {report.depth}, {report.call_steps} steps per "
+        + ("denoiser call" if report.arch else "call (a graph without per-step values runs any length: snc run)")
+        + f" (T={report.timestep})\n"
         f"{guidance}"
         f"resources (one image, readout included): {cores['neurons']:,} neurons, {cores['synapses']:,} synapses, "
         f"{_number(cores.get('cores'))} cores, {_number(cores.get('chips'))} chips: {fits}\n"
@@ -166,5 +168,37 @@ def energy_report(console: Console, report, backends: list[str], ann: bool) -> N
         ]
     if report.random_init:
         lines.append("random init: firing rates and SOPs mean nothing; MAC counts and resources hold")
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def graph_energy_report(console: Console, report) -> None:
+    table = Table(title=f"energy per layer, per input sequence of {report.steps} steps, on {report.profile}"
+                        + (" (ESTIMATE)" if report.estimate else ""))
+    cols = ["layer", "role", "neurons", "spikes", "rate", "synapses out", "SOPs", "neuron updates", "host MACs",
+            "nJ"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("layer", "role") else "right")
+
+    def num(v: float) -> str:
+        return f"{v:,.0f}" if v else "-"
+
+    for r in report.layers:
+        table.add_row(r["layer"], r["role"], num(r["neurons"]), num(r["spikes"]), f"{r['rate']:.3f}" if r["neurons"]
+                      else "-", num(r["synapses_out"]), num(r["sops"]), num(r["updates_active"] + r["updates_idle"]),
+                      num(r["host_macs"]), f"{r['energy_pj'] / 1e3:,.2f}")
+    console.print(table)
+    t, res = report.totals, report.resources
+    lines = [
+        f"per input sequence: SOPs {t['sops']:,.0f}; spikes {t['spikes']:,.0f}; neuron updates "
+        f"{t['neuron_updates']:,.0f}; host MACs {t['host_macs']:,.0f}; energy {t['energy_pj'] / 1e3:,.2f} nJ (chip "
+        f"{t['chip_energy_pj'] / 1e3:,.2f}, host {t['host_energy_pj'] / 1e3:,.2f})"
+        + (" (ESTIMATES)" if report.estimate else ""),
+        *report.formulas,
+        f"profile basis: {report.basis}",
+        f"resources: {res['neurons']:,} neurons, {res['synapses']:,} synapses"
+        + (f", {res['cores']:,} cores" if "cores" in res else "")
+        + (f"; does NOT fit {report.profile}: " + "; ".join(res["violations"]) if res.get("violations") else ""),
+    ]
     for line in lines:
         console.print(line, highlight=False)

@@ -147,12 +147,13 @@ def test_out_of_range_parameters_are_all_listed():
 
 def test_unknown_and_non_finite_nodes_are_refused():
     nodes = {
-        "input": nir.Input(input_type=np.array([1, 4, 4])),
-        "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
-        "output": nir.Output(output_type=np.array([1, 2, 2])),
+        "input": nir.Input(input_type=np.array([4])),
+        "li": nir.LI(tau=np.full(4, 1e-3), r=np.ones(4), v_leak=np.zeros(4)),
+        "a": nir.Affine(weight=np.eye(4), bias=np.zeros(4)),
+        "output": nir.Output(output_type=np.array([4])),
     }
-    with pytest.raises(GraphError, match="pool: NIR node type SumPool2d has no lowering"):
-        compile_nir(_graph_with(nodes, [("input", "pool"), ("pool", "output")]), timestep=1)
+    with pytest.raises(GraphError, match="li: a non-spiking LI is supported only as the neuron the graph's Output"):
+        compile_nir(_graph_with(nodes, [("input", "li"), ("li", "a"), ("a", "output")]), timestep=1)
     nodes = {
         "input": nir.Input(input_type=np.array([2])),
         "a": nir.Affine(weight=np.array([[np.nan, 0], [0, 1]]), bias=np.zeros(2)),

@@ -63,7 +63,7 @@ def test_import_nir_makes_populations_in_input_units_and_identity_edges():
                                                              v_reset=np.ones(2))}, edges=graph.edges)
     with pytest.raises(GraphError) as err:  # every problem of the node at once
         import_nir.run(None, CompileContext(TARGET, T, nir_graph=bad))
-    assert all(k in str(err.value) for k in ("v_leak", "v_reset", "decay (tau) differs"))
+    assert all(k in str(err.value) for k in ("v_reset", "lif: tau differs between neurons"))
 
 
 def _host_chain() -> Graph:

@@ -11,6 +11,7 @@ program (``unet``, ``mlp``, ``lateral``) and one ``register`` line below;
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -26,6 +27,18 @@ from . import lateral, mlp, nir_file, reference, unet
 from .base import Deployable, Family, HostProgram
 
 FAMILIES: dict[str, Family] = {}
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """How to read a plain NIR graph (``nir_file``, ``nir_normalise``)."""
+    dt: Optional[float] = None  # seconds per step (None: the graph metadata's, else 1e-4 with a warning)
+    convention: str = "nir"  # or "norse": what norse 1.1's to_nir writes
+    timestep: Optional[int] = None  # T
+    calibration: Optional[Any] = None  # the graph input per step [steps, (batch,) *shape] to calibrate on
+
+    def given(self) -> bool:
+        return self.convention != "nir" or any(v is not None for v in (self.dt, self.timestep, self.calibration))
 
 
 def register(family: Family) -> None:
@@ -62,9 +75,10 @@ def deployable(model: nn.Module, arch: str, source: str = "", checkpoint: Option
 
 def load(path: Optional[Path] = None, *, preset: Optional[str] = None, reference_arch: Optional[str] = None,
          reference_config: Optional[Union[Path, Mapping[str, Any]]] = None, weights: str = "net",
-         seed: int = 0) -> Deployable:
+         seed: int = 0, graph: Optional[GraphOptions] = None) -> Deployable:
     """The deployable of a checkpoint (``.pt``: snc's, or the public code's with ``reference_arch``), a
-    ``.nir`` file or a preset (random init under ``seed``). Any problem is one SncError."""
+    ``.nir`` file (read with ``graph``'s options) or a preset (random init under ``seed``). Any problem is
+    one SncError."""
     if path is None and preset is None:
         raise SncError("give a model (checkpoint .pt or .nir) or --preset NAME")
     if path is not None and preset is not None:
@@ -81,13 +95,16 @@ def load(path: Optional[Path] = None, *, preset: Optional[str] = None, reference
         return deployable(net, arch, f"preset {preset} (random init)",
                           meta={"preset": preset, "seed": seed, "random_init": True})
     path = Path(path)
+    if path.suffix != ".nir" and graph is not None and graph.given():
+        raise SncError("--dt, --nir-convention, --timestep and --calibrate describe a NIR graph (.nir)")
     if path.suffix == ".nir":
-        return nir_file.load(path)
+        g = graph or GraphOptions()
+        return nir_file.load(path, g.dt, g.convention, g.timestep, g.calibration)
     if reference_arch is not None:
         return reference.load(path, reference_arch, reference_config, weights)
     ckpt = load_checkpoint(path)
     return deployable(ckpt.model, ckpt.arch, str(path), checkpoint=path)
 
 
-__all__ = ["Deployable", "FAMILIES", "Family", "HostProgram", "deployable", "family_of", "host_program", "lateral",
-           "load", "register"]
+__all__ = ["Deployable", "FAMILIES", "Family", "GraphOptions", "HostProgram", "deployable", "family_of",
+           "host_program", "lateral", "load", "register"]

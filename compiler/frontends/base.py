@@ -36,6 +36,7 @@ from snc.models.diffusion import Schedule, q_sample
 from snc.models.neurons import IFNeuron, SpikeAnd, scale_thresholds
 
 from ..gates import Gates, GateTable
+from ..nir_io import NIR_DT
 from ..pass_manager import CalibrationCall
 CALIBRATION_FRACTIONS = (0.05, 0.35, 0.65, 0.95)  # of the diffusion steps: the compile-time calibration calls
 
@@ -198,13 +199,18 @@ class Deployable:
     source: str  # what it was made from, for reports
     checkpoint: Optional[Path] = None  # an snc checkpoint file holding the host parts as they are
     meta: dict[str, Any] = field(default_factory=dict)  # saved with the model when there is no such file
+    dt: float = NIR_DT  # seconds per step of the graph's discretisation (a foreign graph's, see nir_normalise)
+    warnings: list[str] = field(default_factory=list)  # what reading the source had to interpret
+    calibration_calls: Optional[list[CalibrationCall]] = None  # a bare graph's: the user's sample input
 
     @property
     def random_init(self) -> bool:
         return bool(self.meta.get("random_init"))
 
     def calibration(self, n: int, seed: int) -> Optional[list[CalibrationCall]]:
-        return self.host.calibration(n, seed) if self.host is not None and n > 0 else None
+        if self.host is None:
+            return self.calibration_calls
+        return self.host.calibration(n, seed) if n > 0 else None
 
     def gate_table(self) -> Optional[GateTable]:
         return self.host.gate_table() if self.host is not None else None

@@ -3,8 +3,9 @@
 Per population p with scale s (from ``fold_thresholds``), in Lava's units:
 
 - ``vth = round(threshold * s)`` (spike when ``v > vth << 6``);
-- ``du`` = its largest value, 4095 (the synaptic current lasts one step:
-  ``u = a_in << 6``), ``dv = round(4096 * (1 - decay))`` (0 for
+- ``du = 4095 - round(4096 * current_decay)``: Lava keeps
+  ``u * (4096 - du - 1) / 4096``, so 4095 (no synaptic memory: ``u = a_in << 6``)
+  for IF/LIF, less for CubaLIF; ``dv = round(4096 * (1 - decay))`` (0 for
   integrate-and-fire; 4096 = 2^decay_bits);
 - static bias ``b * s * 64 = bias_mant << bias_exp`` per neuron, the smallest
   exponent that fits the mantissa;
@@ -131,10 +132,14 @@ def quantize(graph: Graph, rules: FixedPoint, target: str = "the target") -> Gra
                             f"weights allow ({p.scale:g}); weights are too large relative to the threshold")
         if exp.max(initial=0) > rules.bias_exp_max:
             problems.append(f"{p.name}: bias needs exponent {int(exp.max())} > {rules.bias_exp_max}")
-        p.fixed = {"vth": vth, "du": rules.decay_max, "dv": dv, "bias_mant": mant, "bias_exp": exp}
+        # Lava keeps u * (unity - du - 1) / unity: du = unity - 1 - round(unity * current_decay)
+        du = rules.decay_max - int(round(rules.decay_unity * p.current_decay))
+        if not 0 <= du <= rules.decay_max:
+            problems.append(f"{p.name}: current decay {p.current_decay:g} gives du {du} outside 0..{rules.decay_max}")
+        p.fixed = {"vth": vth, "du": du, "dv": dv, "bias_mant": mant, "bias_exp": exp}
         bias_err = float(np.abs(mant * 2.0**exp - b).max() / (p.scale * 2**shift))
         rows.append({"population": p.name, "vth": vth, "threshold_error": abs(vth / p.scale - p.threshold),
-                     "bias_max_abs_error": bias_err, "dv": dv})
+                     "bias_max_abs_error": bias_err, "dv": dv, "du": du})
     edge_rows = []
     for e in graph.edges:
         if isinstance(graph.nodes[e.src], HostInput):

@@ -31,7 +31,10 @@ the host computes per call, charged as MACs) into a Population or the
 Readout; each edge's ``origin`` lists the NIR ops composed into it and its
 ``gain`` the product of their per-step gains. Biases of the removed ops,
 pushed through the ops after them (border-exact), are added to the bias of the
-population or readout they reach (per step when a gain touched them). The float
+population or readout they reach (per step when a gain touched them); into a
+CubaLIF population (current decay) the bias belongs to its synaptic current,
+so it arrives through a synapse from an added neuron ``<population>.input_bias``
+that spikes every step. The float
 function of the graph is unchanged (tests compare with the NIR reference).
 """
 
@@ -118,6 +121,14 @@ def _sum(forms: list[_Form], shape: tuple) -> _Form:
     return _Form(terms, bias)
 
 
+def _bias_source(name: str, node: Population, bias: np.ndarray) -> Population:
+    """A neuron that spikes every step, to carry a CubaLIF population's input bias into its synaptic current
+    u (Lava adds a neuron's own bias to v, where it would skip the current's rise from 0)."""
+    if bias.shape[0] != 1:
+        raise GraphError(f"{name}: a bias per step into a CubaLIF population's current has no lowering")
+    return Population(f"{name}.input_bias", (1,), threshold=0.5, decay=0.0, bias=np.ones(1))
+
+
 def run(graph: Graph, ctx: CompileContext) -> Graph:
     forms: dict[str, _Form] = {}
     new_edges: list[Edge] = []
@@ -147,6 +158,12 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
             continue
         if isinstance(node, (Population, Readout)):
             form = inputs_of(name, node.shape)
+            if isinstance(node, Population) and node.current_decay and np.any(form.bias != 0):
+                source = _bias_source(name, node, form.bias)
+                nodes[source.name] = source
+                form = _Form(form.terms + [_Term(source.name, LinearOp.dense(form.bias.reshape(-1, 1), (1,),
+                                                                             node.shape), ("bias",))],
+                             np.zeros_like(form.bias))
             bias = np.asarray(node.bias, dtype=np.float64).reshape(-1, *node.shape) + form.bias
             node.bias = bias[0] if len(bias) == 1 else bias
             seen: dict[str, int] = {}

@@ -30,7 +30,7 @@ from snc.errors import SncError
 
 from ..ir import Graph, HostInput, Population
 from ..linear import LinearOp
-from ..netlist import MODES, HostOp, Netlist, NeuronGroup, ReadoutPort, Synapse
+from ..netlist import MODES, HostOp, Netlist, NeuronGroup, ReadoutPort, Synapse, window_reset
 from ..pass_manager import Pass
 from ..passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, lower, map_cores, partition_host,
                       quantize, reassociate, specialise_selection, split_signs)
@@ -66,10 +66,10 @@ class Loihi2(Target):
             else:
                 bias = np.asarray(p.bias, dtype=np.float64)
                 bias = bias.reshape((-1, n) if bias.size > n else (n,))  # per logical step: [T, n]
-                params = dict(du=1.0, dv=1.0 - p.decay, vth=float(p.threshold), bias_mant=bias,
+                params = dict(du=1.0 - p.current_decay, dv=1.0 - p.decay, vth=float(p.threshold), bias_mant=bias,
                               bias_exp=np.zeros(bias.shape, np.int64))
             # relays keep no state worth resetting; every other population starts each call from zero
-            reset = (0, 0) if p.role == "relay" else (length, (p.depth + 1) % length)
+            reset = (0, 0) if p.role == "relay" else window_reset(p.depth, length)
             groups[p.name] = NeuronGroup(p.name, tuple(p.shape), reset_interval=reset[0], reset_offset=reset[1],
                                          depth=p.depth, role=p.role, scale=float(p.scale) if fixed else 1.0,
                                          threshold=float(p.threshold), **params)
@@ -88,7 +88,7 @@ class Loihi2(Target):
                                     weight_exp=int(e.fixed["weight_exp"]) if fixed else 0, delay=e.delay,
                                     gain=gain, gain_shift=gain_shift, lag=e.lag, gate=e.gate, origin=e.origin))
         r = graph.readout
-        readout = ReadoutPort(r.name, tuple(r.shape), float(r.scale) if fixed else 1.0, r.depth, r.bias)
+        readout = ReadoutPort(r.name, tuple(r.shape), float(r.scale) if fixed else 1.0, r.depth, r.bias, r.filters)
         net = Netlist(mode, groups, synapses, readout, graph.timestep, inputs,
                       {n.name: tuple(n.shape) for n in graph.of_type(HostInput)}, host_ops, dict(graph.gates),
                       dict(graph.model_gates), target=self.name)

@@ -38,6 +38,7 @@ import torch
 from snc.compiler.build import Build
 from snc.compiler.frontends.base import Deployable, HostProgram
 from snc.compiler.netlist import Gates, Netlist, logical_steps, netlist_currents
+from snc.compiler.readout import apply_filters
 from snc.compiler.targets import check_netlist, get_target
 from snc.errors import SncError
 
@@ -163,6 +164,17 @@ def step_rows(net: Netlist, name: str, first: int, count: int) -> np.ndarray:
     return logical_steps(np.arange(first, first + count), net.groups[name].depth, net.timestep, net.call_steps)
 
 
+def host_readout(net: Netlist, readout: np.ndarray, currents: dict[str, np.ndarray]) -> torch.Tensor:
+    """The graph's output [T, B, *shape] from a call's chip readout: plus the readout's bias and the host
+    terms into it, through its host filters (all host work, float64)."""
+    out = torch.from_numpy(readout)
+    bias = net.readout.step_bias(net.timestep)  # [T, *shape]
+    out = out + torch.from_numpy(np.ascontiguousarray(bias)).unsqueeze(1)  # a copy: it may be a view
+    if net.readout.name in currents:
+        out = out + torch.from_numpy(currents[net.readout.name])
+    return apply_filters(out, net.readout.filters, net.readout.shape)
+
+
 def call_result(net: Netlist, readout: np.ndarray, spikes: dict[str, np.ndarray], batch: int) -> CallResult:
     """A CallResult from one call's per-step readout [L, B, n] and spikes [L, B, n]: the T logical steps."""
     d, T = net.depth, net.timestep
@@ -219,12 +231,7 @@ class ChipRunner:
         inputs = self.host.call_inputs(x.to(torch.float64), t, gates)
         currents = netlist_currents(net, inputs)
         result = self.network.call(currents, gates)
-        readout = torch.from_numpy(result.readout)
-        bias = net.readout.step_bias(net.timestep)  # [T, *shape]
-        readout = readout + torch.from_numpy(np.ascontiguousarray(bias)).unsqueeze(1)  # a copy: it may be a view
-        if net.readout.name in currents:  # host terms of the output are host work
-            readout = readout + torch.from_numpy(currents[net.readout.name])
-        return self.host.decode(readout).to(x.dtype), result
+        return self.host.decode(host_readout(net, result.readout, currents)).to(x.dtype), result
 
     def close(self) -> None:
         self.network.close()

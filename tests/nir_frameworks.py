@@ -1,0 +1,198 @@
+"""Conformance networks: small SNNs built, simulated and exported by the frameworks themselves.
+
+Each ``Case`` builds a network in norse or snnTorch, simulates it there
+step by step on a random input sequence, exports it with the framework's own
+exporter, and says how snc must read the export (dt, convention). ``conform``
+compiles the export with snc (calibrated on the same input) and runs it on the
+given backends; agreement is the fraction of equal output spikes (every step,
+image and output neuron).
+
+Used by ``tests/test_nir_frameworks.py`` and ``tools/nir_conformance.py`` (the
+table in the closing note). Only what each framework's discretisation shares
+with Lava is compared for equality: snnTorch's neurons with
+``reset_mechanism="zero", reset_delay=False`` (its defaults subtract the
+threshold, and reset one step late; the NIR file says neither: snnTorch writes
+``v_reset = 0`` for every neuron); norse's cells as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import nir
+import numpy as np
+import torch
+
+STEPS, BATCH = 40, 4
+
+
+@dataclass
+class Case:
+    framework: str
+    network: str
+    neuron: str
+    build: Callable[[], torch.nn.Module]
+    input_shape: tuple[int, ...]
+    dt: float
+    convention: str
+    scale: float  # input currents uniform in [0, scale)
+    gain: float = 1.0  # every Linear / Conv weight times this (the frameworks' inits fire too little)
+
+
+@dataclass
+class Conformance:
+    case: Case
+    export_note: str  # how the framework's exporter behaved
+    warnings: list[str]
+    rate: float  # output firing rate in the framework
+    agreement: dict[str, float] = field(default_factory=dict)  # backend[:mode] -> fraction equal to the framework
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    spikes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        c = self.case
+        return {"framework": c.framework, "network": c.network, "neuron": c.neuron, "compiles": True,
+                "export": self.export_note, "warnings": len(self.warnings), "output_rate": round(self.rate, 4),
+                **{f"agreement[{k}]": v for k, v in self.agreement.items()}}
+
+
+# --- snnTorch ----------------------------------------------------------------------------------------
+def _snn_kwargs() -> dict[str, Any]:
+    return dict(init_hidden=True, reset_mechanism="zero", reset_delay=False)
+
+
+def _snntorch_mlp_leaky() -> torch.nn.Module:
+    import snntorch as snn
+    return torch.nn.Sequential(torch.nn.Linear(10, 24), snn.Leaky(beta=0.9, **_snn_kwargs()),
+                               torch.nn.Linear(24, 6), snn.Leaky(beta=0.8, output=True, **_snn_kwargs()))
+
+
+def _snntorch_mlp_synaptic() -> torch.nn.Module:
+    import snntorch as snn
+    return torch.nn.Sequential(torch.nn.Linear(10, 24), snn.Synaptic(alpha=0.7, beta=0.9, **_snn_kwargs()),
+                               torch.nn.Linear(24, 6), snn.Synaptic(alpha=0.6, beta=0.85, output=True, **_snn_kwargs()))
+
+
+def _snntorch_conv() -> torch.nn.Module:
+    import snntorch as snn
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), snn.Leaky(beta=0.9, **_snn_kwargs()),
+                               torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 6),
+                               snn.Leaky(beta=0.85, output=True, **_snn_kwargs()))
+
+
+def _snntorch_rleaky() -> torch.nn.Module:
+    import snntorch as snn
+    return torch.nn.Sequential(torch.nn.Linear(10, 12),
+                               snn.RLeaky(beta=0.9, linear_features=12, **_snn_kwargs()),
+                               torch.nn.Linear(12, 5), snn.Leaky(beta=0.8, output=True, **_snn_kwargs()))
+
+
+def _snntorch_simulate(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    from snntorch import utils
+    utils.reset(net)
+    out = []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            out.append(net(x[t])[0])  # (spk, mem) or (spk, syn, mem) of the output layer
+    return torch.stack(out).numpy()
+
+
+def snntorch_export(net: torch.nn.Module, sample: torch.Tensor) -> tuple[nir.NIRGraph, str]:
+    """snnTorch's ``export_to_nir``; in snnTorch 1.0.0 it fails in its final ``infer_types`` on every graph
+    with a batch dimension or a 0-d neuron parameter, so the graph its mapping built (the same call,
+    ``nirtorch.extract_nir_graph`` with snnTorch's module mapper, without that step) is taken then."""
+    import nirtorch
+    import snntorch as snn
+    from snntorch.export_nir import _extract_snntorch_module, export_to_nir
+
+    try:
+        return export_to_nir(net, sample), "export_to_nir"
+    except (ValueError, IndexError) as exc:  # NIR's type inference on the exporter's types
+        graph = nirtorch.extract_nir_graph(net, _extract_snntorch_module, sample, model_name="snntorch",
+                                           ignore_submodules_of=[snn.RLeaky, snn.RSynaptic])
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:50]}"
+        return graph, f"export_to_nir fails in infer_types ({reason}); its graph before that step"
+
+
+# --- norse -------------------------------------------------------------------------------------------
+def _norse_mlp(cell: str) -> Callable[[], torch.nn.Module]:
+    def build() -> torch.nn.Module:
+        import norse.torch as norse
+        kind = getattr(norse, cell)
+        return norse.SequentialState(torch.nn.Linear(10, 24), kind(), torch.nn.Linear(24, 6), kind())
+    return build
+
+
+def _norse_conv() -> torch.nn.Module:
+    import norse.torch as norse
+    return norse.SequentialState(torch.nn.Conv2d(1, 4, 3, padding=1), norse.LIFBoxCell(),
+                                 torch.nn.Conv2d(4, 6, 3, stride=2, padding=1), norse.LIFBoxCell())
+
+
+def _norse_simulate(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    state, out = None, []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            z, state = net(x[t], state)
+            out.append(z)
+    return torch.stack(out).numpy()
+
+
+def norse_export(net: torch.nn.Module, sample: torch.Tensor) -> tuple[nir.NIRGraph, str]:
+    import norse.torch as norse
+    return norse.to_nir(net, sample, dt=1e-3), "to_nir (dt 1e-3)"
+
+
+CASES = [  # input scale and weight gain chosen for output rates of about 0.1 to 0.35
+    Case("snntorch", "mlp", "Leaky (LIF)", _snntorch_mlp_leaky, (10,), 1e-4, "nir", 2.0, 3.0),
+    Case("snntorch", "mlp", "Synaptic (CubaLIF)", _snntorch_mlp_synaptic, (10,), 1e-4, "nir", 1.0, 1.0),
+    Case("snntorch", "conv + avgpool", "Leaky (LIF)", _snntorch_conv, (1, 8, 8), 1e-4, "nir", 2.0, 3.0),
+    Case("snntorch", "mlp + recurrent", "RLeaky (LIF subgraph)", _snntorch_rleaky, (10,), 1e-4, "nir", 2.0, 3.0),
+    Case("norse", "mlp", "LIFBoxCell (LIF)", _norse_mlp("LIFBoxCell"), (10,), 1e-3, "norse", 8.0, 10.0),
+    Case("norse", "mlp", "LIFCell (CubaLIF)", _norse_mlp("LIFCell"), (10,), 1e-3, "norse", 2.0, 3.0),
+    Case("norse", "mlp", "IAFCell (IF)", _norse_mlp("IAFCell"), (10,), 1e-3, "norse", 2.0, 3.0),
+    Case("norse", "conv (stride 2)", "LIFBoxCell (LIF)", _norse_conv, (1, 8, 8), 1e-3, "norse", 8.0, 40.0),
+]
+
+
+def case_input(case: Case, seed: int = 0) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand((STEPS, BATCH, *case.input_shape), generator=g, dtype=torch.float32) * case.scale).numpy()
+
+
+def simulate_and_export(case: Case, seed: int = 0) -> tuple[np.ndarray, nir.NIRGraph, str, np.ndarray]:
+    """(the framework's output spikes [T, B, out], its NIR export, how it exported, the input)."""
+    torch.manual_seed(seed)
+    net = case.build().eval()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.weight.mul_(case.gain)
+    x = case_input(case, seed)
+    sample = torch.as_tensor(x[0, :1])
+    if case.framework == "snntorch":
+        ref = _snntorch_simulate(net, torch.as_tensor(x))
+        graph, note = snntorch_export(net, sample)
+    else:
+        ref = _norse_simulate(net, torch.as_tensor(x))
+        graph, note = norse_export(net, sample)
+    return ref.reshape(STEPS, BATCH, -1), graph, note, x
+
+
+def conform(case: Case, backends: tuple[tuple[str, Optional[str]], ...], seed: int = 0) -> Conformance:
+    """Compile the framework's export with snc and run it on ``backends`` ((name, mode) pairs)."""
+    from snc import api
+    from snc.compiler.frontends import GraphOptions
+
+    ref, graph, note, x = simulate_and_export(case, seed)
+    compiled = api.compile(graph, graph=GraphOptions(case.dt, case.convention, None, x))
+    result = Conformance(case, note, compiled.report.warnings, float(ref.mean()))
+    for backend, mode in backends:
+        run = api.run(compiled.build, x, backend=backend, mode=mode)
+        key = backend if mode is None else f"{backend}:{mode}"
+        out = run.output.reshape(STEPS, BATCH, -1)
+        result.outputs[key] = out
+        result.spikes[key] = run.spikes
+        result.agreement[key] = float((out == ref).mean())
+    return result
