@@ -372,6 +372,8 @@ def _infer_node(name: str, node: nir.NIRNode, known: list, successors: list, war
             raise GraphError(f"{name}: no input reaches it and it declares no input shape")
     if isinstance(node, NEURONS):
         _broadcast_params(name, node, shape, warnings)
+    elif isinstance(node, (nir.Conv1d, nir.Conv2d)) and getattr(node, "input_shape", None) is None:
+        node.input_shape = shape[1:] if isinstance(node, nir.Conv2d) else shape[1]  # NIR's spatial input shape
     elif isinstance(node, nir.Scale):
         node.scale = np.broadcast_to(np.asarray(node.scale, dtype=np.float64), shape).copy()
     elif isinstance(node, nir.Delay):
@@ -385,6 +387,19 @@ def _infer_node(name: str, node: nir.NIRNode, known: list, successors: list, war
     return result
 
 
+def _accepts(node: nir.NIRNode, shape: tuple[int, ...]) -> Optional[bool]:
+    """Whether a node's parameters take an input of ``shape`` (None: they do not say)."""
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        return tuple(shape) == (int(np.shape(node.weight)[1]),)
+    if isinstance(node, (nir.Conv1d, nir.Conv2d)):
+        w = np.shape(node.weight)
+        return len(shape) == len(w) - 1 and shape[0] == w[1] * int(node.groups)
+    if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
+        return len(shape) == 3
+    want = _expected_input(node)
+    return None if want is None else tuple(want) == tuple(shape)
+
+
 def _input_shape(name: str, node: nir.Input, successors: list, warnings: list[str]) -> tuple[int, ...]:
     shape = _declared(node.input_type, "input")
     if shape is None:
@@ -392,11 +407,13 @@ def _input_shape(name: str, node: nir.Input, successors: list, warnings: list[st
         if not wants:
             raise GraphError(f"{name}: an Input without a shape, and its successors imply none")
         return wants[0]
-    wants = [_expected_input(s) for s in successors]
-    if len(shape) >= 2 and shape[0] == 1 and not any(w == shape for w in wants):
-        warnings.append(f"{name}: input type {shape} has a batch dimension (nirtorch traces a batch of one); "
-                        f"read as {shape[1:]}")
-        return shape[1:]
+    if len(shape) >= 2 and shape[0] == 1:
+        full = [_accepts(s, shape) for s in successors]
+        rest = [_accepts(s, shape[1:]) for s in successors]
+        if not any(full) and (any(rest) or all(r is None for r in rest)):
+            warnings.append(f"{name}: input type {shape} has a batch dimension (nirtorch traces a batch of one); "
+                            f"read as {shape[1:]}")
+            return shape[1:]
     return shape
 
 

@@ -32,6 +32,7 @@ from snc.compiler.build import Build, read_build, write_build
 from snc.compiler.driver import CompileResult, compile_deployable
 from snc.compiler.frontends.base import Deployable
 from snc.compiler.ir_io import save_graph
+from snc.compiler.nir_export import for_reader
 from snc.compiler.pass_manager import CompileOptions
 from snc.compiler.targets import get_target
 from snc.errors import SncError
@@ -88,9 +89,39 @@ def open_source(source: Union[PathLike, Build, Deployable]) -> Union[Build, Depl
     return read_build(path) if path.is_dir() else load(path)
 
 
-def export(source: Union[PathLike, Deployable]) -> nir.NIRGraph:
-    """The NIR graph of one spiking step of a model's core."""
-    return (source if isinstance(source, Deployable) else load(source)).nir_graph
+def export(source: Union[PathLike, Deployable, Build, None] = None, *, preset: Optional[str] = None, seed: int = 0,
+           convention: str = "snc", at_step: Optional[int] = None) -> nir.NIRGraph:
+    """The NIR graph of one spiking step of a model's core (a checkpoint, preset or build), written for a
+    reader's ``convention`` (``compiler/nir_export.py``); ``at_step``: a denoiser at that diffusion step, its
+    inputs that do not depend on the image (the time embedding) folded into biases."""
+    if isinstance(source, Build):
+        graph, host = source.nir_graph, source.host if source.has_host else None
+    elif source is not None and not isinstance(source, Deployable) and Path(source).is_dir():
+        return export(read_build(Path(source)), convention=convention, at_step=at_step)
+    else:
+        d = source if isinstance(source, Deployable) else load(source, preset=preset, seed=seed)
+        graph, host = d.nir_graph, d.host
+    constants = None
+    if at_step is not None:
+        if host is None:
+            raise SncError("--at-step needs a denoiser (a checkpoint, preset or build of one)")
+        constants = _step_constants(host, at_step)
+    return for_reader(graph, convention, constants)
+
+
+@torch.no_grad()
+def _step_constants(host, step: int) -> dict[str, Any]:
+    """The host inputs of a call at diffusion step ``step`` that do not depend on the image, one step's value."""
+    if not 0 <= step < host.config.diffusion_steps:
+        raise SncError(f"--at-step must be in 0..{host.config.diffusion_steps - 1}")
+    shape = (1, host.config.img_ch, host.config.img_size, host.config.img_size)
+    t = torch.full((1,), step)
+    a, b = (host.core_inputs(torch.full(shape, v, dtype=torch.float64), t, None) for v in (0.0, 1.0))
+    per_step = {k: v for k, v in a.items() if torch.equal(v, b[k])}
+    varying = [k for k, v in per_step.items() if not torch.equal(v[0], v[-1])]
+    if varying:
+        raise SncError(f"inputs {', '.join(varying)} change over the spiking steps: they cannot be biases")
+    return {k: v[0, 0].numpy() for k, v in per_step.items()}
 
 
 @dataclass

@@ -175,27 +175,35 @@ def evaluate(
 
 @app.command()
 def export(
-    model: Path = typer.Argument(..., help="snc checkpoint (.pt)"),
+    model: Optional[Path] = typer.Argument(None, help="snc checkpoint (.pt) or build directory"),
     output: Path = typer.Option(..., "-o", "--output", help="NIR file to write (.nir, HDF5)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="export a preset with random init instead"),
+    nir_convention: str = typer.Option("snc", "--nir-convention", help="snc (NIR as snc reads it, extension nodes "
+                                       "included) | norse (norse's from_nir) | snntorch (snnTorch's import_from_nir)"),
+    at_step: Optional[int] = typer.Option(None, "--at-step", help="a denoiser at this diffusion step: its time "
+                                          "embedding folded into biases (norse and snnTorch read one input)"),
+    seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Export the spiking core to NIR (BatchNorm folded, dt in the parameters)."""
+    """Export the spiking core to NIR (BatchNorm folded, dt in the parameters), for snc or another reader."""
     from collections import Counter
 
     from snc import api
     from snc.compiler.nir_io import EXTENSIONS, write_graph
 
-    graph = api.export(model)
+    graph = api.export(model, preset=preset, seed=seed, convention=nir_convention, at_step=at_step)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_graph(output, graph)
     kinds = Counter(getattr(n, "TYPE", type(n).__name__) for n in graph.nodes.values())
     result = {
-        "model": str(model), "nir": str(output), "nodes": len(graph.nodes), "edges": len(graph.edges),
-        "node_types": dict(sorted(kinds.items())),
+        "model": str(model or preset), "nir": str(output), "convention": nir_convention, "at_step": at_step,
+        "nodes": len(graph.nodes), "edges": len(graph.edges), "node_types": dict(sorted(kinds.items())),
         "extension_nodes": sum(v for k, v in kinds.items() if k in EXTENSIONS),
+        "dt": graph.metadata.get("snc.dt"),
     }
     summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-    _emit(result, as_json, [f"wrote {output}: {len(graph.nodes)} nodes, {len(graph.edges)} edges ({summary})"])
+    _emit(result, as_json, [f"wrote {output}: {len(graph.nodes)} nodes, {len(graph.edges)} edges ({summary})"
+                            + (f"; read it with dt = {result['dt']:g}" if nir_convention == "norse" else "")])
 
 
 @app.command("compile")

@@ -196,3 +196,74 @@ def conform(case: Case, backends: tuple[tuple[str, Optional[str]], ...], seed: i
         result.spikes[key] = run.spikes
         result.agreement[key] = float((out == ref).mean())
     return result
+
+
+# --- snc's exports in the frameworks' readers ----------------------------------------------------------
+def read_back(reader: str, path) -> Callable[[torch.Tensor], np.ndarray]:
+    """The framework's reader of a NIR file, as a function of an input sequence [T, B, ...] -> outputs [T, B, ...]
+    (a fresh state per sequence)."""
+    graph = nir.read(str(path))
+    if reader == "norse":
+        import norse.torch as norse
+        module = norse.from_nir(graph, dt=float(graph.metadata["snc.dt"]))
+
+        def run(x: torch.Tensor) -> np.ndarray:
+            state, out = None, []
+            with torch.no_grad():
+                for t in range(x.shape[0]):
+                    y, state = module(x[t], state)
+                    out.append(y)
+            return torch.stack(out).numpy()
+        return run
+    from snntorch import utils
+    from snntorch.import_nir import import_from_nir
+    module = import_from_nir(graph)
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        utils.reset(module)
+        out = []
+        with torch.no_grad():
+            for t in range(x.shape[0]):
+                y = module(x[t])
+                out.append(y[0] if isinstance(y, tuple) else y)
+        return torch.stack(out).numpy()
+    return run
+
+
+def mlp_reader_error(reader: str, directory, step: int = 300, seed: int = 0) -> float:
+    """Max abs difference between snc's torch MLP denoiser (a digits-mlp preset) and ``reader``'s module of
+    snc's export of it at diffusion step ``step``, on 4 noisy images."""
+    from snc import api
+    from snc.compiler.nir_io import write_graph
+
+    deployable = api.load(preset="digits-mlp", seed=seed)
+    host = deployable.host
+    path = directory / f"mlp-{reader}.nir"
+    write_graph(path, api.export(deployable, convention=reader, at_step=step))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((4, 1, 8, 8), generator=g, dtype=torch.float64)
+    t = torch.full((4,), step)
+    with torch.no_grad():
+        inputs = host.core_inputs(x, t, None)
+        eps, _ = host.reference(x, t)
+    image = inputs["input"].float().reshape(deployable.timestep, 4, -1)  # the reader's flat input
+    readout = torch.as_tensor(read_back(reader, path)(image), dtype=torch.float64)
+    return float((host.decode(readout) - eps).abs().max())
+
+
+def conv_reader_agreement(reader: str, directory, seed: int = 0) -> float:
+    """Fraction of equal output spikes between snc's NIR reference of a compiled conv net (norse's, read by
+    snc) and ``reader``'s module of snc's export of that build (one sequence at a time: the readers' Flatten)."""
+    from snc import api
+    from snc.compiler.frontends import GraphOptions
+    from snc.compiler.nir_io import write_graph
+
+    case = next(c for c in CASES if c.framework == "norse" and c.network.startswith("conv"))
+    _, graph, _, x = simulate_and_export(case, seed)
+    build = api.compile(graph, graph=GraphOptions(case.dt, case.convention, None, x)).build
+    reference = api.run(build, x, backend="reference").output
+    path = directory / f"conv-{reader}.nir"
+    write_graph(path, api.export(build, convention=reader))
+    run = read_back(reader, path)
+    theirs = np.stack([run(torch.as_tensor(x[:, b:b + 1]))[:, 0] for b in range(x.shape[1])], axis=1)
+    return float((theirs.reshape(reference.shape) == reference).mean())
