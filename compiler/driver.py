@@ -60,7 +60,7 @@ class CompileReport:
 
 @dataclass
 class CompileResult:
-    graph: Graph  # the IR after the last pass that ran
+    graph: Optional[Graph]  # the IR after the last pass that ran (None: an adopted netlist, netx)
     report: CompileReport
     build: Optional[Build]  # None when the pipeline stopped early
 
@@ -77,6 +77,10 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
     mode = mode or tgt.modes[0]
     if mode not in (options.modes or tgt.modes):
         raise SncError(f"--mode must be one of {', '.join(options.modes or tgt.modes)} for {target}, not {mode!r}")
+    if deployable.netlists is not None:
+        if stop_after or dump_ir or from_ir:
+            raise SncError("a netx network is already lowered: it has no passes to stop after, dump or resume")
+        return adopt(deployable, tgt, mode, options, start)
     calls = deployable.calibration(calibration, seed)
     ctx = CompileContext(tgt, deployable.timestep, deployable.arch, deployable.nir_graph, options, calls,
                          deployable.gate_table(), deployable.dt)
@@ -102,6 +106,36 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
                 "host_meta": deployable.meta, "log": graph.log}
         build = Build.in_memory(meta, deployable.nir_graph, graph.netlists, deployable.host)
     return CompileResult(graph, report, build)
+
+
+def adopt(deployable: Deployable, tgt, mode: str, options: CompileOptions, start: float) -> CompileResult:
+    """A source that is a netlist already (netx: Lava's integers): the target's range check and core mapping,
+    no passes (re-quantizing would change the integers the source was trained to)."""
+    from .passes.map_cores import map_to_cores
+
+    netlists = deployable.netlists
+    if tgt.modes[0] not in netlists or set(netlists) - set(tgt.modes):
+        raise SncError(f"the source's netlists ({', '.join(netlists)}) are not {tgt.name}'s modes")
+    for net in netlists.values():
+        tgt.check(net)
+    chip = netlists[tgt.modes[0]]
+    resources = map_to_cores(chip, tgt.profile)
+    if resources["violations"] and not options.allow_oversize:
+        raise SncError(f"the network does not fit {tgt.name} ({len(resources['violations'])} violation(s); "
+                       "--allow-oversize compiles anyway):\n  " + "\n  ".join(resources["violations"]))
+    report = CompileReport(deployable.arch, tgt.name, mode, deployable.timestep, deployable.source, False,
+                           options.threshold_scale, [], True, dt=deployable.dt, warnings=list(deployable.warnings))
+    report.layers = tgt.layer_rows(chip, {})
+    report.depth, report.call_steps = chip.depth, chip.call_steps
+    report.synapses = sum(r["synapses_in"] for r in report.layers)
+    report.synapses_before_reassociation = report.synapses
+    report.resources = resources
+    report.compile_seconds = round(time.perf_counter() - start, 2)
+    report.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "modes": list(netlists), **report.as_dict(),
+            "host_meta": deployable.meta, "log": [{"pass": "adopt", "source": deployable.source}]}
+    build = Build.in_memory(meta, deployable.nir_graph, netlists, None)
+    return CompileResult(None, report, build)
 
 
 def _log(graph: Graph, name: str) -> Optional[dict[str, Any]]:

@@ -32,6 +32,7 @@ from snc.compiler.build import Build, read_build, write_build
 from snc.compiler.driver import CompileResult, compile_deployable
 from snc.compiler.frontends.base import Deployable
 from snc.compiler.ir_io import save_graph
+from snc.compiler.netx_export import write_netx
 from snc.compiler.nir_export import for_reader
 from snc.compiler.pass_manager import CompileOptions
 from snc.compiler.targets import get_target
@@ -107,6 +108,13 @@ def export(source: Union[PathLike, Deployable, Build, None] = None, *, preset: O
             raise SncError("--at-step needs a denoiser (a checkpoint, preset or build of one)")
         constants = _step_constants(host, at_step)
     return for_reader(graph, convention, constants)
+
+
+def export_netx(build: Union[PathLike, Build], path: PathLike) -> Path:
+    """Write a build's fixed-point netlist as a lava-dl netx network (``compiler/netx_export.py``)."""
+    b = build if isinstance(build, Build) else read_build(Path(build))
+    write_netx(b.netlist("fixed"), Path(path))
+    return Path(path)
 
 
 @torch.no_grad()

@@ -176,7 +176,9 @@ def evaluate(
 @app.command()
 def export(
     model: Optional[Path] = typer.Argument(None, help="snc checkpoint (.pt) or build directory"),
-    output: Path = typer.Option(..., "-o", "--output", help="NIR file to write (.nir, HDF5)"),
+    output: Path = typer.Option(..., "-o", "--output", help="file to write (.nir, or .net for --format netx)"),
+    fmt: str = typer.Option("nir", "--format", help="nir | netx (lava-dl's netx HDF5 of a build's fixed-point "
+                            "netlist: chains of dense / conv / recurrent dense layers)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="export a preset with random init instead"),
     nir_convention: str = typer.Option("snc", "--nir-convention", help="snc (NIR as snc reads it, extension nodes "
                                        "included) | norse (norse's from_nir) | snntorch (snnTorch's import_from_nir)"),
@@ -185,12 +187,22 @@ def export(
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Export the spiking core to NIR (BatchNorm folded, dt in the parameters), for snc or another reader."""
+    """Export the spiking core to NIR (BatchNorm folded, dt in the parameters), for snc or another reader, or a
+    build to lava-dl netx."""
     from collections import Counter
 
     from snc import api
     from snc.compiler.nir_io import EXTENSIONS, write_graph
 
+    if fmt not in ("nir", "netx"):
+        raise SncError(f"--format must be nir or netx, not {fmt!r}")
+    if fmt == "netx":
+        if model is None or not model.is_dir():
+            raise SncError("--format netx exports a build directory (snc compile ... -o BUILD)")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        api.export_netx(model, output)
+        _emit({"build": str(model), "netx": str(output)}, as_json, [f"wrote {output} (lava-dl netx)"])
+        return
     graph = api.export(model, preset=preset, seed=seed, convention=nir_convention, at_step=at_step)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_graph(output, graph)

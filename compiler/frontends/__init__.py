@@ -3,7 +3,7 @@
 Sources: an snc checkpoint (``.pt``, dispatched by its ``arch`` to the
 family registered for it), a preset (random init), a checkpoint of the
 public SDDPM / SDM code (``reference``), a plain ``.nir`` file
-(``nir_file``). A model family is one module with its exporter and host
+(``nir_file``), a lava-dl netx network (``.net`` / ``.h5``: ``netx``). A model family is one module with its exporter and host
 program (``unet``, ``mlp``, ``lateral``) and one ``register`` line below;
 ``base`` declares the contract.
 """
@@ -23,10 +23,11 @@ from snc.models import build_model
 from snc.models import preset as get_preset
 from snc.models.checkpoint import load_checkpoint
 
-from . import lateral, mlp, nir_file, reference, unet
+from . import lateral, mlp, netx, nir_file, reference, unet
 from .base import Deployable, Family, HostProgram
 
 FAMILIES: dict[str, Family] = {}
+NETX_SUFFIXES = (".net", ".h5", ".hdf5")  # lava-dl netx networks
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def load(path: Optional[Path] = None, *, preset: Optional[str] = None, reference
     path = Path(path)
     if path.suffix != ".nir" and graph is not None and graph.given():
         raise SncError("--dt, --nir-convention, --timestep and --calibrate describe a NIR graph (.nir)")
+    if path.suffix in NETX_SUFFIXES:
+        return netx.load(path)
     if path.suffix == ".nir":
         g = graph or GraphOptions()
         return nir_file.load(path, g.dt, g.convention, g.timestep, g.calibration)

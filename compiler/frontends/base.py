@@ -202,6 +202,7 @@ class Deployable:
     dt: float = NIR_DT  # seconds per step of the graph's discretisation (a foreign graph's, see nir_normalise)
     warnings: list[str] = field(default_factory=list)  # what reading the source had to interpret
     calibration_calls: Optional[list[CalibrationCall]] = None  # a bare graph's: the user's sample input
+    netlists: Optional[dict[str, Any]] = None  # mode -> Netlist: a source already lowered (netx), adopted as is
 
     @property
     def random_init(self) -> bool:

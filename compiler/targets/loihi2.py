@@ -121,8 +121,10 @@ class Loihi2(Target):
         if g.bias_mant.dtype.kind not in "iu" or g.bias_exp.dtype.kind not in "iu":
             return [f"{g.name}: bias_mant and bias_exp must be integer arrays in fixed mode"]
         out = []
-        if not (0 <= g.du <= rules.decay_max and 0 <= g.dv <= rules.decay_max):
-            out.append(f"{g.name}: du {g.du}, dv {g.dv} outside 0..{rules.decay_max}")
+        # Lava's LIF keeps u * (unity - du - 1) and v * (unity - dv): du = -1 keeps all of u and dv = unity
+        # none of v (netx writes both: iDecay 0, vDecay 4096)
+        if not (-1 <= g.du <= rules.decay_max and 0 <= g.dv <= rules.decay_unity):
+            out.append(f"{g.name}: du {g.du}, dv {g.dv} outside -1..{rules.decay_max}, 0..{rules.decay_unity}")
         if not 0 <= g.vth < rules.vth_limit:
             out.append(f"{g.name}: vth {g.vth} outside 0..{rules.vth_limit - 1}")
         limit = rules.bias_mant_limit

@@ -64,7 +64,9 @@ def graph_energy(net: Netlist, spikes: dict[str, np.ndarray], backend: str, mode
                                str(profile["energy"].get("basis", "")), backend, mode, steps, batch, net.call_steps)
     for g in net.groups.values():
         # a run of the NIR graph has no relays: a relay repeats its source's spikes
-        s = spikes.get(g.name, spikes.get(net.relay_source(g.name)) if g.role == "relay" else None)
+        s = spikes.get(g.name)
+        if s is None and g.role == "relay" and net.into(g.name):
+            s = spikes.get(net.relay_source(g.name))
         per_neuron = s.reshape(steps, batch, -1).sum(axis=(0, 1)) / batch if s is not None else np.zeros(g.n)
         total = float(per_neuron.sum())
         sops = float(per_neuron @ fan_out[g.name])

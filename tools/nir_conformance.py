@@ -1,0 +1,54 @@
+"""The interop table (issue 14): norse / snnTorch networks through snc, snc's exports in their readers,
+netx networks against lava-dl's netx.hdf5.Network. JSON on stdout. Starts Lava (about a minute)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import nir_frameworks as frameworks  # noqa: E402
+import test_netx  # noqa: E402
+from netx_files import networks, run_netx, write_netx  # noqa: E402
+from snc import api  # noqa: E402
+
+
+def main() -> None:
+    rows = []
+    for case in frameworks.CASES:
+        r = frameworks.conform(case, (("reference", None), ("lava", "float"), ("lava", "fixed"), ("emu", None)))
+        row = r.row()
+        row["emu_equals_lava_fixed"] = bool(np.array_equal(r.outputs["emu"], r.outputs["lava:fixed"]) and all(
+            np.array_equal(r.spikes["emu"][k], v) for k, v in r.spikes["lava:fixed"].items()))
+        rows.append(row)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        readers = {reader: {"mlp_max_abs_error": frameworks.mlp_reader_error(reader, d),
+                            "conv_spike_agreement": frameworks.conv_reader_agreement(reader, d)}
+                   for reader in ("norse", "snntorch")}
+        netx = {}
+        for name, layers in networks().items():
+            path = write_netx(d / f"{name}.net", layers)
+            build = api.compile(path).build
+            shape = tuple(int(v) for v in build.nir_graph.nodes["input"].input_type["input"])
+            x = test_netx._input(name, shape)
+            net, trace = test_netx._emu_trace(build, x)
+            fed = np.concatenate([x, np.repeat(x[-1:], net.call_steps - test_netx.STEPS, 0)])
+            theirs = run_netx(path, fed)
+            layers_ = [g for g in net.groups if g != "input_relay"]
+            again = run_netx(api.export_netx(build, d / "again.net"), fed)
+            netx[name] = {"layers": len(layers_), "steps": net.call_steps,
+                          "mismatches_vs_netx": int(sum((trace.spikes[g][:, 0] != t).sum()
+                                                        for g, t in zip(layers_, theirs))),
+                          "rates": [round(float(t.mean()), 3) for t in theirs],
+                          "export_reload_mismatches": int(sum((a != b).sum() for a, b in zip(again, theirs)))}
+    print(json.dumps({"frameworks": rows, "readers": readers, "netx": netx}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
