@@ -41,14 +41,17 @@ def main() -> None:
             fed = np.concatenate([x, np.repeat(x[-1:], net.call_steps - test_netx.STEPS, 0)])
             theirs = run_netx(path, fed)
             layers_ = [g for g in net.groups if g != "input_relay"]
-            again = run_netx(api.export_netx(build, d / "again.net"), fed)
+            again = run_netx(api.export_netx(build, d / f"{name}-again.net"), fed)
             netx[name] = {"layers": len(layers_), "steps": net.call_steps,
                           "mismatches_vs_netx": int(sum((trace.spikes[g][:, 0] != t).sum()
                                                         for g, t in zip(layers_, theirs))),
                           "rates": [round(float(t.mean()), 3) for t in theirs],
                           "export_reload_mismatches": int(sum((a != b).sum() for a, b in zip(again, theirs)))}
-    print(json.dumps({"frameworks": rows, "readers": readers, "netx": netx}, indent=1))
+    print(json.dumps({"frameworks": rows, "readers": readers, "netx": netx}, indent=1), file=sys.__stdout__)
 
 
 if __name__ == "__main__":
-    main()
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # snnTorch's reader and lava-dl print notices on stdout
+        main()
