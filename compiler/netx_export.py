@@ -144,6 +144,11 @@ def write_netx(net: Netlist, path: Path) -> None:
         problems.append("the output must be the last layer's spikes")
     if problems:
         raise SncError("netx cannot hold this build:\n  " + "\n  ".join(problems))
+    write_layers(path, layers)
+
+
+def write_layers(path: Path, layers: list[dict]) -> Path:
+    """netx's HDF5 layout: ``layer/<i>/<key>``, a ``neuron`` dict as the layer's neuron group, strings ASCII."""
     try:
         with h5py.File(path, "w") as f:
             root = f.create_group("layer")
@@ -158,3 +163,4 @@ def write_netx(net: Netlist, path: Path) -> None:
                         group.create_dataset(key, data=value.encode("ascii") if isinstance(value, str) else value)
     except OSError as exc:
         raise SncError(f"cannot write {path}: {exc}") from None
+    return Path(path)
