@@ -134,21 +134,21 @@ def _flatten(graph: nir.NIRGraph, prefix: str, problems: list[str], warnings: li
             warnings.append(f"{full}: nested NIR subgraph inlined ({len(node.nodes)} nodes)")
         else:
             nodes[full] = _numpy_copy(node) if node is not None else None
+    def port(end: str, side: int, what: str, edge: str) -> Optional[str]:
+        """The inner Input (side 0) / Output (side 1) an edge to / from a subgraph means; None if ambiguous."""
+        if end not in inner_io:
+            return end
+        found = inner_io[end][side]
+        if len(found) != 1:
+            problems.append(f"edge {edge}: subgraph {end} has {len(found)} {what}s; name one ({end}.<{what}>)")
+            return None
+        return found[0]
+
     for a, b in graph.edges:
         a, b = prefix + str(a), prefix + str(b)
-        if a in inner_io:
-            outs = inner_io[a][1]
-            if len(outs) != 1:
-                problems.append(f"edge {a}->{b}: subgraph {a} has {len(outs)} outputs; name one ({a}.<output>)")
-                continue
-            a = outs[0]
-        if b in inner_io:
-            ins = inner_io[b][0]
-            if len(ins) != 1:
-                problems.append(f"edge {a}->{b}: subgraph {b} has {len(ins)} inputs; name one ({b}.<input>)")
-                continue
-            b = ins[0]
-        edges.append((a, b))
+        src, dst = port(a, 1, "output", f"{a}->{b}"), port(b, 0, "input", f"{a}->{b}")
+        if src is not None and dst is not None:
+            edges.append((src, dst))
     # a subgraph's Input and Output nodes are junctions: connect what enters them to what leaves them
     for sub, (ins, outs) in inner_io.items():
         for junction in ins + outs:
