@@ -7,8 +7,8 @@ Nodes (all carry a ``name`` that traces to the NIR node and torch module):
 - ``Linear``: a real-valued op with a bias (conv, affine, scale, upsample,
   flatten) as imported from NIR; ``placement`` is set by ``partition_host``.
   A ``gain`` (SDM's TSM, NIR's ``snc.StepScale``) multiplies ``op(x)`` by
-  gain[t] at logical step t; a ``lag`` (NIR's one-step ``Delay``) outputs at
-  step t its input of step t - 1 (0 before). After ``reassociate`` no Linear
+  gain[t] at logical step t; a ``lag`` (NIR's ``Delay`` of k steps) outputs at
+  step t its input of step t - k (0 before). After ``reassociate`` no Linear
   node is left.
 - ``Population``: spiking neurons (IF/LIF/CubaLIF: threshold, voltage decay,
   current decay, a bias) or a ``relay`` inserted by ``balance_delays``.
@@ -26,7 +26,8 @@ per-call value g[key][t] (on top of any ``gain``); ``Graph.gates`` holds
 every key's values per diffusion step, [steps, T] (``specialise_selection``).
 
 Recurrence: an edge with ``lag`` k > 0 carries the source's spikes of step
-t - k into step t of the target (a lateral / recurrent synapse). Cycles are
+t - k into step t of the target (a lateral / recurrent synapse, or a
+feed-forward delay). Cycles are
 allowed only through lags: ``topological`` orders the graph without the
 lagged edges and the edges into lagged Linear nodes.
 

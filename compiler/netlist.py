@@ -26,9 +26,10 @@ Lava's process library, which is what Loihi 2 runs:
   A ``sparse`` synapse without delay may carry a per-step ``gain`` [T]
   (TSM): its output for spikes of logical step t is multiplied by ``gain[t]``
   (fixed: ``(a * gain[t]) >> gain_shift``, an arithmetic shift; float:
-  ``a * gain[t]``). A recurrent synapse (``lag`` 1: the target's step t
-  reads the source's step t - 1) passes only the spikes of source steps
-  0..T-2: in the model there is nothing before step 0, on the chip the
+  ``a * gain[t]``). A lagged synapse (``lag`` k: the target's step t
+  reads the source's step t - k; k = 1 closes a recurrent loop, any k
+  delays a feed-forward path) passes only the spikes of source steps
+  0..T-1-k: in the model there is nothing before step 0, on the chip the
   source's last step of the previous call would reach the first step of
   this one. Its gain is the target's at t (the source's step t - 1). A gated
   synapse (``gate``: an ``snc.Gate`` key) has its gain times the host's
@@ -145,7 +146,7 @@ class Synapse:
     delay: int = 0  # steps beyond the one every synapse adds
     gain: Optional[np.ndarray] = None  # [T] per logical step of the source (fixed: integer mantissas)
     gain_shift: int = 0  # fixed: the gain is gain / 2^gain_shift
-    lag: int = 0  # 1: a recurrent synapse (the target's step t reads the source's step t - 1)
+    lag: int = 0  # k: the target's step t reads the source's step t - k (a NIR Delay; 1 closes a recurrent loop)
     gate: str = ""  # snc.Gate key: the gain is also multiplied by the host's per-call values
     origin: tuple[str, ...] = ()  # the NIR ops composed into it
 
@@ -360,8 +361,8 @@ def _schedule_problems(s: Synapse, net: Netlist) -> list[str]:
     out = []
     if s.kind != "sparse" or s.delay:
         out.append(f"{s.name}: only sparse synapses without delay have per-step gains or lags")
-    if s.lag not in (0, 1):
-        out.append(f"{s.name}: lag {s.lag}: only one-step recurrence is lowered")
+    if s.lag < 0:
+        out.append(f"{s.name}: negative lag {s.lag}")
     if s.gate and s.gain is None:
         out.append(f"{s.name}: a gated synapse needs a gain (its mantissas and shift carry the gate)")
     if s.gain is None:

@@ -25,7 +25,7 @@ def cuba(vth: int, i_decay: int, v_decay: int) -> dict[str, Any]:
 def networks(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     """A dense chain with a recurrent layer and synaptic delays (spike input), and a conv net with an input
     layer (current input), a strided grouped conv and biases per neuron and per channel; the integers
-    are chosen for firing rates between about 0.1 and 0.6."""
+    are chosen for firing rates between about 0.05 and 0.35."""
     rng = np.random.default_rng(seed)
     mlp = [
         {"type": "dense", "shape": np.array([12]), "weight": rng.integers(-90, 100, (12, 10)),
@@ -36,15 +36,15 @@ def networks(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
          "delay": rng.integers(0, 3, (5, 8)), "neuron": cuba(300, 4096, 1024)},
     ]
     conv = [
-        {"type": "input", "shape": np.array([2, 6, 6]), "neuron": cuba(12, 4096, 4096)},
+        {"type": "input", "shape": np.array([2, 6, 6]), "neuron": cuba(28, 4096, 4096)},
         {"type": "conv", "shape": np.array([4, 6, 6]), "weight": rng.integers(-40, 100, (4, 2, 3, 3)),
          "stride": np.array([1, 1]), "padding": np.array([1, 1]), "dilation": np.array([1, 1]),
-         "groups": np.int64(1), "neuron": cuba(400, 1024, 512)},
+         "groups": np.int64(1), "neuron": cuba(1100, 1024, 512)},
         {"type": "conv", "shape": np.array([4, 3, 3]), "weight": rng.integers(-30, 90, (4, 2, 3, 3)),
          "stride": np.array([2, 2]), "padding": np.array([1, 1]), "dilation": np.array([1, 1]),
-         "groups": np.int64(2), "bias": rng.integers(0, 20, 4), "neuron": cuba(500, 2048, 1024)},
+         "groups": np.int64(2), "bias": rng.integers(0, 20, 4), "neuron": cuba(700, 2048, 1024)},
         {"type": "flatten"},
-        {"type": "dense", "shape": np.array([6]), "weight": rng.integers(-60, 90, (6, 36)), "neuron": cuba(700, 2048, 256)},
+        {"type": "dense", "shape": np.array([6]), "weight": rng.integers(-60, 90, (6, 36)), "neuron": cuba(600, 2048, 256)},
     ]
     return {"mlp": mlp, "conv": conv}
 

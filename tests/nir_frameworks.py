@@ -12,12 +12,23 @@ table in the closing note). Only what each framework's discretisation shares
 with Lava is compared for equality: snnTorch's neurons with
 ``reset_mechanism="zero", reset_delay=False`` (its defaults subtract the
 threshold, and reset one step late; the NIR file says neither: snnTorch writes
-``v_reset = 0`` for every neuron); norse's cells as they are.
+``v_reset = 0`` for every neuron); norse's cells as they are; SpikingJelly's
+hard-reset nodes as they are (it spikes at ``v >= v_threshold``, NIR and Lava
+at ``v > v_threshold``: equal except where v lands exactly on the threshold,
+which real-valued inputs make vanishingly rare; its exporter refuses
+soft-reset nodes).
+
+SpikingJelly 2.0, the first release with an NIR exporter, needs Python >= 3.11:
+its networks are built, simulated and exported in a venv of their own
+(``spikingjelly_exports``), and snc reads the files.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import nir
@@ -25,6 +36,7 @@ import numpy as np
 import torch
 
 STEPS, BATCH = 40, 4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -32,7 +44,7 @@ class Case:
     framework: str
     network: str
     neuron: str
-    build: Callable[[], torch.nn.Module]
+    build: Optional[Callable[[], torch.nn.Module]]  # None: built in another process (SpikingJelly)
     input_shape: tuple[int, ...]
     dt: float
     convention: str
@@ -182,10 +194,17 @@ def simulate_and_export(case: Case, seed: int = 0) -> tuple[np.ndarray, nir.NIRG
 
 def conform(case: Case, backends: tuple[tuple[str, Optional[str]], ...], seed: int = 0) -> Conformance:
     """Compile the framework's export with snc and run it on ``backends`` ((name, mode) pairs)."""
+    ref, graph, note, x = simulate_and_export(case, seed)
+    return conform_export(case, graph, note, ref, x, backends)
+
+
+def conform_export(case: Case, graph: nir.NIRGraph, note: str, ref: np.ndarray, x: np.ndarray,
+                   backends: tuple[tuple[str, Optional[str]], ...]) -> Conformance:
+    """Compile one export (calibrated on its input ``x``) and compare each backend's output spikes with the
+    framework's ``ref`` [T, B, out]."""
     from snc import api
     from snc.compiler.frontends import GraphOptions
 
-    ref, graph, note, x = simulate_and_export(case, seed)
     compiled = api.compile(graph, graph=GraphOptions(case.dt, case.convention, None, x))
     result = Conformance(case, note, compiled.report.warnings, float(ref.mean()))
     for backend, mode in backends:
@@ -196,6 +215,27 @@ def conform(case: Case, backends: tuple[tuple[str, Optional[str]], ...], seed: i
         result.spikes[key] = run.spikes
         result.agreement[key] = float((out == ref).mean())
     return result
+
+
+# --- SpikingJelly, in a venv of its own ----------------------------------------------------------------
+def spikingjelly_exports(directory: Path) -> list[tuple[Case, Path]]:
+    """SpikingJelly's networks simulated and exported by SpikingJelly 2.0 itself (``tools/spikingjelly_export.py``
+    in ``.venv-spikingjelly``: it needs Python >= 3.11 and torch >= 2.6, which Lava cannot share): each
+    case and the stem of its ``.nir`` (the export) and ``.npz`` (input ``x``, the framework's spikes ``out``)."""
+    python = subprocess.run([str(ROOT / "tools" / "bootstrap_spikingjelly_venv.sh")], capture_output=True,
+                            text=True, check=True).stdout.strip().splitlines()[-1]
+    subprocess.run([str(ROOT / python), str(ROOT / "tools" / "spikingjelly_export.py"), str(directory)],
+                   capture_output=True, text=True, check=True)
+    rows = json.loads((directory / "cases.json").read_text())
+    return [(Case("spikingjelly", r["network"], r["neuron"], None, tuple(r["input_shape"]), r["dt"], "nir", 1.0),
+             directory / r["name"]) for r in rows]
+
+
+def conform_spikingjelly(case: Case, stem: Path, backends: tuple[tuple[str, Optional[str]], ...]) -> Conformance:
+    graph = nir.read(f"{stem}.nir")
+    with np.load(f"{stem}.npz") as data:
+        x, ref = data["x"].astype(np.float64), data["out"]
+    return conform_export(case, graph, "export_to_nir", ref.reshape(STEPS, BATCH, -1), x, backends)
 
 
 # --- snc's exports in the frameworks' readers ----------------------------------------------------------

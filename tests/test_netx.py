@@ -44,7 +44,7 @@ def test_emulator_equals_netx_network_on_lava_and_export_reloads(name, tmp_path)
     assert len(layers) == len(theirs)
     for g, spikes in zip(layers, theirs):
         assert np.array_equal(trace.spikes[g][:, 0], spikes), g  # every step of every layer
-        assert 0.02 < spikes.mean() < 0.98
+        assert 0.02 < spikes.mean() < 0.5
     assert np.array_equal(api.run(build, x, backend="lava", mode="fixed").output,
                           api.run(build, x, backend="emu").output)
     again = api.export_netx(build, tmp_path / "again.net")

@@ -237,3 +237,49 @@ def test_an_in_memory_graph_with_exporter_faults_is_read_with_warnings():
     assert d.nir_graph.nodes["lif"].v_threshold.shape == (3,)
     with pytest.raises(SncError, match="--dt, --nir-convention"):
         api.load("models/checkpoints/digits-mlp.pt", graph=GraphOptions(dt=1e-3))
+
+
+def _delayed_graph(lag_forward=3, lag_loop=2):
+    """A LIF layer feeding the next both directly and through a Delay of ``lag_forward`` steps; the second
+    layer closes a loop onto itself through a Delay of ``lag_loop`` steps."""
+    rng = np.random.default_rng(14)
+    nodes = {"input": nir.Input(np.array([4])), "fc0": nir.Affine(rng.normal(size=(6, 4)) + 0.6, np.zeros(6)),
+             "a": _lif(6, 0.8), "late": nir.Delay(np.full(6, lag_forward * DT)),
+             "fc_late": nir.Linear(rng.normal(size=(5, 6)) + 0.4), "fc_now": nir.Linear(rng.normal(size=(5, 6)) * 0.5),
+             "b": _lif(5, 0.85), "loop": nir.Delay(np.full(5, lag_loop * DT)), "fc_loop": nir.Linear(-0.6 * np.eye(5)),
+             "output": nir.Output(np.array([5]))}
+    edges = [("input", "fc0"), ("fc0", "a"), ("a", "late"), ("late", "fc_late"), ("fc_late", "b"), ("a", "fc_now"),
+             ("fc_now", "b"), ("b", "loop"), ("loop", "fc_loop"), ("fc_loop", "b"), ("b", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, type_check=False)
+
+
+def test_delays_of_several_steps_feed_forward_and_in_a_loop():
+    graph = _delayed_graph()
+    x = _inputs((4,), 1.5)
+    compiled, reference, emu = _agree(graph, x)
+    lags = {s.lag for s in compiled.build.netlist("fixed").synapses if s.lag}
+    assert lags == {2, 3}  # lagged synapses, windowed to the spikes that land in their target's window
+    assert 0.05 < reference.mean() < 0.9 and (emu == reference).mean() >= 0.99
+    one_step = api.run(_compiled(_delayed_graph(1, 1), x).build, x, backend="reference").output
+    assert not np.array_equal(one_step, reference)  # the delays change what the network does
+    uneven = _delayed_graph()
+    uneven.nodes["late"] = nir.Delay(np.array([DT, 2 * DT, DT, DT, DT, DT]))
+    half = _delayed_graph()
+    half.nodes["loop"] = nir.Delay(np.full(5, 1.5 * DT))
+    for bad, message in ((uneven, "late: a Delay whose elements differ"), (half, "loop: a Delay of 1.5 steps")):
+        with pytest.raises(GraphError, match=message):
+            _compiled(bad, x)
+
+
+@pytest.mark.lava
+def test_delays_of_several_steps_on_lava():
+    x = _inputs((4,), 1.5)
+    compiled = _compiled(_delayed_graph(), x)
+    reference = api.run(compiled.build, x, backend="reference")
+    lava_float = api.run(compiled.build, x, backend="lava", mode="float")
+    lava_fixed = api.run(compiled.build, x, backend="lava", mode="fixed")
+    emu = api.run(compiled.build, x, backend="emu")
+    assert (lava_float.output == reference.output).mean() >= 0.999
+    assert np.array_equal(lava_fixed.output, emu.output)
+    for name, spikes in lava_fixed.spikes.items():
+        assert np.array_equal(emu.spikes[name], spikes), name

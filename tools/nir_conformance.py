@@ -1,4 +1,4 @@
-"""The interop table (issue 14): norse / snnTorch networks through snc, snc's exports in their readers,
+"""The interop table (issue 14): norse / snnTorch / SpikingJelly networks through snc, snc's exports in their readers,
 netx networks against lava-dl's netx.hdf5.Network. JSON on stdout. Starts Lava (about a minute)."""
 
 from __future__ import annotations
@@ -18,16 +18,22 @@ from netx_files import networks, run_netx, write_netx  # noqa: E402
 from snc import api  # noqa: E402
 
 
+BACKENDS = (("reference", None), ("lava", "float"), ("lava", "fixed"), ("emu", None))
+
+
+def _row(r: frameworks.Conformance) -> dict:
+    row = r.row()
+    row["emu_equals_lava_fixed"] = bool(np.array_equal(r.outputs["emu"], r.outputs["lava:fixed"]) and all(
+        np.array_equal(r.spikes["emu"][k], v) for k, v in r.spikes["lava:fixed"].items()))
+    return row
+
+
 def main() -> None:
-    rows = []
-    for case in frameworks.CASES:
-        r = frameworks.conform(case, (("reference", None), ("lava", "float"), ("lava", "fixed"), ("emu", None)))
-        row = r.row()
-        row["emu_equals_lava_fixed"] = bool(np.array_equal(r.outputs["emu"], r.outputs["lava:fixed"]) and all(
-            np.array_equal(r.spikes["emu"][k], v) for k, v in r.spikes["lava:fixed"].items()))
-        rows.append(row)
+    rows = [_row(frameworks.conform(case, BACKENDS)) for case in frameworks.CASES]
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
+        rows += [_row(frameworks.conform_spikingjelly(case, stem, BACKENDS))
+                 for case, stem in frameworks.spikingjelly_exports(d)]
         readers = {reader: {"mlp_max_abs_error": frameworks.mlp_reader_error(reader, d),
                             "conv_spike_agreement": frameworks.conv_reader_agreement(reader, d)}
                    for reader in ("norse", "snntorch")}

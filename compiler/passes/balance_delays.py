@@ -13,12 +13,17 @@ fired) fed by an identity synapse with ``d - 1`` extra steps (Lava
 DelaySparse). The expensive weight map then stays a plain synapse; the
 delayed synapse carries one connection per neuron.
 
-A recurrent edge (``lag`` k) reads the source's spikes of k steps before:
-the synapse's own step already delays them, so it needs
-``depth(dst) - depth(src) - 1 + k`` extra steps (0 for a population's
-synapse onto itself with k = 1: Lava's one-step recurrence is the model's
-update order). Depths come from the other edges; a recurrent edge that would
-need a negative delay cannot be scheduled and is reported.
+A lagged edge (``lag`` k: a recurrent loop or a feed-forward NIR Delay)
+reads the source's spikes of k steps before: the synapse's own step already
+delays them, so it needs ``depth(dst) - depth(src) - 1 + k`` extra steps (0
+for a population's synapse onto itself with k = 1: Lava's one-step
+recurrence is the model's update order; a feed-forward delay of k lets its
+target start k - 1 steps before its source, never before step 0). Depths
+come from the other edges; a recurrent edge that would need a negative delay
+cannot be scheduled and is reported. The relay of a lagged edge sits at
+``depth(dst) + k - 1``, up to k - 1 steps past the readout: the last k - 1
+steps of its window carry spikes the lagged synapse does not pass, so a call
+does not run them.
 
 Requires: the re-associated graph. Guarantees: for every edge from a
 population, ``depth(dst) == depth(src) + 1 + delay - lag``; delays only on identity
@@ -53,7 +58,9 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
         chip = [e for e in graph.into(name) if isinstance(graph.nodes[e.src], Population)]
         # a lagged edge from a population already ordered (a delay in a feed-forward path) counts too;
         # one from later in the order closes a loop and is scheduled from the others
-        depth[name] = max((depth[e.src] + 1 - e.lag for e in chip if not e.lag or e.src in depth), default=0)
+        # (a lag k > 1 lets the target start before its source; host currents arrive at step 0, so no earlier)
+        depth[name] = max(0, max((depth[e.src] + 1 - e.lag for e in chip if not e.lag or e.src in depth),
+                                 default=0))
         node.depth = depth[name]
     relays: dict[tuple[str, int], str] = {}
     edges: list[Edge] = []

@@ -5,7 +5,7 @@ Requires: a flat, typed NIR graph of one spiking step (snc's exports, or
 Guarantees: one IR node per NIR node (same names); NIR edges become identity
 edges (a node's inputs are summed, as in NIR); ``snc.StepScale`` becomes a
 Linear identity with a per-step ``gain`` (its length must be T), a ``Delay``
-of one step a Linear identity with ``lag`` 1, ``snc.Gate`` a Linear identity with
+of k whole steps (the same for every element) a Linear identity with ``lag`` k, ``snc.Gate`` a Linear identity with
 its ``gate`` key and a gain of ones (a gated synapse is a gained one whose
 gain the host re-programs per call), a depthwise Conv2d that sums
 each channel's whole image (attention's token sum) a k x k conv on the
@@ -262,9 +262,13 @@ def _linear(name: str, node: nir.NIRNode, in_shape: tuple, timestep: int, dt: fl
     if isinstance(node, nir.Delay):
         steps = np.asarray(node.delay, dtype=np.float64) / dt
         lag = int(np.rint(steps.flat[0])) if steps.size else 0
-        if lag != 1 or not np.allclose(steps, lag, rtol=0, atol=1e-6):
-            problems.append(f"{name}: a Delay must be one step dt = {dt:g} s for every element "
-                            "(snc lowers one-step recurrence)")
+        if not np.allclose(steps, steps.flat[0], rtol=0, atol=1e-6):
+            problems.append(f"{name}: a Delay whose elements differ ({np.unique(np.rint(steps)).size} values) is "
+                            "not supported (snc delays a population's spikes by one number of steps)")
+            return None
+        if lag < 1 or not np.allclose(steps, lag, rtol=0, atol=1e-6):
+            problems.append(f"{name}: a Delay of {steps.flat[0]:g} steps: it must be a whole number >= 1 of steps "
+                            f"dt = {dt:g} s")
             return None
         return Linear(name, LinearOp.identity(in_shape), np.zeros(in_shape), lag=lag)
     if isinstance(node, StepScale):

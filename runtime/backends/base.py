@@ -184,7 +184,10 @@ def call_result(net: Netlist, readout: np.ndarray, spikes: dict[str, np.ndarray]
     windows = {}
     for name, s in spikes.items():
         g = net.groups[name]
-        windows[name] = s[g.depth:g.depth + T].reshape(T, batch, *g.shape) != 0
+        window = s[g.depth:g.depth + T] != 0
+        if len(window) < T:  # a relay of a delay of k steps: its last k - 1 steps reach nothing and are not run
+            window = np.concatenate([window, np.zeros((T - len(window), *window.shape[1:]), bool)])
+        windows[name] = window.reshape(T, batch, *g.shape)
     return CallResult(out, windows)
 
 
