@@ -40,8 +40,8 @@ class ReadoutFilter:
 def apply_filters(values: torch.Tensor, filters: Sequence[ReadoutFilter], shape: Sequence[int]) -> torch.Tensor:
     """The filtered readout for values [T, B, *shape] (a new tensor; the input when there is no filter)."""
     for f in filters:
-        decay, gain, bias = (torch.as_tensor(np.broadcast_to(np.asarray(a, dtype=np.float64), tuple(shape)),
-                                             dtype=values.dtype) for a in (f.decay, f.gain, f.bias))
+        decay, gain, bias = (torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=values.dtype).expand(*shape)
+                             for a in (f.decay, f.gain, f.bias))
         out = torch.empty_like(values)
         y = torch.zeros_like(values[0])
         for t in range(values.shape[0]):

@@ -90,3 +90,28 @@ def run_netx(path: Path, x: np.ndarray) -> list[np.ndarray]:
             r = r.transpose(0, 3, 2, 1)  # -> [steps, c, y, x]
         out.append(r.reshape(steps, -1) != 0)
     return out
+
+
+def write_slayer_pool_net(path: Path, seed: int = 0) -> Path:
+    """A network written by lava-dl's own writer (slayer blocks' ``export_hdf5``): input layer, conv, a 2x2
+    ``pool`` (which netx 0.6 cannot load), flatten, dense."""
+    import h5py
+    import torch
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import lava.lib.dl.slayer as slayer
+
+    neuron = {"threshold": 1.25, "current_decay": 0.25, "voltage_decay": 0.03, "requires_grad": False}
+    torch.manual_seed(seed)
+    blocks = [slayer.block.cuba.Input(neuron), slayer.block.cuba.Conv(neuron, 2, 4, 3, padding=1, weight_scale=2),
+              slayer.block.cuba.Pool(neuron, 2, stride=2), slayer.block.cuba.Flatten(),
+              slayer.block.cuba.Dense(neuron, 4 * 3 * 3, 5, weight_scale=2)]
+    x = torch.zeros(1, 2, 6, 6, 2)
+    with torch.no_grad():
+        for block in blocks:  # slayer blocks learn their shapes in a first forward pass
+            x = block(x)
+    with h5py.File(path, "w") as f:
+        layers = f.create_group("layer")
+        for i, block in enumerate(blocks):
+            block.export_hdf5(layers.create_group(str(i)))
+    return path

@@ -80,6 +80,18 @@ def _snntorch_mlp_leaky() -> torch.nn.Module:
                                torch.nn.Linear(24, 6), snn.Leaky(beta=0.8, output=True, **_snn_kwargs()))
 
 
+def _snntorch_mlp_leaky_per_neuron() -> torch.nn.Module:
+    """Leaky with one beta per neuron (as ``learn_beta`` on a vector trains it): three values in the hidden
+    layer, so snc splits it into three populations. snnTorch 1.0's exporter builds the NIR LIF only when the
+    threshold is a vector too (with a scalar one NIR refuses the node: "All parameters must have the same
+    shape"), so the threshold is given per neuron."""
+    import snntorch as snn
+    beta = torch.tensor([0.7, 0.85, 0.95] * 8)
+    return torch.nn.Sequential(torch.nn.Linear(10, 24), snn.Leaky(beta=beta, threshold=torch.ones(24),
+                                                                  **_snn_kwargs()),
+                               torch.nn.Linear(24, 6), snn.Leaky(beta=0.8, output=True, **_snn_kwargs()))
+
+
 def _snntorch_mlp_synaptic() -> torch.nn.Module:
     import snntorch as snn
     return torch.nn.Sequential(torch.nn.Linear(10, 24), snn.Synaptic(alpha=0.7, beta=0.9, **_snn_kwargs()),
@@ -158,6 +170,8 @@ def norse_export(net: torch.nn.Module, sample: torch.Tensor) -> tuple[nir.NIRGra
 
 CASES = [  # input scale and weight gain chosen for output rates of about 0.1 to 0.35
     Case("snntorch", "mlp", "Leaky (LIF)", _snntorch_mlp_leaky, (10,), 1e-4, "nir", 2.0, 3.0),
+    Case("snntorch", "mlp", "Leaky, beta per neuron (3 populations)", _snntorch_mlp_leaky_per_neuron, (10,), 1e-4,
+         "nir", 2.0, 3.0),
     Case("snntorch", "mlp", "Synaptic (CubaLIF)", _snntorch_mlp_synaptic, (10,), 1e-4, "nir", 1.0, 1.0),
     Case("snntorch", "conv + avgpool", "Leaky (LIF)", _snntorch_conv, (1, 8, 8), 1e-4, "nir", 2.0, 3.0),
     Case("snntorch", "mlp + recurrent", "RLeaky (LIF subgraph)", _snntorch_rleaky, (10,), 1e-4, "nir", 2.0, 3.0),

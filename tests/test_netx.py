@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_snc
-from netx_files import networks, run_netx, write_netx
+from netx_files import networks, run_netx, write_netx, write_slayer_pool_net
 from snc import api
 from snc.compiler.netlist import netlist_currents
 from snc.errors import GraphError, SncError
@@ -20,7 +20,7 @@ def _input(name, shape, seed=1):
     rng = np.random.default_rng(seed)
     if name == "mlp":  # spikes into the first synapse
         return (rng.random((STEPS, *shape)) < 0.3).astype(np.float64)
-    return rng.integers(0, 40, (STEPS, *shape)).astype(np.float64)  # the input layer's current
+    return rng.integers(0, 40 if name == "conv" else 20, (STEPS, *shape)).astype(np.float64)  # the input layer's
 
 
 def _emu_trace(build, x):
@@ -53,6 +53,25 @@ def test_emulator_equals_netx_network_on_lava_and_export_reloads(name, tmp_path)
                           api.run(build, x, backend="emu").output)
 
 
+@pytest.mark.lava
+def test_a_slayer_pool_runs_as_the_grouped_conv_netx_loads(tmp_path):
+    """slayer writes pool layers that netx 0.6 cannot load; snc runs them as a conv of each channel with the
+    pool's kernel, exports that as a netx conv layer, and lava-dl's own Network on Lava fixed_pt gives the
+    same spikes in every layer as snc's emulator of the slayer file."""
+    build = api.compile(write_slayer_pool_net(tmp_path / "pool.net")).build
+    assert [g for g in build.netlist("fixed").groups] == ["layer0", "layer1", "layer2", "layer4"]
+    x = _input("pool", (2, 6, 6))
+    net, trace = _emu_trace(build, x)
+    fed = np.concatenate([x, np.repeat(x[-1:], net.call_steps - STEPS, 0)])
+    theirs = run_netx(api.export_netx(build, tmp_path / "as-conv.net"), fed)
+    assert len(theirs) == len(net.groups)
+    for g, spikes in zip(net.groups, theirs):
+        assert np.array_equal(trace.spikes[g][:, 0], spikes), g
+        assert 0.05 < spikes.mean() < 0.5
+    assert np.array_equal(api.run(build, x, backend="lava", mode="fixed").output,
+                          api.run(build, x, backend="emu").output)
+
+
 def test_netx_run_energy_and_bad_files(tmp_path):
     path = write_netx(tmp_path / "mlp.net", networks()["mlp"])
     assert run_snc("compile", str(path), "-o", str(tmp_path / "b")).returncode == 0
@@ -61,13 +80,13 @@ def test_netx_run_energy_and_bad_files(tmp_path):
     assert result.returncode == 0, result.stderr
     bad = networks()["mlp"]
     bad[0] = {**bad[0], "weight": np.where(np.eye(12, 10) > 0, np.nan, 1.0)}
-    bad.insert(1, {"type": "pool", "shape": np.array([12])})
+    bad.insert(1, {"type": "average", "shape": np.array([12])})
     bad.append({"type": "spline", "shape": np.array([5])})
     bad[2] = {**bad[2], "neuron": {"type": "SDNN", "vThMant": 10}}
     write_netx(tmp_path / "bad.net", bad)
     result = run_snc("compile", str(tmp_path / "bad.net"), "-o", str(tmp_path / "c"))
     assert result.returncode == 1 and result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
-    assert "'pool'" in result.stderr and "'spline'" in result.stderr
+    assert "'average'" in result.stderr and "'spline'" in result.stderr
     write_netx(tmp_path / "nan.net", [bad[0], *networks()["mlp"][1:]])
     with pytest.raises(GraphError, match="non-finite"):
         api.compile(tmp_path / "nan.net")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import nir
 import numpy as np
@@ -126,9 +128,28 @@ def test_per_neuron_thresholds_and_gains_are_mapped_exactly():
     imported = import_graph(normalise(graph, dt=DT).graph, STEPS, dt=DT)
     assert imported.nodes["n1.input_scale"].op.kind == "dense"  # each neuron's input scaled to one threshold
     assert 0.05 < reference.mean() < 0.9 and (emu == reference).mean() >= 0.99
-    lif.tau = np.linspace(2e-4, 5e-4, 6)
-    with pytest.raises(GraphError, match="n1: tau differs between neurons"):
-        _compiled(graph, _inputs((4,)))
+
+def test_per_neuron_time_constants_become_one_population_each():
+    lif = _lif(6)
+    lif.tau = np.array([2e-4, 5e-4, 2e-4, 1e-3, 5e-4, 2e-4])  # three distinct decays
+    lif.v_threshold = np.linspace(0.5, 1.5, 6)
+    cuba = nir.CubaLIF(tau_syn=np.array([DT / 0.3, DT / 0.5, DT / 0.3, DT / 0.5]), tau_mem=np.full(4, DT / 0.1),
+                       r=np.full(4, 10.0), v_leak=np.zeros(4), v_threshold=np.ones(4), v_reset=np.zeros(4),
+                       w_in=np.array([DT / 0.3 / DT, DT / 0.5 / DT] * 2))
+    rng = np.random.default_rng(15)
+    graph = _chain(nir.Affine(rng.normal(size=(6, 4)) + 0.5, np.full(6, 0.05)), lif,
+                   nir.Affine(rng.normal(size=(4, 6)) + 0.3, np.full(4, 0.1)), cuba, input_shape=[4])
+    compiled, reference, emu = _agree(graph, _inputs((4,), 2.0))
+    net = compiled.build.netlist("fixed")
+    parts = {node: [g for g in net.groups if re.fullmatch(rf"{node}\.part\d", g)] for node in ("n1", "n3")}
+    assert parts["n1"] == ["n1.part0", "n1.part1", "n1.part2"] and "n1" not in net.groups
+    assert sorted(net.groups[g].dv for g in parts["n1"]) == [410, 819, 2048]  # 4096 dt / tau
+    assert sorted(net.groups[g].du for g in parts["n3"]) == [1228, 2047]  # 4095 - round(4096 current_decay)
+    assert 0.05 < reference.mean() < 0.9 and (emu == reference).mean() >= 0.98
+    many = _chain(nir.Affine(np.ones((100, 4)), np.zeros(100)), _lif(100), input_shape=[4])
+    many.nodes["n1"].tau = np.linspace(2e-4, 5e-4, 100)
+    with pytest.raises(GraphError, match="n1: its time constants take 100 values over 100 neurons"):
+        _compiled(many, _inputs((4,)))
 
 
 @pytest.mark.parametrize("kind", ["LI", "CubaLI", "I"])

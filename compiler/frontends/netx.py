@@ -28,6 +28,12 @@ What netx layers become (lava-dl 0.6 ``netx/hdf5.py``):
 - ``conv``: a ``conv`` synapse with the raw kernel (Lava's Conv takes no
   weight exponent); groups and dilation as zeros of a full kernel; square
   kernels with one stride and padding for both axes;
+- ``pool`` (slayer's ``Pool`` block; netx 0.6 cannot load it): a conv
+  of every channel with the file's one kernel (``weight`` [1, 1, k, k],
+  ``kernelSize``, ``stride``, ``padding``, ``dilation``), as Loihi runs a
+  pool: the same synapse as a grouped ``conv`` layer with that kernel per
+  channel, which is what ``snc export --format netx`` writes for it (and netx
+  then loads);
 - ``flatten``: nothing (a group is C x H x W flattened in C order, which is
   netx's ``transpose([2, 1, 0]).flatten()``);
 - CUBA / LOIHI neurons: LIF with ``vth = vThMant``, ``du = iDecay - 1``,
@@ -37,8 +43,9 @@ What netx layers become (lava-dl 0.6 ``netx/hdf5.py``):
   are 0/1 on Lava's LIF, as in netx; a layer without a neuron gets netx's
   default non-leaky integrator;
 - refused, naming the layer: SDNN (sigma-delta) and resonate-and-fire
-  neurons, ``pool``, ``average``, ``convT``, ``unpool``, ``concat``,
-  ``dense_comp`` (netx 0.6 cannot load the first five either).
+  neurons, ``average``, ``convT``, ``unpool``, ``concat``, ``dense_comp``
+  (netx 0.6 cannot load the first four either; slayer 0.6's ``Average``
+  block cannot even be written: its export reads a neuron it does not have).
 
 Groups are plain LIF (no reset), like ``Network(reset_interval=None)``; the
 output is the last layer's spikes, read through an identity synapse.
@@ -63,8 +70,8 @@ from ..nir_io import NIR_DT
 from .base import Deployable
 
 NEURON_TYPES = ("CUBA", "LOIHI")
-LAYER_TYPES = ("input", "dense", "dense_rec", "conv", "flatten")
-REFUSED = ("pool", "average", "convT", "unpool", "concat", "dense_comp")
+LAYER_TYPES = ("input", "dense", "dense_rec", "conv", "pool", "flatten")
+REFUSED = ("average", "convT", "unpool", "concat", "dense_comp")
 BIAS_EXP = 6  # netx: bias_mant << 6
 DEFAULT_NEURON = {"type": "CUBA", "iDecay": 0, "vDecay": 4096, "vThMant": 1 << 17, "refDelay": 1}  # netx's
 UNITY = 4096
@@ -231,7 +238,9 @@ def _load(f: h5py.File, path: Path) -> Deployable:
         kind = _value(layers[key], "type")
         kinds[key] = kind
         if kind in REFUSED:
-            problems.append(f"layer {key}: {kind!r} layers are not supported (netx 0.6 cannot load them either)")
+            problems.append(f"layer {key}: {kind!r} layers are not supported (netx 0.6 cannot load them either"
+                            + ("; slayer 0.6 cannot write one: its Average block has no neuron)" if kind == "average"
+                               else ")"))
         elif kind not in LAYER_TYPES:
             problems.append(f"layer {key}: unknown netx layer type {kind!r}")
     if problems:
@@ -260,8 +269,8 @@ def _load(f: h5py.File, path: Path) -> Deployable:
                 input_shape = shape
             continue
         if prev is None:  # spikes into the first synapse: a relay that spikes when fed 1
-            if kind == "conv" and input_shape is None:
-                problems.append(f"layer {key}: a conv first layer needs an input layer with its shape")
+            if kind in ("conv", "pool") and input_shape is None:
+                problems.append(f"layer {key}: a {kind} first layer needs an input layer with its shape")
                 break
             if input_shape is None:
                 input_shape = (int(np.asarray(layer["weight"]).shape[1]),)
@@ -310,18 +319,22 @@ def _load(f: h5py.File, path: Path) -> Deployable:
                 b.nir_edges += [(name, f"{name}.rec_delay"), (f"{name}.rec_delay", f"{name}.rec"),
                                 (f"{name}.rec", name)]
             prev, shape = name, (n_out,)
-        else:  # conv
+        else:  # conv, or pool: a conv of each channel with the one kernel (slayer's Pool synapse)
+            if len(shape) != 3:
+                problems.append(f"{name}: a {kind} needs a (C, H, W) input, the layer before gives {shape}")
+                break
             weight = _ints(layer, "weight", name, problems)
             weight = weight.reshape(weight.shape[:4])
             stride = _square(layer["stride"][()], "stride", name, problems)
             padding = _square(layer["padding"][()], "padding", name, problems)
             dilation = _square(layer["dilation"][()], "dilation", name, problems)
-            groups = int(np.asarray(layer["groups"][()]).reshape(-1)[0])
+            if kind == "pool":
+                weight = np.broadcast_to(weight.reshape(1, 1, *weight.shape[-2:]), (shape[0], 1, *weight.shape[-2:]))
+                groups = shape[0]
+            else:
+                groups = int(np.asarray(layer["groups"][()]).reshape(-1)[0])
             if weight.shape[2] != weight.shape[3]:
                 problems.append(f"{name}: kernel {weight.shape[2]}x{weight.shape[3]} is not square")
-                break
-            if len(shape) != 3:
-                problems.append(f"{name}: a conv needs a (C, H, W) input, the layer before gives {shape}")
                 break
             kernel = _full_kernel(weight, groups, dilation)
             op = _int_op(LinearOp.conv(kernel, shape, stride, padding), kernel)

@@ -2,11 +2,12 @@
 
 Requires: a flat, typed NIR graph of one spiking step (snc's exports, or
 ``nir_normalise`` of a foreign graph) and its step dt (``ctx.dt``).
-Guarantees: one IR node per NIR node (same names); NIR edges become identity
+Guarantees: one IR node per NIR node (same names; a spiking node's input
+scale or parts are nodes of their own, named after it); NIR edges become identity
 edges (a node's inputs are summed, as in NIR); ``snc.StepScale`` becomes a
 Linear identity with a per-step ``gain`` (its length must be T), a ``Delay``
-of k whole steps (the same for every element) a Linear identity with ``lag`` k, ``snc.Gate`` a Linear identity with
-its ``gate`` key and a gain of ones (a gated synapse is a gained one whose
+of k whole steps (the same for every element) a Linear identity with
+``lag`` k, ``snc.Gate`` a Linear identity with its ``gate`` key and a gain of ones (a gated synapse is a gained one whose
 gain the host re-programs per call), a depthwise Conv2d that sums
 each channel's whole image (attention's token sum) a k x k conv on the
 channels stacked as one image; other convs (any padding form, stride,
@@ -17,12 +18,17 @@ their input (the Euler gain ``dt*r`` (IF), ``dt*r/tau`` (LIF), ``dt/tau_mem *
 r * dt/tau_syn * w_in`` (CubaLIF) is divided into it; per-neuron thresholds
 and gains become a Linear ``<name>.input_scale`` on the inputs),
 ``decay = 1 - dt/tau(_mem)``, ``current_decay = 1 - dt/tau_syn`` and a bias
-from ``v_leak``; a non-spiking LI / I / CubaLI that the Output alone reads
+from ``v_leak``; neurons whose time constants differ become one population
+per distinct set (``<name>.part<k>``, ``_split``); a non-spiking LI / I / CubaLI that the Output alone reads
 becomes an identity and the Readout's host filters. Every unsupported node or
 parameter is reported at once.
 """
 
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Optional
 
 import nir
 import numpy as np
@@ -31,14 +37,15 @@ import torch.nn.functional as F
 
 from snc.errors import GraphError
 
-from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
+from ..ir import Edge, Graph, HostInput, Linear, Node, Population, Readout
 from ..linear import MAX_DENSE_ENTRIES, LinearOp, upsample_op
 from ..nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, check_finite, digest
-from ..nir_normalise import NON_SPIKING, SPIKING, conv_padding, pairs
+from ..nir_normalise import NEURON_PARAMS, NON_SPIKING, SPIKING, conv_padding, pairs
 from ..pass_manager import CompileContext, Pass
 from ..readout import ReadoutFilter
 
-MAX_SCALED_NEURONS = 4096  # per-neuron input factors as a dense diagonal up to this many neurons
+MAX_SCALED_NEURONS = 4096  # per-neuron input factors (or a split population's gather) as dense maps up to this
+MAX_SPLIT = 64  # populations one NIR neuron node may be split into (one per distinct set of time constants)
 
 
 def _uniform(values: np.ndarray, what: str, node: str, problems: list[str]) -> float:
@@ -105,6 +112,76 @@ def _neuron(name: str, node: nir.NIRNode, dt: float, problems: list[str]) -> tup
     population = Population(name, shape, threshold=theta, decay=decay, bias=np.array(bias, dtype=np.float64),
                             current_decay=current_decay)
     return population, factor
+
+
+@dataclass
+class _Imported:
+    """The IR of one NIR node: ``node`` (named as the NIR node: what its successors read), ``into`` (where
+    its NIR inputs go, when not ``node`` itself) and the further nodes and edges between them."""
+    node: Node
+    into: Optional[Linear] = None
+    parts: list[Node] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+
+
+def _time_constants(node: nir.NIRNode) -> list[np.ndarray]:
+    """The per-neuron parameters that set a spiking node's decays (Lava takes one per process)."""
+    if isinstance(node, nir.LIF):
+        return [np.asarray(node.tau, dtype=np.float64)]
+    if isinstance(node, nir.CubaLIF):
+        return [np.asarray(node.tau_mem, dtype=np.float64), np.asarray(node.tau_syn, dtype=np.float64)]
+    return []
+
+
+def _spiking(name: str, node: nir.NIRNode, dt: float, problems: list[str]) -> _Imported | None:
+    """A spiking NIR neuron: one population, or one per distinct set of time constants (``_split``)."""
+    taus = _time_constants(node)
+    keys = np.stack([t.reshape(-1) for t in taus], axis=1) if taus else np.zeros((0, 0))
+    if taus and len(np.unique(keys, axis=0)) > 1:
+        return _split(name, node, keys, dt, problems)
+    population, factor = _neuron(name, node, dt, problems)
+    if (getattr(node, "metadata", None) or {}).get("snc.role") == "and":
+        population.role = "and"  # snc's export of a spike AND (threshold 1.5 on two unit inputs)
+    if factor is None:
+        return _Imported(population)
+    scale = _input_scale(name, factor, problems)
+    if scale is None:
+        return None
+    return _Imported(population, scale, edges=[Edge(scale.name, name, LinearOp.identity(population.shape))])
+
+
+def _split(name: str, node: nir.NIRNode, keys: np.ndarray, dt: float, problems: list[str]) -> _Imported | None:
+    """Neurons whose time constants differ: one population per distinct set (``<name>.part<k>``; Lava's LIF
+    takes one du and dv per process), exact. Their inputs are gathered from ``<name>.input`` (times each
+    neuron's input factor) and their spikes scattered back into ``<name>``, an identity that the node's
+    successors read: re-association composes both into the synapses."""
+    shape = tuple(int(v) for v in np.shape(node.v_threshold))
+    n = int(np.prod(shape))
+    sets, which = np.unique(keys, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    if n > MAX_SCALED_NEURONS or len(sets) > MAX_SPLIT:
+        problems.append(f"{name}: its time constants take {len(sets)} values over {n} neurons; snc splits a "
+                        f"population by time constant up to {MAX_SPLIT} values and {MAX_SCALED_NEURONS} neurons")
+        return None
+    into = Linear(f"{name}.input", LinearOp.identity(shape), np.zeros(shape))
+    out = Linear(name, LinearOp.identity(shape), np.zeros(shape))
+    parts, edges = [], []
+    for k in range(len(sets)):
+        members = np.flatnonzero(which == k)
+        part = copy.copy(node)
+        for key in NEURON_PARAMS[type(node)]:
+            value = getattr(node, key, None)
+            if value is not None:
+                setattr(part, key, np.asarray(value, dtype=np.float64).reshape(-1)[members])
+        population, factor = _neuron(f"{name}.part{k}", part, dt, problems)
+        gather = np.zeros((members.size, n))
+        gather[np.arange(members.size), members] = 1.0 if factor is None else factor
+        scatter = np.zeros((n, members.size))
+        scatter[members, np.arange(members.size)] = 1.0
+        parts.append(population)
+        edges += [Edge(into.name, population.name, LinearOp.dense(gather, shape, population.shape)),
+                  Edge(population.name, name, LinearOp.dense(scatter, population.shape, shape))]
+    return _Imported(out, into, parts, edges)
 
 
 def _input_scale(name: str, factor: np.ndarray, problems: list[str]) -> Linear | None:
@@ -287,30 +364,27 @@ def _input_shape(node: nir.NIRNode) -> tuple:
 
 
 def _import_node(name: str, node: nir.NIRNode, timestep: int, dt: float, readout_of: dict[str, str],
-                 problems: list[str]):
-    """The IR node(s) of a NIR node: the node, and a Linear that scales its inputs (or None)."""
+                 problems: list[str]) -> _Imported | None:
+    """The IR of a NIR node (None when it cannot be imported: the reason is in ``problems``)."""
     if isinstance(node, nir.NIRGraph):
         problems.append(f"{name}: a nested NIR subgraph (snc's reader inlines them: nir_normalise)")
-        return None, None
+        return None
     if isinstance(node, nir.Input):
-        return HostInput(name, _input_shape(node)), None
+        return _Imported(HostInput(name, _input_shape(node)))
     if isinstance(node, nir.Output):
         shape = tuple(int(v) for v in np.asarray(node.output_type["output"]))
-        return Readout(name, shape, bias=np.zeros(shape)), None
+        return _Imported(Readout(name, shape, bias=np.zeros(shape)))
     if isinstance(node, SPIKING):
-        population, factor = _neuron(name, node, dt, problems)
-        if (getattr(node, "metadata", None) or {}).get("snc.role") == "and":
-            population.role = "and"  # snc's export of a spike AND (threshold 1.5 on two unit inputs)
-        scale = _input_scale(name, factor, problems) if factor is not None else None
-        return population, scale
+        return _spiking(name, node, dt, problems)
     if isinstance(node, NON_SPIKING):
         if name not in readout_of:
             problems.append(f"{name}: a non-spiking {type(node).__name__} is supported only as the neuron the "
                             "graph's Output reads (snc integrates it on the host); Loihi 2 passes spikes")
-            return None, None
+            return None
         shape = _input_shape(node)
-        return Linear(name, LinearOp.identity(shape), np.zeros(shape)), None
-    return _linear(name, node, _input_shape(node), timestep, dt, problems), None
+        return _Imported(Linear(name, LinearOp.identity(shape), np.zeros(shape)))
+    linear = _linear(name, node, _input_shape(node), timestep, dt, problems)
+    return _Imported(linear) if linear is not None else None
 
 
 def _non_spiking_outputs(graph: nir.NIRGraph, preds: dict[str, list[str]]) -> dict[str, str]:
@@ -337,35 +411,38 @@ def import_graph(graph: nir.NIRGraph, timestep: int, arch: str = "", dt: float =
             continue
         preds[dst].append(src)
     readout_of = _non_spiking_outputs(graph, preds)
-    scaled: dict[str, str] = {}  # population -> the Linear that scales its inputs
+    into: dict[str, str] = {}  # NIR node -> the IR node its inputs go to, where it is another
+    inner: list[Edge] = []  # edges within the IR of one NIR node
     for name, node in graph.nodes.items():
         try:
-            imported, scale = _import_node(name, node, timestep, dt, readout_of, problems)
+            imported = _import_node(name, node, timestep, dt, readout_of, problems)
         except (ValueError, TypeError, IndexError, KeyError, GraphError) as exc:  # malformed shapes or parameters
             problems.append(f"{name}: malformed {type(node).__name__} ({exc})")
             continue
-        if imported is not None:
-            nodes[name] = imported
-        if scale is not None:
-            nodes[scale.name] = scale
-            scaled[name] = scale.name
+        if imported is None:
+            continue
+        nodes[name] = imported.node
+        for extra in ([imported.into] if imported.into is not None else []) + imported.parts:
+            nodes[extra.name] = extra
+        if imported.into is not None:
+            into[name] = imported.into.name
+        inner += imported.edges
     if problems:
         raise GraphError("cannot import the NIR graph:\n  " + "\n  ".join(problems))
     for neuron, output in readout_of.items():
         nodes[output].filters = _readout_filters(neuron, graph.nodes[neuron], dt)
     edges = []
     for dst, sources in preds.items():
-        into = scaled.get(dst, dst)
+        target = into.get(dst, dst)
         for src in sources:
-            s, d = nodes[src], nodes[into]
+            s, d = nodes[src], nodes[target]
             out_shape = s.op.out_shape if isinstance(s, Linear) else s.shape
             in_shape = d.op.in_shape if isinstance(d, Linear) else d.shape
             if int(np.prod(out_shape)) != int(np.prod(in_shape)):
                 problems.append(f"edge {src}->{dst}: {tuple(out_shape)} does not fit {tuple(in_shape)}")
                 continue
-            edges.append(Edge(src, into, LinearOp.identity(out_shape, in_shape)))
-    for dst, scale in scaled.items():
-        edges.append(Edge(scale, dst, LinearOp.identity(nodes[dst].shape)))
+            edges.append(Edge(src, target, LinearOp.identity(out_shape, in_shape)))
+    edges += inner
     if problems:
         raise GraphError("cannot import the NIR graph:\n  " + "\n  ".join(problems))
     return Graph(nodes, edges, timestep=timestep, arch=arch, source=digest(graph))
