@@ -11,10 +11,14 @@ dt (``snc.dt`` in the metadata), ``r`` as written. For the others:
   denoiser is written at one diffusion step (``--at-step``), its time-embedding
   biases added to the biases of the Affine layers beside them;
 - **Flatten**: both readers hand NIR's dims (which do not count the batch)
-  to ``torch.nn.Flatten`` (which does), so a Flatten flattens the batch too;
-  an Input that only a Flatten reads is written flat instead (feed it
-  ``x.reshape(batch, -1)``); any other Flatten is right for a batch of one;
-- **norse** (``from_nir(graph, dt=snc.dt)``): its IF adds the input as it is
+  to ``torch.nn.Flatten`` (which does), so a NIR Flatten would flatten the
+  batch too. An Input that only a Flatten reads is written flat instead (feed
+  it ``x.reshape(batch, -1)``); any other Flatten is written with its dims
+  counted from the end (``start_dim - rank``: the same flatten for NIR's
+  types, and one that leaves the batch alone in ``torch.nn.Flatten``);
+- **norse** (``from_nir(graph, dt=snc.dt)``): it has no pooling module (it
+  maps SumPool2d / AvgPool2d to nothing and then starts the graph there), so
+  pools are written as the Conv2d they are; its IF adds the input as it is
   (``v += x``) and its LIF ignores ``r``, so snc writes ``r = 1`` and divides
   each neuron's threshold and ``v_leak`` by its input gain (``dt * r`` for IF,
   ``r`` for LIF); CubaLIF is read as NIR defines it;
@@ -63,12 +67,15 @@ def for_reader(graph: nir.NIRGraph, reader: str, constants: Optional[dict[str, n
     for name, node in nodes.items():
         if isinstance(node, (nir.IF, nir.LIF, nir.CubaLIF)):
             nodes[name] = (_norse_neuron if reader == "norse" else _snntorch_neuron)(name, node, dt, problems)
+        elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)) and reader == "norse":
+            nodes[name] = _pool_as_conv(node)
         elif isinstance(node, (nir.LI, nir.CubaLI, nir.I, nir.Threshold, nir.Delay)):
             problems.append(f"{name}: {reader}'s reader has no {type(node).__name__}")
     if problems:
         raise GraphError(f"cannot write the graph for {reader}:\n  " + "\n  ".join(problems))
     _fold_constants(nodes, edges, dict(constants or {}), problems)
     _flat_inputs(nodes, edges)
+    _batch_flatten(nodes)
     inputs = [n for n, node in nodes.items() if isinstance(node, nir.Input)]
     if len(inputs) != 1:
         problems.append(f"{reader}'s reader takes one input tensor; the graph has {len(inputs)} ({', '.join(inputs)}): "
@@ -127,6 +134,18 @@ def _snntorch_neuron(name: str, node: nir.NIRNode, dt: float, problems: list[str
                    v_reset=np.zeros_like(thr))
 
 
+def _pool_as_conv(node: nir.NIRNode) -> nir.Conv2d:
+    """A SumPool2d / AvgPool2d as the Conv2d it is: each channel's kernel of ones (over its area for AvgPool2d),
+    written as a full C x C kernel (``nir.read`` mis-types a grouped conv's input and refuses the file)."""
+    shape = tuple(int(v) for v in np.asarray(node.input_type["input"]))
+    k = tuple(int(v) for v in np.broadcast_to(np.asarray(node.kernel_size), (2,)))
+    area = 1.0 if isinstance(node, nir.SumPool2d) else float(k[0] * k[1])
+    weight = np.eye(shape[0])[:, :, None, None] * np.ones((1, 1, *k)) / area
+    conv = nir.Conv2d(shape[1:], weight, node.stride, node.padding, 1, 1, np.zeros(shape[0]))
+    conv.input_type, conv.output_type = node.input_type, node.output_type
+    return conv
+
+
 def _fold_constants(nodes: dict, edges: list, constants: dict[str, np.ndarray], problems: list[str]) -> None:
     """Each constant Input (a value the same every step) removed, its value added to the bias of an Affine
     that feeds the same node (NIR sums a node's inputs)."""
@@ -161,3 +180,14 @@ def _flat_inputs(nodes: dict, edges: list) -> None:
         after = [b for a, b in edges if a == flatten]
         del nodes[flatten]
         edges[:] = [e for e in edges if flatten not in e] + [(name, b) for b in after]
+
+
+def _batch_flatten(nodes: dict) -> None:
+    """Every Flatten with its dims counted from the end (``start_dim - rank``): NIR's type inference reads
+    them as before, and the readers' ``torch.nn.Flatten`` then leaves the batch alone."""
+    for name, node in nodes.items():
+        if isinstance(node, nir.Flatten):
+            rank = int(np.asarray(node.input_type["input"]).size)
+            node = nodes[name] = copy.copy(node)
+            node.start_dim = int(node.start_dim) - rank if int(node.start_dim) >= 0 else int(node.start_dim)
+            node.end_dim = int(node.end_dim) - rank if int(node.end_dim) >= 0 else int(node.end_dim)

@@ -15,7 +15,8 @@ warning each, what it had to read generously:
   neighbours do not have (nirtorch traces with a batch of one) is dropped;
 - **shapes**: every node's input and output type is inferred from its
   predecessors (exporters leave them empty or 0-d); neuron parameters given
-  as 0-d or one-element arrays are broadcast to the population's shape;
+  as 0-d or one-element arrays are broadcast to the population's shape,
+  a pool's kernel, stride and padding given as one int (nirtorch) to pairs;
   torch tensors become numpy arrays;
 - **time**: NIR is continuous-time and stores no dt. dt is taken from
   ``dt=`` (the CLI's ``--dt``), else from the graph metadata (``dt`` or
@@ -374,6 +375,9 @@ def _infer_node(name: str, node: nir.NIRNode, known: list, successors: list, war
         _broadcast_params(name, node, shape, warnings)
     elif isinstance(node, (nir.Conv1d, nir.Conv2d)) and getattr(node, "input_shape", None) is None:
         node.input_shape = shape[1:] if isinstance(node, nir.Conv2d) else shape[1]  # NIR's spatial input shape
+    elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):  # nirtorch writes torch's int for a square pool
+        for key in ("kernel_size", "stride", "padding"):
+            setattr(node, key, np.array(pairs(getattr(node, key), 2), dtype=np.int64))
     elif isinstance(node, nir.Scale):
         node.scale = np.broadcast_to(np.asarray(node.scale, dtype=np.float64), shape).copy()
     elif isinstance(node, nir.Delay):

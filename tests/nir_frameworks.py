@@ -306,18 +306,19 @@ def mlp_reader_error(reader: str, directory, step: int = 300, seed: int = 0) -> 
 
 
 def conv_reader_agreement(reader: str, directory, seed: int = 0) -> float:
-    """Fraction of equal output spikes between snc's NIR reference of a compiled conv net (norse's, read by
-    snc) and ``reader``'s module of snc's export of that build (one sequence at a time: the readers' Flatten)."""
+    """Fraction of equal output spikes between snc's NIR reference of a compiled conv net (snnTorch's conv,
+    avgpool, flatten, linear, read by snc) and ``reader``'s module of snc's export of that build, the whole
+    batch at once (the Flatten after the pool must keep the batch)."""
     from snc import api
     from snc.compiler.frontends import GraphOptions
     from snc.compiler.nir_io import write_graph
 
-    case = next(c for c in CASES if c.framework == "norse" and c.network.startswith("conv"))
+    case = next(c for c in CASES if c.framework == "snntorch" and c.network.startswith("conv"))
     _, graph, _, x = simulate_and_export(case, seed)
     build = api.compile(graph, graph=GraphOptions(case.dt, case.convention, None, x)).build
     reference = api.run(build, x, backend="reference").output
     path = directory / f"conv-{reader}.nir"
     write_graph(path, api.export(build, convention=reader))
     run = read_back(reader, path)
-    theirs = np.stack([run(torch.as_tensor(x[:, b:b + 1]))[:, 0] for b in range(x.shape[1])], axis=1)
+    theirs = run(torch.as_tensor(x))
     return float((theirs.reshape(reference.shape) == reference).mean())
