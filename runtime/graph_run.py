@@ -61,8 +61,10 @@ def run_backends() -> tuple[str, ...]:
     return tuple(name for name in BACKENDS if isinstance(get_backend(name), NetlistBackend)) + (REFERENCE,)
 
 
-def run_graph(build: Build, x: np.ndarray, backend: str = "emu", mode: Optional[str] = None) -> GraphRun:
-    """Run ``build`` on the input sequence ``x`` (see the module docstring)."""
+def run_graph(build: Build, x: np.ndarray, backend: str = "emu", mode: Optional[str] = None,
+              timeout: Optional[float] = None) -> GraphRun:
+    """Run ``build`` on the input sequence ``x`` (see the module docstring); ``timeout``: seconds a supervised
+    backend's run may take."""
     graph = build.nir_graph
     x = shaped_input(x, graph)
     steps, batch = int(x.shape[0]), int(x.shape[1])
@@ -83,7 +85,7 @@ def run_graph(build: Build, x: np.ndarray, backend: str = "emu", mode: Optional[
                        f"{', '.join(sorted(net.host_inputs))}: a denoiser build runs with snc sample / verify")
     net = net.for_steps(steps)
     currents = netlist_currents(net, {name: torch.as_tensor(x)})
-    network = be.network(net, batch, True)
+    network = be.network(net, batch, True, **be.call_options(timeout))
     try:
         result = network.call(currents, None)
     finally:

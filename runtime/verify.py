@@ -87,9 +87,10 @@ def _agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names) -> tup
 
 
 def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0,
-                 backends: Sequence[str] = ("lava",), batch: Optional[int] = None) -> VerifyReport:
+                 backends: Sequence[str] = ("lava",), batch: Optional[int] = None,
+                 timeout: Optional[float] = None) -> VerifyReport:
     """Calls at diffusion steps ``fraction * steps`` (100, 500, 900 for 1000 steps) on ``n`` images each,
-    ``batch`` images per chip call (default n)."""
+    ``batch`` images per chip call (default n); ``timeout``: seconds a supervised backend's call may take."""
     if batch is not None and not 1 <= batch <= n:
         raise SncError(f"--batch must be in 1..{n} (-n)")
     runs_spec = parse_runs(backends)
@@ -101,7 +102,7 @@ def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 
     for label, name, mode in runs_spec:
         backend = get_backend(name)
         semantics[label] = backend.semantics(mode)
-        with backend.open(build, mode, batch=batch or n, record=True) as runner:
+        with backend.open(build, mode, batch=batch or n, record=True, **backend.call_options(timeout)) as runner:
             results[label] = [(runner(x.double(), t), runner.last) for x, t in pairs]
     labels = [r[0] for r in runs_spec]
     comparisons = {f"{a}_vs_{b}": (a, b) for j, a in enumerate(labels) for b in labels[:j]}

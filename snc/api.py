@@ -195,15 +195,17 @@ class SampleResult:
 def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch", mode: Optional[str] = None,
            sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0,
            n: int = 16, batch: Optional[int] = None, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None,
-           status: Status = _quiet) -> SampleResult:
-    """Images from a diffusion sampler driving the denoiser on ``backend`` (chip backends need a build)."""
+           status: Status = _quiet, timeout: Optional[float] = None) -> SampleResult:
+    """Images from a diffusion sampler driving the denoiser on ``backend`` (chip backends need a build);
+    ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take."""
     if n < 1 or (batch is not None and not 1 <= batch <= n):
         raise SncError("-n must be at least 1 and --batch in 1..n")
     if not 0 < threshold_scale < float("inf"):
         raise SncError("--threshold-scale must be a positive finite number")
     chosen = get_backend(backend)
     src = open_source(source)
-    with chosen.open(src, mode, batch=batch or n, threshold_scale=threshold_scale) as runner:
+    with chosen.open(src, mode, batch=batch or n, threshold_scale=threshold_scale,
+                     **chosen.call_options(timeout)) as runner:
         host = runner.host  # moments: the model as the runner holds it, without its own guidance
         cfg = host.config
         schedule = Schedule(steps=cfg.diffusion_steps)
@@ -222,19 +224,19 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
 
 
 def verify(source: Union[PathLike, Build], *, backends: Sequence[str] = ("lava",), n: int = 8,
-           batch: Optional[int] = None, seed: int = 0) -> VerifyReport:
+           batch: Optional[int] = None, seed: int = 0, timeout: Optional[float] = None) -> VerifyReport:
     """One denoiser call per diffusion step (0.1, 0.5, 0.9 of the schedule) on the torch model and each
     backend; every pair compared (``VerifyReport.exact``: the same arithmetic agreed bit for bit)."""
     if n < 1:
         raise SncError("-n must be at least 1")
     build = source if isinstance(source, Build) else read_build(Path(source))
-    return verify_build(build, n=n, seed=seed, backends=tuple(backends), batch=batch)
+    return verify_build(build, n=n, seed=seed, backends=tuple(backends), batch=batch, timeout=timeout)
 
 
 def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: Optional[str] = None,
            profile: Optional[str] = None, target: str = "loihi2", backends: Sequence[str] = ("torch",),
            mode: str = "fixed", steps: Optional[int] = None, n: int = 4, seed: int = 0, specialised: bool = True,
-           nir_level: bool = False, status: Status = _quiet) -> EnergyReport:
+           nir_level: bool = False, status: Status = _quiet, timeout: Optional[float] = None) -> EnergyReport:
     """Energy, SOPs and resources per layer of a build (or of a checkpoint / preset compiled in memory for
     ``target``, or with ``nir_level`` counted on its NIR graph), spike counts from ``backends[0]`` (the
     others compared), priced on ``profile`` (default: the build's target)."""
@@ -290,26 +292,28 @@ def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: O
         backend = get_backend(name)
         run_mode = "float64" if name == "torch" else mode
         with status(f"counting spikes on {name}"), \
-                backend.open(build, run_mode, batch=n, record=True, specialised=specialised) as runner:
+                backend.open(build, run_mode, batch=n, record=True, specialised=specialised,
+                             **backend.call_options(timeout)) as runner:
             counts.append(tally_calls(runner, counted, model, pairs, specialised))
     report = energy_report(host, counted, model, price, counts, steps)
     return dataclasses.replace(report, random_init=bool(build.meta.get("host_meta", {}).get("random_init")))
 
 
 def run(build: Union[PathLike, Build], inputs: Union[PathLike, np.ndarray], *, backend: str = "emu",
-        mode: Optional[str] = None) -> GraphRun:
+        mode: Optional[str] = None, timeout: Optional[float] = None) -> GraphRun:
     """Run a compiled graph on an input sequence (``[steps, *input_shape]`` or ``[steps, batch,
     *input_shape]``, an array or a .npy file) on ``backend`` (lava, emu, reference: the float NIR executor)."""
     b = build if isinstance(build, Build) else read_build(Path(build))
     x = inputs if isinstance(inputs, np.ndarray) else load_array(inputs)
-    return run_graph(b, x, backend, mode)
+    return run_graph(b, x, backend, mode, timeout)
 
 
 def graph_energy_of(build: Union[PathLike, Build], inputs: Union[PathLike, np.ndarray], *, backend: str = "emu",
-                    mode: Optional[str] = None, profile: Optional[str] = None) -> GraphEnergyReport:
+                    mode: Optional[str] = None, profile: Optional[str] = None,
+                    timeout: Optional[float] = None) -> GraphEnergyReport:
     """Energy, SOPs and resources of a compiled graph for the spikes of a run on ``inputs``."""
     b = build if isinstance(build, Build) else read_build(Path(build))
-    result = run(b, inputs, backend=backend, mode=mode)
+    result = run(b, inputs, backend=backend, mode=mode, timeout=timeout)
     net = b.netlist(b.modes[0]).for_steps(result.steps)  # counted on the chip's integers
     return graph_energy(net, result.spikes, result.backend, result.mode, load_profile(profile or b.target))
 

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from snc import render
 from snc.allocator import keep_freed_memory
 from snc.errors import SncError
+from snc.signals import Terminated, terminating_signals
 from snc.runtime.backends import BACKENDS
 
 app = typer.Typer(
@@ -112,6 +113,11 @@ def train(
     console.print(f"wrote {output} ({meta['train_seconds']} s, final loss {meta['final_loss_smoothed']:.4f})")
 
 
+def _timeout_option() -> Any:
+    return typer.Option(None, "--timeout", help="seconds one Lava call may take; past it the run is stopped "
+                        "(every Lava run is watched: a Lava process that dies ends it at once)")
+
+
 @app.command()
 def sample(
     model: Path = typer.Argument(..., help="snc checkpoint (.pt) or build directory (snc compile)"),
@@ -130,6 +136,7 @@ def sample(
                                         "holds a copy of the network per image, so large models need fewer)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
+    timeout: Optional[float] = _timeout_option(),
 ) -> None:
     """Generate images with a diffusion sampler driving the denoiser on a backend."""
     from snc import api
@@ -138,7 +145,7 @@ def sample(
     with _StepBar(f"{sampler} on {backend}" + (f" ({mode})" if mode else "")) as bar:
         result = api.sample(model, backend=backend, mode=mode, sampler=sampler, steps=steps, eta=eta,
                             threshold_scale=threshold_scale, n=n, batch=batch, seed=seed, on_step=bar,
-                            status=console.status)
+                            status=console.status, timeout=timeout)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_grid(result.images, output)
     npy = output.with_suffix(".npy")
@@ -294,6 +301,7 @@ def run_cmd(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help=".npz to write: output [steps, batch, "
                                           "*output_shape] and count/<population> (spikes per neuron)"),
     as_json: bool = typer.Option(False, "--json"),
+    timeout: Optional[float] = _timeout_option(),
 ) -> None:
     """Run a compiled graph on an input sequence (snc adds the pipeline depth); write its output per step."""
     import time
@@ -304,7 +312,7 @@ def run_cmd(
     if output is not None and not output.parent.is_dir():
         raise SncError(f"{output}: no such directory {output.parent}")
     start = time.perf_counter()
-    result = api.run(build_dir, inputs, backend=backend, mode=mode)
+    result = api.run(build_dir, inputs, backend=backend, mode=mode, timeout=timeout)
     seconds = time.perf_counter() - start
     if output is not None:
         try:
@@ -329,6 +337,7 @@ def verify(
                                  "other, e.g. lava,emu (lava runs floating_pt and fixed_pt; lava:fixed one)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
+    timeout: Optional[float] = _timeout_option(),
 ) -> None:
     """One denoiser call per diffusion step through torch and the backends; compare spikes and outputs
     (runs of the same arithmetic, the emulator and Lava fixed_pt, must be identical)."""
@@ -337,7 +346,7 @@ def verify(
     from snc import api
 
     start = time.perf_counter()
-    report = api.verify(build_dir, backends=_backends(backends), n=n, batch=batch, seed=seed)
+    report = api.verify(build_dir, backends=_backends(backends), n=n, batch=batch, seed=seed, timeout=timeout)
     result = report.as_dict() | {"seconds": round(time.perf_counter() - start, 1)}
     if as_json:
         print(json.dumps(result, indent=2))
@@ -371,6 +380,7 @@ def energy(
     as_json: bool = typer.Option(False, "--json"),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="write the per-layer table as CSV"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a per-layer bar chart (PNG)"),
+    timeout: Optional[float] = _timeout_option(),
 ) -> None:
     """Energy, SOPs and resources per layer: exact (the netlist) and the papers' fr x T x FLOPs; for a build
     of any graph, of one run on --input."""
@@ -384,7 +394,7 @@ def energy(
         if source is None or len(chosen) != 1 or nir_level or preset is not None:
             raise SncError("--input costs one run of a build directory on one --backend (lava | emu | reference)")
         graph_report = api.graph_energy_of(source, inputs, backend="emu" if chosen == ["torch"] else chosen[0],
-                                           mode=mode, profile=profile_name)
+                                           mode=mode, profile=profile_name, timeout=timeout)
         if csv_path is not None:
             _write_csv(csv_path, graph_report.layers)
         if as_json:
@@ -394,7 +404,7 @@ def energy(
         return
     report = api.energy(source, preset=preset, profile=profile_name, target=target, backends=chosen, mode=mode,
                         steps=steps, n=n, seed=seed, specialised=not all_experts, nir_level=nir_level,
-                        status=console.status)
+                        status=console.status, timeout=timeout)
     try:
         if csv_path is not None:
             _write_csv(csv_path, report.layers)
@@ -426,7 +436,8 @@ INTERRUPTED = 130  # the shell's code for SIGINT; typer returns it for Ctrl-C wh
 def main() -> None:
     keep_freed_memory()
     try:
-        status = app(standalone_mode=False)
+        with terminating_signals():  # SIGTERM / SIGHUP stop what runs (Lava included): exit 128 + signal
+            status = app(standalone_mode=False)
     except SncError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
@@ -435,6 +446,9 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         status = INTERRUPTED
+    except Terminated as exc:
+        console.print(f"terminated ({exc})")
+        sys.exit(128 + exc.signum)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     if status == INTERRUPTED:

@@ -90,6 +90,17 @@ class Backend:
     def semantics(self, mode: str) -> str:
         return f"{self.name}:{mode}"
 
+    supervised: bool = False  # runs its networks in watched worker processes that a --timeout can bound
+
+    def call_options(self, timeout: Optional[float]) -> dict[str, Any]:
+        """The ``open`` / ``network`` options of a ``--timeout`` (seconds per call): a supervised backend's
+        bound; the others run in this process and need none."""
+        if timeout is None:
+            return {}
+        if not 0 < timeout < float("inf"):
+            raise SncError(f"--timeout must be a positive number of seconds, not {timeout}")
+        return {"timeout": timeout} if self.supervised else {}
+
     def check_mode(self, mode: Optional[str]) -> str:
         mode = mode or self.default_mode
         if mode not in self.modes:

@@ -30,7 +30,10 @@ registered as ``lava``) in both of its modes.
 - with ``record=True`` an ``Extractor`` on each group's spikes (relays included).
 
 Processes are stopped on every path (``close()`` / context manager), errors
-and Ctrl-C included.
+and Ctrl-C included. The backend (``LavaBackend.network``) runs the network
+in a supervised worker process (``supervised.py``): a Lava process that dies,
+a call past ``--timeout``, SIGTERM or SIGHUP end the run with one error and
+every process of it gone.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from snc.compiler.targets import get_target
 from snc.errors import SncError
 
 from .base import CallResult, NetlistBackend, Trace, call_result, host_values, step_rows
+from .supervised import Supervised
 
 MODES = {"fixed": "fixed_pt", "float": "floating_pt"}
 
@@ -310,12 +314,20 @@ class LavaBackend(NetlistBackend):
     default_mode = "fixed"
     description = "Lava's CPU simulator of Loihi 2 (fixed_pt or floating_pt)"
     targets = ("loihi2",)
+    supervised = True
 
     def semantics(self, mode: str) -> str:
         return f"lava-{MODES[mode]}"
 
-    def network(self, net: Netlist, batch: int = 1, record: bool = False, binary_path: bool = False) -> LavaNetwork:
-        return LavaNetwork(net, batch, record, binary_path)
+    def network(self, net: Netlist, batch: int = 1, record: bool = False, binary_path: bool = False,
+                timeout: Optional[float] = None) -> Supervised:
+        """A ``LavaNetwork`` in a supervised worker process (``supervised.py``): a Lava process that dies, a
+        call longer than ``timeout`` seconds, Ctrl-C, SIGTERM or SIGHUP end the run and all its processes."""
+        net = self.accept(net)  # checked here: a bad netlist is refused before any process starts
+        # Lava sets multiprocessing's start method when this module is first imported, and fails if anything
+        # set it before: import it here, not first in the worker (whose fork has set it)
+        import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
+        return Supervised(lambda: LavaNetwork(net, batch, record, binary_path), "Lava", timeout)
 
 
 BACKEND = LavaBackend()
