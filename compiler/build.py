@@ -12,6 +12,14 @@
       model.pt              host-side parts: the snc checkpoint the build came from (time embedding,
                             stem, tail run on the host); absent when compiled from a .nir file
 
+A build is written whole or not at all: into a staging directory beside the
+destination, then swapped into place (an interrupted compile leaves the old
+build as it was). ``build.json`` is written last and records the SHA-256 of
+every other file (``files``); each file is checked when it is first read, so
+a build whose files were changed, swapped for another build's or lost is
+refused, naming the file (``moments.json`` is a cache of its own, tied to the
+model's digest).
+
 The netlists are the truth: backends, verification, energy and resource
 reports read them, never a re-lowering. A ``Build`` read from disk loads
 each netlist and the host program when first asked for; one made by
@@ -20,7 +28,11 @@ each netlist and the host program when first asked for; one made by
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
 import json
+import os
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -41,8 +53,9 @@ from .netlist import Netlist, load_netlist, save_netlist
 from .nir_io import read_graph, write_graph
 
 FORMAT = "snc-build"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: build.json records the files' digests
 MODEL_FILE = "model.pt"
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # linux/fcntl.h, linux/fs.h
 
 
 @dataclass
@@ -53,6 +66,7 @@ class Build:
     _netlists: dict[str, Netlist] = field(default_factory=dict, repr=False)
     _model: Optional[HostProgram] = field(default=None, repr=False)  # the host program of the model, unguided
     _host: Optional[HostProgram] = field(default=None, repr=False)  # ... with the build's guidance
+    _checked: set[str] = field(default_factory=set, repr=False)  # files whose digest matched build.json
 
     @classmethod
     def in_memory(cls, meta: dict[str, Any], nir_graph: nir.NIRGraph, netlists: dict[str, Netlist],
@@ -86,15 +100,24 @@ class Build:
         if mode not in self.modes:
             raise SncError(f"the build has netlists for {', '.join(self.modes)}, not {mode!r}")
         if mode not in self._netlists:
+            for suffix in (".json", ".npz"):
+                self.check_file(f"netlist-{mode}{suffix}")
             try:
                 self._netlists[mode] = load_netlist(self.path / f"netlist-{mode}")
             except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
                 raise SncError(f"{self.path}: {mode} netlist unreadable ({type(exc).__name__}: {exc})") from None
         return self._netlists[mode]
 
+    def check_file(self, name: str) -> Path:
+        """The path of the build's file ``name`` once its digest matches the one build.json records."""
+        if name not in self._checked:
+            checked_file(self.path, self.meta["files"], name)
+            self._checked.add(name)
+        return self.path / name
+
     @property
     def has_host(self) -> bool:
-        return self._model is not None or (self.path is not None and (self.path / MODEL_FILE).is_file())
+        return self._model is not None or (self.path is not None and MODEL_FILE in self.meta.get("files", {}))
 
     @property
     def host(self) -> HostProgram:
@@ -106,40 +129,92 @@ class Build:
                 raise SncError(f"{where} was compiled from a NIR file: it has no host-side parts "
                                "(time embedding, stem, tail); compile the checkpoint to sample or verify")
             if self._model is None:
-                model = load_checkpoint(self.path / MODEL_FILE).model.double().eval()
+                model = load_checkpoint(self.check_file(MODEL_FILE)).model.double().eval()
                 self._model = host_program(self.arch, model, self.nir_graph)
             factor = self.threshold_scale
             self._host = self._model.guided(factor) if factor != 1.0 else self._model
         return self._host
 
 
-def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Build:
-    """Write ``build`` (in memory, with every netlist and its host program) into ``directory``.
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    ``checkpoint``: an snc checkpoint file to copy as the host parts; without one the host program's
-    model is saved (float32, as checkpoints hold it; unguided: the build's factor applies on loading),
-    unless there are no host parts.
+
+def checked_file(directory: Path, files: dict[str, str], name: str) -> Path:
+    """``directory / name`` if its digest is the one ``files`` (build.json's) records; else one SncError."""
+    path = directory / name
+    if name not in files:
+        raise SncError(f"{directory}: build.json lists no {name} (files: {', '.join(sorted(files))}); recompile")
+    if not path.is_file():
+        raise SncError(f"{directory}: {name} is missing; recompile")
+    if file_digest(path) != files[name]:
+        raise SncError(f"{directory}: {name} is not the file this build was compiled with (changed since, or "
+                       "from another build); recompile")
+    return path
+
+
+def check_destination(directory: Path) -> None:
+    """Before a compile: ``directory`` must be new (in an existing directory), empty, or an snc build (which
+    the new one replaces whole)."""
+    directory = Path(directory)
+    if directory.exists():
+        if not directory.is_dir():
+            raise SncError(f"{directory}: exists and is not a directory")
+        if not (directory / "build.json").is_file() and any(directory.iterdir()):
+            raise SncError(f"{directory}: neither empty nor an snc build directory; refusing to replace it")
+    elif not directory.parent.is_dir():
+        raise SncError(f"{directory}: no such directory {directory.parent}")
+
+
+def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Build:
+    """Write ``build`` (in memory, with every netlist and its host program) as ``directory``, whole or not at all.
+
+    The files go into a staging directory beside it; build.json, with their digests, last; then the staging
+    directory takes the place of ``directory`` (an atomic exchange where Linux offers it). ``checkpoint``: an
+    snc checkpoint file to copy as the host parts; without one the host program's model is saved (float32,
+    as checkpoints hold it; unguided: the build's factor applies on loading), unless there are no host parts.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_graph(directory / "graph.nir", build.nir_graph)
-    for mode in build.modes:
-        save_netlist(build.netlist(mode), directory / f"netlist-{mode}")
-    model_file = directory / MODEL_FILE
-    if checkpoint is not None:
-        if Path(checkpoint).resolve() != model_file.resolve():
-            shutil.copyfile(checkpoint, model_file)
-    elif build._model is not None:  # a preset's random weights or a converted reference checkpoint
-        model = build._model.model  # its own architecture: a frontend's arch may name a part of it
-        save_checkpoint(model_file, arch_of(model), model, build.meta.get("host_meta", {}), dtype=torch.float32)
-    else:
-        model_file.unlink(missing_ok=True)  # a stale copy from an earlier build would mislead
-    (directory / "moments.json").unlink(missing_ok=True)  # the cached epsilon moments were the old model's
-    for stale in ("lowered.json", "lowered.npz"):  # a build of format 1 in the same directory
-        (directory / stale).unlink(missing_ok=True)
-    (directory / "build.json").write_text(json.dumps(build.meta, indent=1, default=json_default))
-    build.path = directory
+    check_destination(directory)
+    staging = directory.parent / f".{directory.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write_graph(staging / "graph.nir", build.nir_graph)
+        for mode in build.modes:
+            save_netlist(build.netlist(mode), staging / f"netlist-{mode}")
+        if checkpoint is not None:
+            shutil.copyfile(checkpoint, staging / MODEL_FILE)
+        elif build._model is not None:  # a preset's random weights or a converted reference checkpoint
+            model = build._model.model  # its own architecture: a frontend's arch may name a part of it
+            save_checkpoint(staging / MODEL_FILE, arch_of(model), model, build.meta.get("host_meta", {}),
+                            dtype=torch.float32)
+        meta = {**build.meta, "files": {f.name: file_digest(f) for f in sorted(staging.iterdir())}}
+        (staging / "build.json").write_text(json.dumps(meta, indent=1, default=json_default))
+        _swap_into_place(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the old build, after an exchange
+    build.meta, build.path, build._checked = meta, directory, set(meta["files"])
     return build
+
+
+def _swap_into_place(staging: Path, directory: Path) -> None:
+    """``staging`` becomes ``directory``; an existing ``directory`` ends up at ``staging`` (to be removed)."""
+    if not directory.exists():
+        os.rename(staging, directory)
+        return
+    with contextlib.suppress(AttributeError, OSError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.renameat2(AT_FDCWD, os.fsencode(staging), AT_FDCWD, os.fsencode(directory), RENAME_EXCHANGE) == 0:
+            return
+    aside = staging.with_name(staging.name + ".old")  # no atomic exchange here: two renames
+    os.rename(directory, aside)
+    os.rename(staging, directory)
+    os.rename(aside, staging)
 
 
 def read_build(directory: Path) -> Build:
@@ -151,7 +226,11 @@ def read_build(directory: Path) -> Build:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise SncError(f"{meta_path}: corrupt ({exc})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise SncError(f"{directory}: build format {meta.get('format')!r} v{meta.get('format_version')!r}, "
-                       f"this snc reads {FORMAT} v{FORMAT_VERSION}; recompile")
-    return Build(meta, read_graph(directory / "graph.nir"), directory)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        what = (f"build format {meta.get('format')!r} v{meta.get('format_version')!r}" if isinstance(meta, dict)
+                else f"build.json holds a {type(meta).__name__}")
+        raise SncError(f"{directory}: {what}, this snc reads {FORMAT} v{FORMAT_VERSION}; recompile")
+    if not isinstance(meta.get("files"), dict) or not isinstance(meta.get("modes"), list):
+        raise SncError(f"{meta_path}: malformed (no files or modes); recompile")
+    graph = read_graph(checked_file(directory, meta["files"], "graph.nir"))
+    return Build(meta, graph, directory, _checked={"graph.nir"})

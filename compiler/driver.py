@@ -102,6 +102,9 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
                                    + [p.peak_rss_mb for p in run.records]))
     build = None
     if graph.netlists and run.complete:
+        if not any(net.groups for net in graph.netlists.values()):
+            raise SncError(f"{deployable.source}: no spiking neuron is left to run on the chip (the model's every "
+                           "layer runs on the host); nothing to compile for " + tgt.name)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "modes": list(graph.netlists), **report.as_dict(),
                 "host_meta": deployable.meta, "log": graph.log}
         build = Build.in_memory(meta, deployable.nir_graph, graph.netlists, deployable.host)

@@ -49,6 +49,7 @@ import numpy as np
 from nir.serialization import hdf2dict
 
 from snc.errors import GraphError
+from snc.memory import available_mb
 
 NIR_DT = 1e-4
 
@@ -167,8 +168,9 @@ def read_graph(path: str | Path, warnings: Optional[list[str]] = None) -> nir.NI
         raise GraphError(f"{path}: no such file")
     try:
         with h5py.File(path, "r") as f:
+            _check_declared_size(path, f)
             data = hdf2dict(f["node"])
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise GraphError(f"{path}: not a readable NIR file ({exc})") from None
     if data.get("type") != "NIRGraph" or "nodes" not in data or "edges" not in data:
         raise GraphError(f"{path}: the top-level node is not a NIRGraph")
@@ -183,6 +185,20 @@ def read_graph(path: str | Path, warnings: Optional[list[str]] = None) -> nir.NI
         raise GraphError(f"{path}: " + ("\n  ".join([""] + problems) if len(problems) > 1 else problems[0]))
     check_finite(graph)
     return graph
+
+
+def _check_declared_size(path: Path, f: h5py.File) -> None:
+    """Refuse, before reading any array, a file whose datasets declare more bytes than this machine has
+    available (a small compressed file can declare a weight of hundreds of GB)."""
+    sizes: list[tuple[int, str]] = []
+    f.visititems(lambda name, obj: sizes.append((int(obj.size) * obj.dtype.itemsize, name))
+                 if isinstance(obj, h5py.Dataset) else None)
+    total = sum(s for s, _ in sizes)
+    available = available_mb()
+    if available is not None and total / 2**20 > available:
+        largest = max(sizes)
+        raise GraphError(f"{path}: its arrays declare {total / 2**30:.1f} GiB ({largest[1]}: "
+                         f"{largest[0] / 2**30:.1f} GiB), more than the {max(available, 0) / 1024:.1f} GB available")
 
 
 def _graph_from_dict(data: dict, prefix: str, unknown: list[str], problems: list[str],
@@ -201,7 +217,12 @@ def _graph_from_dict(data: dict, prefix: str, unknown: list[str], problems: list
             nodes[name] = _node_from_dict(kind, dict(node), full, warnings)
         except (TypeError, ValueError, KeyError, AssertionError) as exc:
             problems.append(f"node {full!r} ({kind}) is malformed: {exc}")
-    edges = [(_as_str(a), _as_str(b)) for a, b in np.asarray(data["edges"]).reshape(-1, 2)]
+    raw_edges = np.asarray(data["edges"])
+    if raw_edges.size and (raw_edges.ndim != 2 or raw_edges.shape[1] != 2):
+        problems.append(f"{prefix or 'the graph'}: edges must be pairs (source, target), not an array of shape "
+                        f"{raw_edges.shape}")
+        raw_edges = np.zeros((0, 2))
+    edges = [(_as_str(a), _as_str(b)) for a, b in raw_edges.reshape(-1, 2)]
     missing = sorted({n for e in edges for n in e if n not in data["nodes"]})
     if missing:
         problems.append(f"edges name unknown nodes: {', '.join(prefix + n for n in missing)}")

@@ -73,8 +73,14 @@ def save_checkpoint(path: str | Path, arch: str, model: nn.Module, meta: dict[st
 def read_raw(path: str | Path) -> Any:
     """``torch.load`` with ``weights_only=True``, every failure as one CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # torch's format; its legacy one is a pickle (protocol 2+: first byte 0x80)
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x80":
+                raise CheckpointError(f"{path}: not a torch checkpoint (neither torch's zip format nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -176,6 +182,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         problems.append(f"unexpected keys: {', '.join(extra)}")
     if shapes:
         problems.append(f"wrong shapes: {', '.join(shapes)}")
+    # load_state_dict casts into the model's dtype: integer weights would load truncated (an int64 state dict
+    # of a trained model is all zeros and small integers), so a float tensor must come as floats
+    dtypes = sorted(f"{k} ({state_dict[k].dtype})" for k, v in expected.items()
+                    if k in state_dict and v.is_floating_point() and not state_dict[k].is_floating_point())
+    if dtypes:
+        problems.append(f"not floating point: {', '.join(dtypes)}")
     if problems:
         raise CheckpointError(f"{source}: state_dict does not fit the model: " + "; ".join(problems))
     model.load_state_dict(state_dict)

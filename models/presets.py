@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Union
 
 from torch import nn
@@ -11,6 +12,7 @@ from snc.errors import SncError
 
 from .lateral import LateralConfig, SpikingLateralTransformer
 from .mlp import MLPConfig, SpikingMLP
+from .neurons import NeuronConfig
 from .unet import SpikingUNet, SpikingUNetTSM, UNetConfig
 
 Config = Union[UNetConfig, MLPConfig, LateralConfig]
@@ -50,18 +52,78 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+MAX_TIMESTEP = 4096  # spiking steps per call: per-step tables and call lengths grow with it
+MAX_DIFFUSION_STEPS = 100_000
+# float fields and their open / closed ranges (every float must be finite; every int >= 1)
+FLOAT_RANGES = {"output_decay": (0.0, 1.0), "decay": (0.0, 1.0), "threshold": (0.0, None),
+                "surrogate_alpha": (0.0, None), "attention_threshold": (0.0, None)}
+INT_LIMITS = {"timestep": MAX_TIMESTEP, "diffusion_steps": MAX_DIFFUSION_STEPS}
+
+
+def check_config(config: Any, arch: str, where: str = "") -> None:
+    """Every field of a config (and of its nested neuron configs) of the type and range it must have: ints
+    (not bools, not 2.5, not "4") >= 1, tuples of them non-empty, finite floats in their ranges
+    (``FLOAT_RANGES``: (low, high] ), bools; one SncError naming every bad field."""
+    problems = _config_problems(config, where)
+    if problems:
+        raise SncError(f"invalid {arch} config: " + "; ".join(problems))
+
+
+def _config_problems(config: Any, where: str) -> list[str]:
+    problems = []
+    for f in dataclasses.fields(config):
+        key, value = f"{where}{f.name}", getattr(config, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if dataclasses.is_dataclass(value):
+            problems += _config_problems(value, f"{key}.")
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                problems.append(f"{key} must be true or false, not {value!r}")
+        elif kind == "int":
+            limit = INT_LIMITS.get(f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (limit and value > limit):
+                problems.append(f"{key} must be " + (f"an integer in 1..{limit}" if limit else "a positive integer")
+                                + f", not {value!r}")
+        elif kind == "float":
+            low, high = FLOAT_RANGES.get(f.name, (None, None))
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or (low is not None and value <= low) \
+                    or (high is not None and value > high):
+                span = f" in ({low:g}, {high:g}]" if high is not None else f" > {low:g}" if low is not None else ""
+                problems.append(f"{key} must be a finite number{span}, not {value!r}")
+        elif kind.startswith("tuple"):
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+                problems.append(f"{key} must list one or more integers >= 1, not {list(value)!r}")
+    return problems
+
+
 def config_from_dict(arch: str, values: dict[str, Any]) -> Config:
     if arch not in ARCHS:
         raise SncError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    if not isinstance(values, dict):
+        raise SncError(f"a {arch} config is a mapping of keys to values, not a {type(values).__name__}")
     config_cls = ARCHS[arch][0]
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise SncError(f"unknown {arch} config keys: {', '.join(unknown)}")
+    for key in ("neuron", "lateral_neuron"):
+        if isinstance(values.get(key), dict):
+            neuron_keys = {f.name for f in dataclasses.fields(NeuronConfig)}
+            if set(values[key]) - neuron_keys:
+                raise SncError(f"unknown {arch} config keys: "
+                               + ", ".join(f"{key}.{k}" for k in sorted(set(values[key]) - neuron_keys)))
+        elif key in values and not isinstance(values[key], NeuronConfig):
+            raise SncError(f"invalid {arch} config: {key} must be a mapping, not {values[key]!r}")
+    for f in dataclasses.fields(config_cls):  # a string would be read as a list of characters
+        if str(f.type).startswith("tuple") and f.name in values and not isinstance(values[f.name], (list, tuple)):
+            raise SncError(f"invalid {arch} config: {f.name} must list integers, not {values[f.name]!r}")
     try:
-        return config_cls(**values)
-    except (TypeError, ValueError) as exc:
+        config = config_cls(**values)
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise SncError(f"invalid {arch} config: {exc}") from None
+    check_config(config, arch)
+    return config
 
 
 def build_model(arch: str, config: Config) -> nn.Module:

@@ -50,17 +50,22 @@ def eps_moments(model: nn.Module, schedule: Schedule, timesteps: Iterable[int], 
 
 
 def cached_moments(build_path: Optional[Path], model: nn.Module, schedule: Schedule, timesteps: list[int],
-                   n: int = 256, seed: int = 0) -> dict[int, float]:
-    """Moments for ``timesteps``: read from the build's cache, the missing ones computed and added."""
+                   model_digest: Optional[str] = None, n: int = 256, seed: int = 0) -> dict[int, float]:
+    """Moments for ``timesteps``: read from the build's cache (if it was made for the model of digest
+    ``model_digest``, n and seed; an unreadable cache counts as none), the missing ones computed and added."""
     path = build_path / MOMENTS_FILE if build_path is not None else None
     cache: dict[int, float] = {}
     if path is not None and path.is_file():
-        doc = json.loads(path.read_text())
-        if doc.get("n") == n and doc.get("seed") == seed:
-            cache = {int(t): float(v) for t, v in doc["gamma"].items()}
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("n") == n and doc.get("seed") == seed and doc.get("model") == model_digest:
+                cache = {int(t): float(v) for t, v in doc["gamma"].items()}
+        except (ValueError, TypeError, AttributeError, KeyError):
+            cache = {}
     missing = [t for t in timesteps if t not in cache]
     if missing:
         cache.update(eps_moments(model, schedule, missing, n, seed))
         if path is not None:
-            path.write_text(json.dumps({"n": n, "seed": seed, "gamma": {str(t): cache[t] for t in sorted(cache)}}))
+            path.write_text(json.dumps({"n": n, "seed": seed, "model": model_digest,
+                                        "gamma": {str(t): cache[t] for t in sorted(cache)}}))
     return {t: cache[t] for t in timesteps}

@@ -124,12 +124,14 @@ def sample(
     """
     if sampler not in SAMPLERS:
         raise SncError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0 <= eta <= 1):
+        raise SncError(f"--eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM's variance), not {eta}")
     if sampler == "ddpm":
         if steps not in (None, schedule.steps):
             raise SncError(f"ddpm runs all {schedule.steps} steps; use --sampler ddim for {steps}")
         timesteps = list(range(schedule.steps - 1, -1, -1))
     else:
-        timesteps = ddim_timesteps(schedule.steps, steps or 50)
+        timesteps = ddim_timesteps(schedule.steps, 50 if steps is None else steps)
     if sampler == "analytic":
         missing = [t for t in timesteps if eps_moment is None or t not in eps_moment]
         if missing:

@@ -102,7 +102,8 @@ def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 
     for label, name, mode in runs_spec:
         backend = get_backend(name)
         semantics[label] = backend.semantics(mode)
-        with backend.open(build, mode, batch=batch or n, record=True, **backend.call_options(timeout)) as runner:
+        with backend.open(build, mode, batch=batch or n, record=True, auto_batch=batch is None,
+                          **backend.call_options(timeout)) as runner:
             results[label] = [(runner(x.double(), t), runner.last) for x, t in pairs]
     labels = [r[0] for r in runs_spec]
     comparisons = {f"{a}_vs_{b}": (a, b) for j, a in enumerate(labels) for b in labels[:j]}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 
 from snc.compiler import frontends
 from snc.compiler.frontends import GraphOptions, nir_file
-from snc.compiler.build import Build, read_build, write_build
+from snc.compiler.build import MODEL_FILE, Build, check_destination, read_build, write_build
 from snc.compiler.driver import CompileResult, compile_deployable
 from snc.compiler.frontends.base import Deployable
 from snc.compiler.ir_io import save_graph
@@ -44,6 +45,7 @@ from snc.runtime.energy import (EnergyReport, LoweredCount, NirLevelCount, NirMo
                                 tally_calls)
 from snc.runtime.energy.graph import GraphEnergyReport, graph_energy
 from snc.runtime.graph_run import GraphRun, run_graph
+from snc.memory import available_mb
 from snc.runtime.moments import cached_moments
 from snc.runtime.samplers import ddim_timesteps
 from snc.runtime.samplers import sample as run_sampler
@@ -159,6 +161,8 @@ def compile(source: Union[PathLike, Deployable, nir.NIRGraph, None] = None, *, p
     arithmetic modes to lower (default: all of the target's); ``observe(pass, graph)`` after each pass;
     ``graph``: how to read a NIR source (dt, convention, T, calibration input)."""
     start = time.perf_counter()
+    if output is not None and stop_after is None:
+        check_destination(Path(output))  # before the compile, not after
     deployable = source if isinstance(source, Deployable) else load(source, preset=preset, arch=arch, config=config,
                                                                     weights=weights, seed=seed, graph=graph)
     options = CompileOptions(allow_oversize=allow_oversize, threshold_scale=threshold_scale, verify=verify,
@@ -200,27 +204,43 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
     ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take."""
     if n < 1 or (batch is not None and not 1 <= batch <= n):
         raise SncError("-n must be at least 1 and --batch in 1..n")
+    if steps is not None and steps < 1:
+        raise SncError(f"--steps must be at least 1, not {steps}")
     if not 0 < threshold_scale < float("inf"):
         raise SncError("--threshold-scale must be a positive finite number")
     chosen = get_backend(backend)
     src = open_source(source)
-    with chosen.open(src, mode, batch=batch or n, threshold_scale=threshold_scale,
+    with chosen.open(src, mode, batch=batch or n, threshold_scale=threshold_scale, auto_batch=batch is None,
                      **chosen.call_options(timeout)) as runner:
         host = runner.host  # moments: the model as the runner holds it, without its own guidance
         cfg = host.config
         schedule = Schedule(steps=cfg.diffusion_steps)
+        _check_images_fit(n, cfg.img_ch * cfg.img_size ** 2)
         moments = None
         if sampler == "analytic":
             with status("epsilon moments of the model on its data (Analytic-DPM)"):
                 moments = cached_moments(src.path if isinstance(src, Build) else None, host.model, schedule,
-                                         ddim_timesteps(schedule.steps, steps or 50))
+                                         ddim_timesteps(schedule.steps, 50 if steps is None else steps),
+                                         src.meta.get("files", {}).get(MODEL_FILE) if isinstance(src, Build) else None)
         start = time.perf_counter()
         images = run_sampler(runner, (n, cfg.img_ch, cfg.img_size, cfg.img_size), schedule, sampler=sampler,
                              steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed), on_step=on_step,
                              eps_moment=moments)
         seconds = time.perf_counter() - start
-    return SampleResult(images.float(), backend, runner.mode, sampler, steps, eta, threshold_scale, n, batch or n,
-                        seed, seconds)
+    return SampleResult(images.float(), backend, runner.mode, sampler, steps, eta, threshold_scale, n,
+                        getattr(runner, "batch", batch or n), seed, seconds)
+
+
+SAMPLER_COPIES = 6  # float64 tensors of all images a sampler step holds (x, x0, eps, mean, noise, output)
+
+
+def _check_images_fit(n: int, values_per_image: int) -> None:
+    """Refuse an -n whose images alone (the sampler's float64 working copies) exceed the available memory."""
+    need = n * values_per_image * 8 * SAMPLER_COPIES / 2**20
+    available = available_mb()
+    if available is not None and need > available:
+        raise SncError(f"-n {n}: the sampler's images alone need about {need / 1024:.1f} GB, "
+                       f"{max(available, 0) / 1024:.1f} GB is available; sample fewer images per command")
 
 
 def verify(source: Union[PathLike, Build], *, backends: Sequence[str] = ("lava",), n: int = 8,
@@ -292,7 +312,7 @@ def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: O
         backend = get_backend(name)
         run_mode = "float64" if name == "torch" else mode
         with status(f"counting spikes on {name}"), \
-                backend.open(build, run_mode, batch=n, record=True, specialised=specialised,
+                backend.open(build, run_mode, batch=n, record=True, specialised=specialised, auto_batch=True,
                              **backend.call_options(timeout)) as runner:
             counts.append(tally_calls(runner, counted, model, pairs, specialised))
     report = energy_report(host, counted, model, price, counts, steps)
@@ -356,11 +376,17 @@ def train(preset: Optional[str] = None, *, tsm_finetune: Optional[PathLike] = No
     )
     if settings.steps < 1 or settings.batch_size < 1:
         raise SncError("--steps and --batch-size must be positive")
+    if not (isinstance(settings.lr, (int, float)) and math.isfinite(settings.lr) and settings.lr > 0):
+        raise SncError(f"--lr must be a positive finite number, not {settings.lr}")
     report = None if on_step is None else (lambda step, loss: on_step(step, settings.steps, loss))
     if tsm_finetune is not None:
         model, meta = finetune_tsm(base.model, settings, report)
     else:
         model, meta = train_denoiser(arch, config, settings, report)
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise SncError(f"training diverged (final loss {meta.get('final_loss_smoothed')}): {len(bad)} tensors hold "
+                       f"NaN or inf (first: {bad[0]}); no checkpoint written: try a smaller --lr")
     return Trained(arch, model, meta | origin)
 
 
@@ -371,6 +397,9 @@ def evaluate(samples: Union[PathLike, torch.Tensor]):
     from snc.runtime.images import load_samples
 
     images = samples if isinstance(samples, torch.Tensor) else load_samples(samples)
+    if images.numel() and not (torch.isfinite(images).all() and images.abs().max() <= 1 + 1e-6):
+        raise SncError(f"{samples}: samples must be finite values in [-1, 1] (these span "
+                       f"[{images.min().item():.3g}, {images.max().item():.3g}])")
     try:
         return evaluate_samples(images)
     except ValueError as exc:

@@ -83,6 +83,34 @@ def _backends(spec: str) -> list[str]:
     return chosen
 
 
+DEFAULT_OUT = Path("out")  # the default outputs' directory: created when needed, as the defaults ask for it
+
+
+def _output_file(path: Path) -> Path:
+    """An output file's path, checked before any work: not a directory, its directory existing (only the
+    default ``out/`` is created)."""
+    if path.is_dir():
+        raise SncError(f"{path}: is a directory; give a file name")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise SncError(f"{path}: {parent} is not a directory")
+    if not parent.exists():
+        if parent != DEFAULT_OUT:
+            raise SncError(f"{path}: no such directory {parent} (snc creates none but {DEFAULT_OUT}/)")
+        parent.mkdir()
+    return path
+
+
+def _seed_option() -> Any:
+    # torch's generators take seeds in 0..2^64 - 1; one range for every command
+    return typer.Option(0, "--seed", min=0, max=2**64 - 1, help="random seed (0..2^64-1)")
+
+
+def _timeout_option() -> Any:
+    return typer.Option(None, "--timeout", help="seconds one Lava call may take; past it the run is stopped "
+                        "(every Lava run is watched: a Lava process that dies ends it at once)")
+
+
 @app.command()
 def train(
     preset: Optional[str] = typer.Option(None, "--preset", help="digits-unet | digits-mlp (any preset name)"),
@@ -91,7 +119,7 @@ def train(
                                                 "frozen) into a spiking-unet-tsm checkpoint"),
     output: Path = typer.Option(..., "-o", "--output", help="checkpoint file to write"),
     steps: int = typer.Option(None, "--steps", help="optimizer steps (default: the preset's; 250 for --tsm-finetune)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = _seed_option(),
     batch_size: int = typer.Option(None, "--batch-size"),
     lr: float = typer.Option(None, "--lr"),
 ) -> None:
@@ -100,6 +128,7 @@ def train(
     from snc import api
     from snc.models.checkpoint import save_checkpoint
 
+    _output_file(output)  # before minutes of training, not after
     with _progress() as progress:
         task = progress.add_task(f"train {preset}" if preset else "TSM fine-tune", total=None, info="")
 
@@ -111,11 +140,6 @@ def train(
     meta = trained.meta | {"command": " ".join(["snc", *sys.argv[1:]])}
     save_checkpoint(output, trained.arch, trained.model, meta)
     console.print(f"wrote {output} ({meta['train_seconds']} s, final loss {meta['final_loss_smoothed']:.4f})")
-
-
-def _timeout_option() -> Any:
-    return typer.Option(None, "--timeout", help="seconds one Lava call may take; past it the run is stopped "
-                        "(every Lava run is watched: a Lava process that dies ends it at once)")
 
 
 @app.command()
@@ -134,7 +158,7 @@ def sample(
     n: int = typer.Option(16, "-n", help="number of images"),
     batch: Optional[int] = typer.Option(None, "--batch", help="images per chip call (default: all n; Lava "
                                         "holds a copy of the network per image, so large models need fewer)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = _seed_option(),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
     timeout: Optional[float] = _timeout_option(),
 ) -> None:
@@ -142,11 +166,11 @@ def sample(
     from snc import api
     from snc.runtime.images import save_grid
 
+    _output_file(output)
     with _StepBar(f"{sampler} on {backend}" + (f" ({mode})" if mode else "")) as bar:
         result = api.sample(model, backend=backend, mode=mode, sampler=sampler, steps=steps, eta=eta,
                             threshold_scale=threshold_scale, n=n, batch=batch, seed=seed, on_step=bar,
                             status=console.status, timeout=timeout)
-    output.parent.mkdir(parents=True, exist_ok=True)
     save_grid(result.images, output)
     npy = output.with_suffix(".npy")
     np.save(npy, result.images.numpy())
@@ -191,7 +215,7 @@ def export(
                                        "included) | norse (norse's from_nir) | snntorch (snnTorch's import_from_nir)"),
     at_step: Optional[int] = typer.Option(None, "--at-step", help="a denoiser at this diffusion step: its time "
                                           "embedding folded into biases (norse and snnTorch read one input)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = _seed_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Export the spiking core to NIR (BatchNorm folded, dt in the parameters), for snc or another reader, or a
@@ -203,15 +227,14 @@ def export(
 
     if fmt not in ("nir", "netx"):
         raise SncError(f"--format must be nir or netx, not {fmt!r}")
+    _output_file(output)
     if fmt == "netx":
         if model is None or not model.is_dir():
             raise SncError("--format netx exports a build directory (snc compile ... -o BUILD)")
-        output.parent.mkdir(parents=True, exist_ok=True)
         api.export_netx(model, output)
         _emit({"build": str(model), "netx": str(output)}, as_json, [f"wrote {output} (lava-dl netx)"])
         return
     graph = api.export(model, preset=preset, seed=seed, convention=nir_convention, at_step=at_step)
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_graph(output, graph)
     kinds = Counter(getattr(n, "TYPE", type(n).__name__) for n in graph.nodes.values())
     result = {
@@ -259,7 +282,7 @@ def compile_cmd(
                                            "the graph metadata's, else the calibration input's)"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="a .nir graph: sample input .npy "
                                              "[steps, (batch,) *input_shape] to pick the fixed-point scales on"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = _seed_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compile a model for a target: NIR -> passes -> netlist in a build directory."""
@@ -335,7 +358,7 @@ def verify(
     batch: Optional[int] = typer.Option(None, "--batch", help="images per chip call (default: n)"),
     backends: str = typer.Option("lava", "--backends", help="backends to compare with the torch model and each "
                                  "other, e.g. lava,emu (lava runs floating_pt and fixed_pt; lava:fixed one)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = _seed_option(),
     as_json: bool = typer.Option(False, "--json"),
     timeout: Optional[float] = _timeout_option(),
 ) -> None:
@@ -369,7 +392,7 @@ def energy(
     mode: str = typer.Option("fixed", "--mode", help="Lava mode: fixed | float"),
     steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps per sample (default: the model's)"),
     n: int = typer.Option(4, "-n", help="images per calibration step"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = _seed_option(),
     ann: bool = typer.Option(False, "--ann", help="also print the ANN twin vs SNN table by layer kind"),
     all_experts: bool = typer.Option(False, "--all-experts", help="a gated build (lateral transformer): "
                                      "run every expert, without the compiled selection specialisation"),

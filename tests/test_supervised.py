@@ -117,3 +117,4 @@ def test_the_supervised_network_equals_lava_in_process_and_reports_a_death(mlp_b
     finally:
         network.close()
     assert _left(network.pgid) == ({}, [])
+

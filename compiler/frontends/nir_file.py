@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from snc.errors import SncError
+from snc.models.presets import MAX_TIMESTEP
 
 from ..nir_io import read_graph
 from ..nir_normalise import normalise
@@ -49,8 +50,20 @@ def from_graph(graph: nir.NIRGraph, source: str = "NIR graph", dt: Optional[floa
     meta_steps = flat.metadata.get("snc.timestep")
     if calibration is not None:
         calibration = shaped_input(calibration, flat)
-    steps = timestep or (int(meta_steps) if meta_steps is not None else None) \
-        or (calibration.shape[0] if calibration is not None else 1)
+    if timestep is not None:
+        steps = timestep
+    elif meta_steps is not None:
+        steps = meta_steps
+    else:
+        steps = calibration.shape[0] if calibration is not None else 1
+    if isinstance(steps, (np.integer, np.floating)) or (isinstance(steps, np.ndarray) and steps.size == 1):
+        steps = np.asarray(steps).item()
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps) \
+            or not 1 <= steps <= MAX_TIMESTEP:
+        where = "--timestep" if timestep is not None else "the graph metadata's snc.timestep" \
+            if meta_steps is not None else "the calibration input's steps"
+        raise SncError(f"{where}: T must be a whole number of spiking steps in 1..{MAX_TIMESTEP}, not {steps!r}")
+    steps = int(steps)
     if calibration is not None and calibration.shape[0] != steps:
         raise SncError(f"the calibration input has {calibration.shape[0]} steps, T is {steps}")
     deployable = Deployable(str(flat.metadata.get("snc.arch", "")), flat, int(steps), None, source=source,

@@ -121,6 +121,10 @@ class NetlistBackend(Backend):
     def network(self, net: Netlist, batch: int = 1, record: bool = False, **options: Any) -> Network:
         raise NotImplementedError
 
+    def batch_that_fits(self, net: Netlist, batch: int, record: bool) -> int:
+        """The batch to run when the user left it to snc: ``batch``, or less where memory limits it."""
+        return batch
+
     def accept(self, net: Netlist) -> Netlist:
         """``net`` after its target's full check, if this backend runs it in its mode."""
         if net.target not in self.targets:
@@ -130,9 +134,11 @@ class NetlistBackend(Backend):
         return net
 
     def open(self, source: Source, mode: Optional[str] = None, batch: int = 1, record: bool = False,
-             threshold_scale: float = 1.0, specialised: bool = True, **options: Any) -> "ChipRunner":
+             threshold_scale: float = 1.0, specialised: bool = True, auto_batch: bool = False,
+             **options: Any) -> "ChipRunner":
         """A denoiser on the build's netlist of ``mode`` (default: the build's, if this backend runs it),
-        with threshold guidance ``threshold_scale`` on top of the build's (the target's rule)."""
+        with threshold guidance ``threshold_scale`` on top of the build's (the target's rule);
+        ``auto_batch``: ``batch`` is only the most the caller wants per call (``batch_that_fits``)."""
         if not isinstance(source, Build):
             raise SncError(f"--backend {self.name} needs a build directory (snc compile {source.source} -o build/)")
         mode = self.check_mode(mode or (source.default_mode if source.default_mode in self.modes else None))
@@ -140,6 +146,8 @@ class NetlistBackend(Backend):
         if threshold_scale != 1.0:
             net = get_target(net.target).guide(net, threshold_scale)
         host = source.host
+        if auto_batch:
+            batch = self.batch_that_fits(net, batch, record)
         return ChipRunner(host, net, self.network(net, batch, record, **options), self.name, mode, batch,
                           specialised)
 

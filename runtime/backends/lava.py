@@ -52,6 +52,7 @@ from snc.compiler.targets import get_target
 from snc.errors import SncError
 
 from .base import CallResult, NetlistBackend, Trace, call_result, host_values, step_rows
+from .lava_memory import check_batch, fitting_batch
 from .supervised import Supervised
 
 MODES = {"fixed": "fixed_pt", "float": "floating_pt"}
@@ -319,11 +320,16 @@ class LavaBackend(NetlistBackend):
     def semantics(self, mode: str) -> str:
         return f"lava-{MODES[mode]}"
 
+    def batch_that_fits(self, net: Netlist, batch: int, record: bool) -> int:
+        fits = fitting_batch(net, record)
+        return batch if fits is None else max(1, min(batch, fits))  # 0: network() refuses, with the numbers
+
     def network(self, net: Netlist, batch: int = 1, record: bool = False, binary_path: bool = False,
                 timeout: Optional[float] = None) -> Supervised:
         """A ``LavaNetwork`` in a supervised worker process (``supervised.py``): a Lava process that dies, a
         call longer than ``timeout`` seconds, Ctrl-C, SIGTERM or SIGHUP end the run and all its processes."""
         net = self.accept(net)  # checked here: a bad netlist is refused before any process starts
+        check_batch(net, batch, record)  # and a batch that would not fit this machine's memory
         # Lava sets multiprocessing's start method when this module is first imported, and fails if anything
         # set it before: import it here, not first in the worker (whose fork has set it)
         import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
