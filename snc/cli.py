@@ -83,21 +83,27 @@ def _backends(spec: str) -> list[str]:
     return chosen
 
 
-DEFAULT_OUT = Path("out")  # the default outputs' directory: created when needed, as the defaults ask for it
+DEFAULT_DIRS = (Path("out"), Path("build"))  # where the defaults and the README put outputs and builds:
+# created when needed; snc creates no other directory
 
 
-def _output_file(path: Path) -> Path:
-    """An output file's path, checked before any work: not a directory, its directory existing (only the
-    default ``out/`` is created)."""
-    if path.is_dir():
-        raise SncError(f"{path}: is a directory; give a file name")
+def _parent_of(path: Path) -> None:
+    """The directory ``path`` goes into exists (one of ``DEFAULT_DIRS`` is created), or one SncError."""
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise SncError(f"{path}: {parent} is not a directory")
     if not parent.exists():
-        if parent != DEFAULT_OUT:
-            raise SncError(f"{path}: no such directory {parent} (snc creates none but {DEFAULT_OUT}/)")
+        if parent not in DEFAULT_DIRS:
+            raise SncError(f"{path}: no such directory {parent} (snc creates none but "
+                           f"{' and '.join(f'{d}/' for d in DEFAULT_DIRS)})")
         parent.mkdir()
+
+
+def _output_file(path: Path) -> Path:
+    """An output file's path, checked before any work: not a directory, in a directory that exists."""
+    if path.is_dir():
+        raise SncError(f"{path}: is a directory; give a file name")
+    _parent_of(path)
     return path
 
 
@@ -289,6 +295,7 @@ def compile_cmd(
     from snc import api
     from snc.compiler.frontends import GraphOptions
 
+    _parent_of(output)
     graph = GraphOptions(dt, nir_convention, timestep,
                          api.load_array(calibrate, "calibration input") if calibrate is not None else None)
     compiled = api.compile(model, preset=preset, arch=reference_arch, config=reference_config, weights=weights,
