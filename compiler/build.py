@@ -15,7 +15,8 @@
 A build is written whole or not at all: into a staging directory beside the
 destination, then swapped into place (an interrupted compile leaves the old
 build as it was). ``build.json`` is written last and records the SHA-256 of
-every other file (``files``); each file is checked when it is first read, so
+every other file (``files``) and of its own content (``digest``); it is
+checked on reading, and each file when it is first read, so
 a build whose files were changed, swapped for another build's or lost is
 refused, naming the file (``moments.json`` is a cache of its own, tied to the
 model's digest).
@@ -144,6 +145,17 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _body_digest(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _sealed(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` as JSON reads it back, with the digest of its own content (build.json's seal)."""
+    plain = json.loads(json.dumps(meta, default=json_default))
+    return {**plain, "digest": _body_digest(plain)}
+
+
 def checked_file(directory: Path, files: dict[str, str], name: str) -> Path:
     """``directory / name`` if its digest is the one ``files`` (build.json's) records; else one SncError."""
     path = directory / name
@@ -193,8 +205,8 @@ def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Bu
             model = build._model.model  # its own architecture: a frontend's arch may name a part of it
             save_checkpoint(staging / MODEL_FILE, arch_of(model), model, build.meta.get("host_meta", {}),
                             dtype=torch.float32)
-        meta = {**build.meta, "files": {f.name: file_digest(f) for f in sorted(staging.iterdir())}}
-        (staging / "build.json").write_text(json.dumps(meta, indent=1, default=json_default))
+        meta = _sealed({**build.meta, "files": {f.name: file_digest(f) for f in sorted(staging.iterdir())}})
+        (staging / "build.json").write_text(json.dumps(meta, indent=1))
         _swap_into_place(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the old build, after an exchange
@@ -224,13 +236,13 @@ def read_build(directory: Path) -> Build:
         raise SncError(f"{directory}: not an snc build directory (no build.json); make one with snc compile")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SncError(f"{meta_path}: corrupt ({exc})") from None
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise SncError(f"{meta_path}: corrupt ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         what = (f"build format {meta.get('format')!r} v{meta.get('format_version')!r}" if isinstance(meta, dict)
                 else f"build.json holds a {type(meta).__name__}")
         raise SncError(f"{directory}: {what}, this snc reads {FORMAT} v{FORMAT_VERSION}; recompile")
-    if not isinstance(meta.get("files"), dict) or not isinstance(meta.get("modes"), list):
-        raise SncError(f"{meta_path}: malformed (no files or modes); recompile")
+    if meta.get("digest") != _body_digest(meta):
+        raise SncError(f"{meta_path}: changed since the compile (its content does not match its digest); recompile")
     graph = read_graph(checked_file(directory, meta["files"], "graph.nir"))
     return Build(meta, graph, directory, _checked={"graph.nir"})

@@ -172,7 +172,7 @@ def read_graph(path: str | Path, warnings: Optional[list[str]] = None) -> nir.NI
             data = hdf2dict(f["node"])
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise GraphError(f"{path}: not a readable NIR file ({exc})") from None
-    if data.get("type") != "NIRGraph" or "nodes" not in data or "edges" not in data:
+    if _as_str(data.get("type")) != "NIRGraph" or "nodes" not in data or "edges" not in data:
         raise GraphError(f"{path}: the top-level node is not a NIRGraph")
     unknown: list[str] = []
     problems: list[str] = []

@@ -96,6 +96,9 @@ def _ints(group: h5py.Group, key: str, name: str, problems: list[str]) -> np.nda
             return np.zeros(raw.shape, np.int64)
         if not np.all(raw == np.round(raw)):
             problems.append(f"{name}: {key} holds non-integer values (netx stores Loihi's integers)")
+    if raw.dtype.kind not in "iuf" or (raw.size and np.abs(raw).max() >= 2**31):
+        problems.append(f"{name}: {key} holds values outside Loihi's 32-bit integers or no numbers")
+        return np.zeros(raw.shape, np.int64)
     return raw.astype(np.int64)
 
 
@@ -236,6 +239,8 @@ def _load(f: h5py.File, path: Path) -> Deployable:
     kinds = {}
     for key in order:
         kind = _value(layers[key], "type")
+        if not isinstance(kind, str):  # a type that is not a name: reported as unknown, as it is
+            kind = repr(np.asarray(kind).tolist())
         kinds[key] = kind
         if kind in REFUSED:
             problems.append(f"layer {key}: {kind!r} layers are not supported (netx 0.6 cannot load them either"
