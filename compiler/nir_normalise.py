@@ -346,7 +346,7 @@ def _infer_shapes(nodes: dict, edges: list, back: list, problems: list[str], war
             try:
                 out[name] = _infer_node(name, nodes[name], [out[p] for p in preds[name] if p in out],
                                         [nodes[s] for s in succs[name]], warnings)
-            except (GraphError, ValueError, TypeError, IndexError) as exc:
+            except (GraphError, ValueError, TypeError, IndexError, ArithmeticError) as exc:
                 message = str(exc)
                 problems.append(message if message.startswith(name)
                                 else f"{name}: malformed {type(nodes[name]).__name__} ({message})")

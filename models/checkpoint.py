@@ -129,8 +129,11 @@ def load_checkpoint(
         model = build_model(raw["arch"], config)
     except SncError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    meta = raw.get("meta", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: 'meta' is not a mapping")
     _load_weights(model, raw["state_dict"], str(path), "state_dict")
-    return Checkpoint(raw["arch"], config, model, dict(raw.get("meta", {})))
+    return Checkpoint(raw["arch"], config, model, dict(meta))
 
 
 def _load_reference(path: Path, arch: str, config: Optional[Mapping[str, Any]], weights: str) -> Checkpoint:

@@ -26,8 +26,8 @@ from snc.errors import SncError
 from snc.models.checkpoint import load_checkpoint, save_checkpoint
 from snc.models.presets import build_model, preset
 
-pytestmark = pytest.mark.slow  # 500 cases, about 30 s
-SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
+pytestmark = pytest.mark.slow  # 400 cases, about 15 s
+SETTINGS = settings(max_examples=80, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 WORK = Path(tempfile.mkdtemp(prefix="snc-fuzz-"))
 

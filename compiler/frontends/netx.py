@@ -329,6 +329,9 @@ def _load(f: h5py.File, path: Path) -> Deployable:
                 problems.append(f"{name}: a {kind} needs a (C, H, W) input, the layer before gives {shape}")
                 break
             weight = _ints(layer, "weight", name, problems)
+            if weight.ndim < 4 or any(d != 1 for d in weight.shape[4:]):  # netx may add a trailing axis of 1
+                problems.append(f"{name}: kernel of shape {weight.shape} is not a [out, in, k, k] kernel")
+                break
             weight = weight.reshape(weight.shape[:4])
             stride = _square(layer["stride"][()], "stride", name, problems)
             padding = _square(layer["padding"][()], "padding", name, problems)
@@ -338,8 +341,13 @@ def _load(f: h5py.File, path: Path) -> Deployable:
                 groups = shape[0]
             else:
                 groups = int(np.asarray(layer["groups"][()]).reshape(-1)[0])
-            if weight.shape[2] != weight.shape[3]:
-                problems.append(f"{name}: kernel {weight.shape[2]}x{weight.shape[3]} is not square")
+            if weight.ndim != 4 or weight.shape[2] != weight.shape[3] or not weight.size:
+                problems.append(f"{name}: kernel of shape {weight.shape} is not a square [out, in, k, k] kernel")
+                break
+            if stride < 1 or padding < 0 or dilation < 1 or groups < 1 or shape[0] % groups \
+                    or weight.shape[0] % groups or weight.shape[1] * groups != shape[0]:
+                problems.append(f"{name}: stride {stride}, padding {padding}, dilation {dilation} and groups {groups}"
+                                f" do not make a conv of a {shape} input with a {weight.shape} kernel")
                 break
             kernel = _full_kernel(weight, groups, dilation)
             op = _int_op(LinearOp.conv(kernel, shape, stride, padding), kernel)

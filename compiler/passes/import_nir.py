@@ -237,6 +237,10 @@ def _conv(name: str, node: nir.NIRNode, in_shape: tuple, problems: list[str]) ->
     padding = conv_padding(node, spatial)
     bias = np.asarray(node.bias, dtype=np.float64).reshape(-1)
     cout = weight.shape[0]
+    if bias.size not in (1, cout):
+        problems.append(f"{name}: a bias of {bias.size} values for {cout} output channels")
+        return None
+    bias = np.broadcast_to(bias, (cout,))
     square = spatial == 2 and weight.shape[2] == weight.shape[3] and stride[0] == stride[1] \
         and dilation[0] == dilation[1] and len({p for pair in padding for p in pair}) == 1
     if square:
@@ -317,7 +321,10 @@ def _linear(name: str, node: nir.NIRNode, in_shape: tuple, timestep: int, dt: fl
         w = np.asarray(node.weight, dtype=np.float64)
         op = LinearOp.dense(w, in_shape, (w.shape[0],))
         bias = np.asarray(node.bias, dtype=np.float64) if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
-        return Linear(name, op, bias.copy())
+        if bias.size not in (1, w.shape[0]):
+            problems.append(f"{name}: a bias of {bias.size} values for {w.shape[0]} outputs")
+            return None
+        return Linear(name, op, np.broadcast_to(bias.reshape(-1), (w.shape[0],)).copy())
     if isinstance(node, nir.Scale):
         scale = np.broadcast_to(np.asarray(node.scale, dtype=np.float64), in_shape)
         if np.all(scale == 1):
@@ -416,7 +423,7 @@ def import_graph(graph: nir.NIRGraph, timestep: int, arch: str = "", dt: float =
     for name, node in graph.nodes.items():
         try:
             imported = _import_node(name, node, timestep, dt, readout_of, problems)
-        except (ValueError, TypeError, IndexError, KeyError, GraphError) as exc:  # malformed shapes or parameters
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError, GraphError) as exc:  # malformed
             problems.append(f"{name}: malformed {type(node).__name__} ({exc})")
             continue
         if imported is None:
