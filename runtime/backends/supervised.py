@@ -39,6 +39,7 @@ from multiprocessing import resource_tracker
 from typing import Any, Callable, Optional
 
 from snc.errors import SncError
+from snc.memory import available_mb
 
 POLL = 0.2  # seconds between checks while a call runs
 STOP_SECONDS = 60.0  # a stopping network that takes longer is killed
@@ -82,14 +83,6 @@ def oom_kills() -> Optional[int]:
     return None
 
 
-def _available_mb() -> Optional[int]:
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/meminfo") as f:
-            line = next(line for line in f if line.startswith("MemAvailable:"))
-        return int(line.split()[1]) // 1024
-    return None
-
-
 def describe_death(member: Member) -> str:
     """What a zombie's exit status says: the signal that killed it, or its exit code."""
     status = member.exit_status
@@ -118,9 +111,9 @@ def _name_shared_memory() -> None:
     shared_memory._SHM_SAFE_NAME_LENGTH = len(shared_memory._SHM_NAME_PREFIX) + 16
 
 
-def _unlink_shared_memory(pid: int) -> int:
+def _unlink_shared_memory(pid: int) -> None:
     """Unlink the worker ``pid``'s segments left in /dev/shm (through ``SharedMemory``, which also tells this
-    process's resource tracker); how many."""
+    process's resource tracker)."""
     from multiprocessing import shared_memory
 
     names = [n for n in os.listdir("/dev/shm") if n.startswith(shm_prefix(pid))] if os.path.isdir("/dev/shm") else []
@@ -129,7 +122,6 @@ def _unlink_shared_memory(pid: int) -> int:
             segment = shared_memory.SharedMemory(name)
             segment.close()
             segment.unlink()
-    return len(names)
 
 
 def _serve(conn: Any, factory: Callable[[], Any]) -> None:
@@ -259,10 +251,10 @@ class Supervised:
                    "was stopped")
         kills = oom_kills()
         if kills is not None and self._oom_kills is not None and kills > self._oom_kills:
-            free = _available_mb()
+            free = available_mb(reserve=0.0)
             message += (f". The kernel's out-of-memory killer ended {kills - self._oom_kills} process(es) "
                         f"meanwhile: the run needs more memory than the machine has"
-                        + (f" ({free} MB available now)" if free is not None else "") + "; try a smaller --batch")
+                        + (f" ({free:.0f} MB available now)" if free is not None else "") + "; try a smaller --batch")
         return message
 
     def _kill(self) -> None:
