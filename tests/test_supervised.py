@@ -4,6 +4,7 @@ timeout) only stop a broken test; no test asserts how fast anything is."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,12 +74,18 @@ def test_a_killed_lava_process_ends_the_run_with_one_error(mlp_build, tmp_path):
     assert _left(worker) == ({}, [])
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_sigterm_sighup_and_sigint_stop_every_lava_process(mlp_build, tmp_path, sig):
+@pytest.mark.parametrize("sig,repeated", [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGINT, False),
+                                          (signal.SIGINT, True), (signal.SIGTERM, True)])
+def test_sigterm_sighup_and_sigint_stop_every_lava_process(mlp_build, tmp_path, sig, repeated):
+    """One signal, or the same signal again and again (Ctrl-C held down) through the teardown."""
     proc = _snc("sample", str(mlp_build), "--backend", "lava", "--sampler", "ddpm", "-n", "1",
                 "-o", str(tmp_path / "s.png"))
     worker = _worker_of(proc)
     os.kill(proc.pid, sig)
+    while repeated and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        time.sleep(0.005)
     out, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig), (out, err)
     assert "Traceback" not in err, err
