@@ -192,8 +192,8 @@ def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Bu
     """
     directory = Path(directory)
     check_destination(directory)
+    _remove_abandoned_staging(directory)
     staging = directory.parent / f".{directory.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         write_graph(staging / "graph.nir", build.nir_graph)
@@ -212,6 +212,15 @@ def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Bu
         shutil.rmtree(staging, ignore_errors=True)  # the old build, after an exchange
     build.meta, build.path, build._checked = meta, directory, set(meta["files"])
     return build
+
+
+def _remove_abandoned_staging(directory: Path) -> None:
+    """Remove the staging directories of compiles of ``directory`` that were killed (SIGKILL, power loss):
+    ``.<name>.partial-<pid>`` whose process is gone (or is this one, from an earlier call)."""
+    for stale in directory.parent.glob(f".{directory.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[1].removesuffix(".old")
+        if pid.isdigit() and (int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _swap_into_place(staging: Path, directory: Path) -> None:

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from snc.compiler.build import Build
+from snc.compiler.netlist import Netlist
 from snc.errors import SncError
+from snc.memory import available_mb
 
 from .backends import BACKENDS, get_backend
 from .backends.base import CallResult
@@ -43,6 +45,7 @@ class VerifyReport:
     agreement: dict[str, float] = field(default_factory=dict)
     readout_identical: dict[str, bool] = field(default_factory=dict)  # pairs of the same arithmetic
     switched_off: int = 0  # neuron-steps left out of the comparisons with torch (experts the gates switched off)
+    batches: dict[str, int] = field(default_factory=dict)  # images per call of each run (Lava: what fits memory)
 
     @property
     def exact(self) -> bool:
@@ -52,7 +55,8 @@ class VerifyReport:
     def as_dict(self) -> dict[str, Any]:
         return {"n": self.n, "timesteps": self.timesteps, "runs": self.runs, "agreement": self.agreement,
                 "output_rel_error": self.output_rel_error, "readout_identical": self.readout_identical,
-                "switched_off_neuron_steps": self.switched_off, "exact": self.exact, "layers": self.layers}
+                "switched_off_neuron_steps": self.switched_off, "exact": self.exact, "batches": self.batches,
+                "layers": self.layers}
 
 
 def parse_runs(backends: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -86,6 +90,16 @@ def _agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names) -> tup
     return same, sum(a[n].size for n in names)
 
 
+def _check_records_fit(net: Netlist, n: int, records: int) -> None:
+    """Refuse an ``n`` whose recorded spikes (a bool per neuron, logical step and image, for each of ``records``
+    runs of a call) exceed the memory available, before anything runs."""
+    need = records * n * net.timestep * sum(g.n for g in net.groups.values()) / 2**20
+    available = available_mb()
+    if available is not None and need > available:
+        raise SncError(f"-n {n}: the spikes verify records alone need about {need / 1024:.1f} GB, "
+                       f"{max(available, 0) / 1024:.1f} GB is available; verify fewer images")
+
+
 def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0,
                  backends: Sequence[str] = ("lava",), batch: Optional[int] = None,
                  timeout: Optional[float] = None) -> VerifyReport:
@@ -94,22 +108,25 @@ def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 
     if batch is not None and not 1 <= batch <= n:
         raise SncError(f"--batch must be in 1..{n} (-n)")
     runs_spec = parse_runs(backends)
+    net = build.netlist()
+    _check_records_fit(net, n, len(fractions) * len(runs_spec))
     host = build.host
     timesteps = [int(host.config.diffusion_steps * f) for f in fractions]
     pairs = host.noisy_inputs(n, timesteps, seed)
     results: dict[str, list[tuple[torch.Tensor, CallResult]]] = {}
     semantics: dict[str, str] = {}
+    batches: dict[str, int] = {}
     for label, name, mode in runs_spec:
         backend = get_backend(name)
         semantics[label] = backend.semantics(mode)
         with backend.open(build, mode, batch=batch or n, record=True, auto_batch=batch is None,
                           **backend.call_options(timeout)) as runner:
             results[label] = [(runner(x.double(), t), runner.last) for x, t in pairs]
+            batches[label] = getattr(runner, "batch", n)  # the torch model takes all n at once
     labels = [r[0] for r in runs_spec]
     comparisons = {f"{a}_vs_{b}": (a, b) for j, a in enumerate(labels) for b in labels[:j]}
     exact = {k for k, (a, b) in comparisons.items() if semantics[a] == semantics[b]}
-    report = VerifyReport(n=len(pairs[0][0]), timesteps=list(timesteps), runs=labels)
-    net = build.netlist()
+    report = VerifyReport(n=len(pairs[0][0]), timesteps=list(timesteps), runs=labels, batches=batches)
     off = [net.switched_off(int(t[0])) for _, t in pairs]
     torch_spikes = [r.spikes for _, r in results[REFERENCE]]
     totals = {k: [0, 0] for k in comparisons}

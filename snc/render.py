@@ -77,6 +77,10 @@ def verify_report(console: Console, report, seconds: float) -> None:
     lines = ["all layers: " + ", ".join(f"{k.replace('_', ' ')} {a[k]:.4%}" for k in keys),
              "output relative error: " + ", ".join(f"{k.replace('_', ' ')} {e[k]:.2e}" for k in keys)
              + f"  ({seconds} s)"]
+    smaller = {k: b for k, b in report.batches.items() if b < report.n}
+    if smaller:
+        lines.append("images per call, to fit this machine's memory: "
+                     + ", ".join(f"{k} {b}" for k, b in smaller.items()))
     if report.switched_off:
         lines.append(f"{report.switched_off:,} neuron-steps of experts switched off by the compiled selection "
                      "were left out of the comparisons with torch (off: never compared)")

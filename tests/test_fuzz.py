@@ -1,6 +1,7 @@
 """Fuzzing (issue 15): hypothesis mutates valid checkpoints, NIR files, netx files and build directories, and
-draws sampler option values; every case must load / compile / run correctly or raise one SncError (what the
-CLI prints as one ``error:`` line), never another exception, and leave no process behind. ONNX files are not
+draws sampler option values through the API and option values of every command through the CLI's own entry
+point; every case must load / compile / run correctly or raise one SncError (what the CLI prints as one
+``error:`` line) or a usage error, never another exception, and leave no process behind. ONNX files are not
 fuzzed: snc has no ONNX reader yet (issue 16)."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import nir
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from netx_files import networks, write_netx
@@ -232,3 +233,70 @@ def test_random_sampler_options(build_dir, eta, steps, n, batch, threshold_scale
         assert images.shape[0] == n and torch.isfinite(images).all() and images.abs().max() <= 1
 
     _ends_well(run)
+
+
+# --- the CLI: random option values, through snc's own entry point ------------------------------------------
+# mostly values an option takes, some it must refuse (out of range, not a number, beyond a C integer)
+INT_VALUES = st.sampled_from(["1", "2", "3", "1", "2", "0", "-1", str(2**64), "abc", ""])
+FLOAT_VALUES = st.sampled_from(["0", "0.5", "1", "0.9", "2", "-1", "nan", "inf", "-inf", "1e309", "1e-9", "x"])
+
+
+def _options(draw, choices: dict) -> list[str]:
+    """Some of ``choices`` (option -> strategy of its value), each with a drawn value."""
+    argv: list[str] = []
+    for option, values in choices.items():
+        if draw(st.booleans()):
+            argv += [option, draw(values)]
+    return argv
+
+
+@SETTINGS
+@given(data=st.data())
+def test_random_cli_option_values(build_dir, data, capsys, monkeypatch):
+    """Exit 0 with a correct result, 1 with one ``error:`` line, or 2 (click's usage error); no traceback."""
+    from snc.cli import main
+
+    out_dir = WORK / "cli"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    np.save(out_dir / "samples.npy", np.zeros((4, 1, 8, 8), np.float32))
+    command = data.draw(st.sampled_from(["sample", "verify", "energy", "compile", "eval"]))
+    if command == "sample":
+        argv = [command, str(build_dir), "-o", str(out_dir / "s.png"), *_options(data.draw, {
+            "--backend": st.sampled_from(["emu", "torch", "x", ""]), "--sampler": st.sampled_from(["ddim",
+            "analytic", "x"]), "--steps": INT_VALUES, "--eta": FLOAT_VALUES, "-n": INT_VALUES,
+            "--batch": INT_VALUES, "--threshold-scale": FLOAT_VALUES, "--seed": INT_VALUES,
+            "--timeout": FLOAT_VALUES, "--mode": st.sampled_from(["fixed", "float", "x"])})]
+    elif command == "verify":
+        argv = [command, str(build_dir), *_options(data.draw, {
+            "--backends": st.sampled_from(["emu", "torch", "emu,emu", "x", ""]), "-n": INT_VALUES,
+            "--batch": INT_VALUES, "--seed": INT_VALUES})]
+        if "--backends" not in argv:
+            argv += ["--backends", "emu"]  # (Lava is fuzzed by the supervision tests, not here)
+    elif command == "energy":
+        argv = [command, str(build_dir), *_options(data.draw, {
+            "--backend": st.sampled_from(["emu", "torch", "x"]), "--profile": st.sampled_from(["loihi2", "x", ""]),
+            "--seed": INT_VALUES})]
+    elif command == "compile":
+        argv = [command, "--preset", "digits-mlp", "-o", str(out_dir / "b"), *_options(data.draw, {
+            "--calibration": INT_VALUES, "--threshold-scale": FLOAT_VALUES,
+            "--mode": st.sampled_from(["fixed", "float", "x"]), "--target": st.sampled_from(["loihi2", "x"])})]
+    else:
+        argv = [command, str(out_dir / "samples.npy")]
+    monkeypatch.setattr("sys.argv", ["snc", *argv])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, (argv, out, err)
+    event(f"{command} exit {code}")
+    assert code in (0, 1, 2), (argv, code, out, err)
+    if code == 1:
+        assert (out + err).lower().count("error:") == 1, (argv, out, err)
+    if code == 0 and command == "sample":
+        images = np.load(out_dir / "s.npy")
+        assert np.isfinite(images).all() and np.abs(images).max() <= 1, argv
+    assert not multiprocessing.active_children()

@@ -4,6 +4,7 @@ traceback or a silently wrong result; builds are written whole and refused when 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -210,3 +211,13 @@ def test_an_interrupted_compile_leaves_the_old_build_as_it_was(mlp_build, monkey
     assert {p.name: p.read_bytes() for p in mlp_build.iterdir()} == before
     assert [p.name for p in mlp_build.parent.iterdir() if p.name.startswith(".")] == []  # no staging left
     assert api.read_build(mlp_build).netlist("fixed").groups  # and it still loads, its digests intact
+
+
+def test_a_killed_compile_leaves_no_staging_directory_behind_the_next_one(mlp_build):
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now
+    stale = mlp_build.parent / f".{mlp_build.name}.partial-{gone.pid}"
+    stale.mkdir()
+    (stale / "graph.nir").write_bytes(b"half")
+    api.compile(preset="digits-mlp", seed=1, output=mlp_build)
+    assert [p.name for p in mlp_build.parent.iterdir() if p.name.startswith(".")] == []
