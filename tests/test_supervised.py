@@ -74,6 +74,35 @@ def test_a_killed_lava_process_ends_the_run_with_one_error(mlp_build, tmp_path):
     assert _left(worker) == ({}, [])
 
 
+def test_a_lava_process_killed_as_it_starts_ends_the_run(unet_build, tmp_path):
+    """Killed before any check of the supervisor could see it, and reaped at once by its Lava parent (the
+    U-Net: Lava starts its many processes slowly enough for that; this hung before births were announced)."""
+    proc = _snc("sample", str(unet_build.path), "--backend", "lava", "--steps", "1", "-n", "1",
+                "-o", str(tmp_path / "s.png"))
+    victim = None
+    while victim is None and proc.poll() is None:
+        for worker in _children_leading_a_group(proc.pid):
+            forked = [p for p in group_members(worker) if p != worker]
+            if len(forked) >= 10:
+                victim = max(forked)  # the newest of Lava's processes, as they are being started
+                os.kill(victim, signal.SIGKILL)
+                break
+    _, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 1 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert f"process {victim}" in err and "a Lava process died during the run" in err
+    assert _left(worker) == ({}, [])
+
+
+def _children_leading_a_group(parent: int) -> list[int]:
+    found = []
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent and int(fields[2]) == pid:
+                found.append(pid)
+    return found
+
+
 @pytest.mark.parametrize("sig,repeated", [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGINT, False),
                                           (signal.SIGINT, True), (signal.SIGTERM, True)])
 def test_sigterm_sighup_and_sigint_stop_every_lava_process(mlp_build, tmp_path, sig, repeated):

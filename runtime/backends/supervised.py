@@ -11,7 +11,9 @@ reach of the terminal's signals. This process only waits on a pipe, and while
 it waits it checks, every ``POLL`` seconds:
 
 - that no process of the group has died (a zombie: Lava never reaps a child
-  mid-run) or vanished, and that the worker is alive;
+  mid-run) or vanished, and that the worker is alive. Every process forked in
+  the worker's tree writes its pid to a pipe first thing (``_announce_birth``),
+  so one killed before any check saw it is missed all the same;
 - that the call has not run past its ``timeout`` (seconds, optional).
 
 On any of those, or on an exception (Ctrl-C, and SIGTERM / SIGHUP, which the
@@ -124,9 +126,17 @@ def _unlink_shared_memory(pid: int) -> None:
             segment.unlink()
 
 
-def _serve(conn: Any, factory: Callable[[], Any]) -> None:
+def _announce_birth(births: int) -> None:
+    """In every process forked from the worker (and from those): write its pid to the supervisor, so that a
+    process killed before any poll saw it, and reaped at once by its Lava parent, is still missed."""
+    with contextlib.suppress(OSError):
+        os.write(births, f"{os.getpid()}\n".encode())
+
+
+def _serve(conn: Any, factory: Callable[[], Any], births: int) -> None:
     """The worker: build the network, answer (method, args) requests until "close"."""
     os.setpgid(0, 0)
+    os.register_at_fork(after_in_child=lambda: _announce_birth(births))
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_DFL)  # this process is stopped by its parent, never by a terminal
     _name_shared_memory()
@@ -181,9 +191,13 @@ class Supervised:
         resource_tracker.ensure_running()
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
-        self._worker = context.Process(target=_serve, args=(child, factory))  # not daemonic: Lava forks from it
+        self._births, births = os.pipe()  # every process forked in the worker's tree writes its pid here
+        os.set_blocking(self._births, False)
+        os.set_blocking(births, False)
+        self._worker = context.Process(target=_serve, args=(child, factory, births))  # not daemonic: Lava forks
         self._worker.start()
         child.close()
+        os.close(births)
         self.pgid = self._worker.pid
         self._seen: dict[int, Member] = {}
         self._oom_kills = oom_kills()
@@ -238,6 +252,7 @@ class Supervised:
     def _problem(self) -> Optional[str]:
         """What died in the run, if anything (a zombie tells how; a process its parent reaped at once does not,
         but the kernel's count of out-of-memory kills does)."""
+        self._read_births()
         members = group_members(self.pgid)
         dead = [m for m in members.values() if m.state in ("Z", "X")]
         gone = [m for pid, m in self._seen.items() if pid not in members]
@@ -246,7 +261,8 @@ class Supervised:
             dead.append(Member(self.pgid, f"the {self.what} worker", "Z", self._worker.exitcode or 0))
         if not dead and not gone:
             return None
-        said = [describe_death(m) for m in dead] + [f"process {m.pid} ended" for m in gone]
+        said = [describe_death(m) for m in dead] + [f"process {m.pid} ({m.name}) ended (its parent reaped it: how is not known)"
+                                                   for m in gone]
         message = (f"a {self.what} process died during the run: {'; '.join(said)}; every process of the run "
                    "was stopped")
         kills = oom_kills()
@@ -257,6 +273,16 @@ class Supervised:
                         + (f" ({free:.0f} MB available now)" if free is not None else "") + "; try a smaller --batch")
         return message
 
+    def _read_births(self) -> None:
+        """Record the pids the worker's processes announced (``_announce_birth``) as seen."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while True:
+                chunk = os.read(self._births, 65536)
+                if not chunk:
+                    break
+                for pid in map(int, chunk.split()):
+                    self._seen.setdefault(pid, Member(pid, f"a {self.what} process", "?", 0))
+
     def _kill(self) -> None:
         """SIGKILL to every process of the run; reap the worker and, adopted, its children; unlink the
         shared memory they left."""
@@ -265,6 +291,8 @@ class Supervised:
             os.killpg(self.pgid, signal.SIGKILL)
         self._worker.join(10)
         self._conn.close()
+        with contextlib.suppress(OSError):
+            os.close(self._births)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             members = group_members(self.pgid)

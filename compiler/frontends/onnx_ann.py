@@ -1,0 +1,271 @@
+"""ANNs held as ONNX files: read, checked, and made a torch module (the source of an ANN-to-SNN conversion).
+
+Reading is the ``onnx`` package's (parse, ``checker``, strict shape inference); the torch module is
+``onnx2torch``'s (a ``torch.fx.GraphModule`` of ordinary torch layers: Conv2d, Linear, ReLU, AvgPool2d, ...).
+onnx2torch is used because the conversion needs the ANN as torch: activation statistics for the clipping
+thresholds, QCFS training and fine-tuning all run it with gradients; a second hand-written interpreter of
+the same ops would be a copy. Before onnx2torch sees a file, snc checks what it may contain, listing every
+problem in one error:
+
+- ops: ``ANN_OPS`` (what the conversion maps: convs, affine layers, BatchNorm folded, ReLU / Clip as the
+  quantized activation, residual Add, channel Concat, nearest Resize, average pools, reshapes, constants,
+  casts to float); every other node is named with its op;
+- attributes that change an op's meaning beyond what the conversion maps (a non-nearest Resize, a Cast to a
+  non-float type);
+- one float input of fixed size but for its batch dimension;
+- weights: stored in the file (external data files are never opened: a file could point anywhere), finite.
+
+``onnxruntime`` (the format's own runtime) is what the tests compare the module with.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snc.errors import GraphError
+from snc.memory import available_mb
+
+# op -> what the conversion makes of it
+ANN_OPS = {
+    "Conv": "convolution", "Gemm": "affine", "MatMul": "affine (with a following Add: its bias)",
+    "BatchNormalization": "folded into the layer before it", "Relu": "quantized activation (IF neurons)",
+    "Clip": "quantized activation with its own ceiling (IF neurons)", "Add": "residual sum (or a bias)",
+    "Concat": "channel concatenation", "Resize": "nearest upsampling", "Upsample": "nearest upsampling",
+    "AveragePool": "average pooling (a per-channel convolution)", "GlobalAveragePool": "average pooling",
+    "Flatten": "reshape", "Reshape": "reshape", "Identity": "nothing", "Constant": "a constant",
+    "Cast": "nothing (to float)",
+}
+FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+LOAD_FACTOR = 4  # memory to parse a file and build its module, per byte of the file (measured: about 3)
+
+
+@dataclass
+class OnnxAnn:
+    """An ANN read from ONNX: its torch module (eval mode, float32) and what it takes."""
+    module: torch.fx.GraphModule
+    input_shape: tuple[int, ...]  # one example, without the batch dimension
+    ops: dict[str, str]  # node name -> op type, in the file's order
+    source: str
+
+
+def read_onnx(path: Path) -> OnnxAnn:
+    """The ANN of an ONNX file; one GraphError naming every problem (see the module docstring)."""
+    import onnx
+
+    path = Path(path)
+    if path.is_dir():
+        raise GraphError(f"{path} is a directory, not an ONNX file")
+    if not path.is_file():
+        raise GraphError(f"{path}: no such file")
+    size_mb = path.stat().st_size / 2**20
+    available = available_mb()
+    if available is not None and size_mb * LOAD_FACTOR > available:
+        raise GraphError(f"{path}: reading a {size_mb:.0f} MB ONNX file needs about {size_mb * LOAD_FACTOR:.0f} MB; "
+                         f"{max(available, 0):.0f} MB is available")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and whatever a truncated file raises
+        raise GraphError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+    problems = _problems(model)
+    if problems:
+        raise GraphError(f"{path}: {len(problems)} problem(s) for an ANN-to-SNN conversion: " + "; ".join(problems))
+    try:
+        onnx.checker.check_model(model)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - onnx's ValidationError / InferenceError, and C++ errors as others
+        raise GraphError(f"{path}: an invalid ONNX model: {_one_line(exc)}") from None
+    shape = _input_shape(model, path)
+    _check_activations_fit(inferred, path)
+    module = _to_torch(_nearest_as_torch(_fold_constants(_current_opset(model, path), path), path), path)
+    _check_runs(module, shape, path)
+    ops = {node.name or f"#{i}": node.op_type for i, node in enumerate(model.graph.node)}
+    return OnnxAnn(module, shape, ops, str(path))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+def _problems(model) -> list[str]:
+    """Every node snc cannot convert, attribute it does not map, external or non-finite weight."""
+    from onnx import numpy_helper
+
+    problems = []
+    graph = model.graph
+    unknown = [f"{node.name or f'#{i}'} ({node.domain + '.' if node.domain not in ('', 'ai.onnx') else ''}"
+               f"{node.op_type})" for i, node in enumerate(graph.node)
+               if node.op_type not in ANN_OPS or node.domain not in ("", "ai.onnx")]
+    if unknown:
+        problems.append(f"{len(unknown)} node(s) of ops snc does not convert: {', '.join(unknown)} (it converts "
+                        f"{', '.join(ANN_OPS)})")
+    for i, node in enumerate(graph.node):
+        attrs = {a.name: a for a in node.attribute}
+        name = node.name or f"#{i}"
+        if node.op_type in ("Resize", "Upsample") and "mode" in attrs and attrs["mode"].s not in (b"nearest", b""):
+            problems.append(f"{name} ({node.op_type}) mode {attrs['mode'].s.decode(errors='replace')!r}: only "
+                            "nearest upsampling is converted")
+        if node.op_type == "Cast" and attrs.get("to") is not None and attrs["to"].i not in FLOAT_TYPES:
+            problems.append(f"{name} (Cast) to a non-float type: only casts to float are converted")
+    external = [t.name for t in graph.initializer if t.data_location == 1]  # TensorProto.EXTERNAL
+    if external:
+        problems.append(f"weights stored outside the file are not read: {', '.join(external)}")
+        return problems
+    bad = []
+    for tensor in graph.initializer:
+        try:
+            array = numpy_helper.to_array(tensor)
+        except Exception as exc:  # noqa: BLE001 - a tensor whose bytes do not match its declared type or shape
+            problems.append(f"initializer {tensor.name}: unreadable ({_one_line(exc)})")
+            continue
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad.append(tensor.name)
+    if bad:
+        problems.append(f"non-finite (NaN/inf) weights: {', '.join(bad)}")
+    return problems
+
+
+def _input_shape(model, path: Path) -> tuple[int, ...]:
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise GraphError(f"{path}: the ANN must take one input, it takes {len(inputs)} "
+                         f"({', '.join(i.name for i in inputs) or 'none'})")
+    tensor = inputs[0].type.tensor_type
+    if tensor.elem_type not in FLOAT_TYPES:
+        raise GraphError(f"{path}: input {inputs[0].name} is not a float tensor")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    if len(dims) < 2 or any(d is None or d < 1 for d in dims[1:]):
+        raise GraphError(f"{path}: input {inputs[0].name} must be [batch, *fixed sizes], not "
+                         f"[{', '.join('?' if d is None else str(d) for d in dims)}]")
+    return tuple(int(d) for d in dims[1:])
+
+
+def _check_activations_fit(inferred, path: Path) -> None:
+    """Refuse, before anything runs, an ANN whose activations for one example (every tensor shape inference
+    knows, float32) exceed the memory available."""
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    total = 0
+    for value in values:
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        total += int(np.prod([max(d, 1) for d in dims[1:]], dtype=object)) if dims else 1
+    need = total * 4 / 2**20
+    available = available_mb()
+    if available is not None and need > available:
+        raise GraphError(f"{path}: one example's activations need about {need / 1024:.1f} GB, "
+                         f"{max(available, 0) / 1024:.1f} GB is available")
+
+
+def _fold_constants(model, path: Path):
+    """A copy of ``model`` in which every node computed from constants alone (Constant nodes, and a Cast or
+    Reshape of them) is an initializer, computed by onnx's own reference evaluator: onnx2torch takes a Clip's
+    bounds, a Reshape's shape or a Resize's scales only from initializers, and torch writes them as Constant
+    nodes (and Casts of them) when it does not fold constants itself."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    model = copy.deepcopy(model)
+    known = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if not all(name in known for name in node.input if name) or node.op_type not in ANN_OPS:
+            keep.append(node)
+            continue
+        inputs = [name for name in node.input if name]
+        single = helper.make_model(
+            helper.make_graph([node], "fold", [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(
+                known[name].dtype), known[name].shape) for name in inputs],
+                [helper.make_empty_tensor_value_info(name) for name in node.output]),
+            opset_imports=model.opset_import)
+        try:
+            values = ReferenceEvaluator(single).run(None, {name: known[name] for name in inputs})
+        except Exception as exc:  # noqa: BLE001 - the evaluator's error for a malformed constant node
+            raise GraphError(f"{path}: constant node {node.name or node.op_type} cannot be evaluated: {_one_line(exc)}") \
+                from None
+        for name, value in zip(node.output, values):
+            known[name] = np.asarray(value)
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def _current_opset(model, path: Path):
+    """Models of opsets before 11 (Upsample, Resize v10) are brought to 13 by onnx's own version converter:
+    onnx2torch has no Upsample."""
+    from onnx import version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= 11:
+        return model
+    try:
+        return version_converter.convert_version(model, 13)
+    except Exception as exc:  # noqa: BLE001 - the converter's errors for what it cannot adapt
+        raise GraphError(f"{path}: opset {opset} cannot be brought to 13 by onnx's version converter: "
+                         f"{_one_line(exc)}") from None
+
+
+def _nearest_as_torch(model, path: Path):
+    """Every Resize must be nearest upsampling by whole factors as torch does it (``asymmetric`` coordinates,
+    ``floor``). With ``half_pixel`` coordinates, whole factors and a rounding nearest mode the same pixels are
+    picked (the source coordinate is within 0.5 - 0.5 / factor of the pixel's centre, so it rounds to it),
+    so those are rewritten to torch's attributes; anything else is refused, naming the nodes."""
+    from onnx import helper, numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    problems = []
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "Resize":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        coordinates = attrs.get("coordinate_transformation_mode", b"half_pixel").decode(errors="replace")
+        rounding = attrs.get("nearest_mode", b"round_prefer_floor").decode(errors="replace")
+        scales = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        whole = scales is not None and scales.size >= 2 and np.all(scales >= 1) and np.all(scales == np.round(scales)) \
+            and np.all(scales[:2] == 1)
+        if (coordinates, rounding) == ("asymmetric", "floor") and whole:
+            continue
+        if coordinates in ("half_pixel", "pytorch_half_pixel") and rounding.startswith("round") and whole:
+            del node.attribute[:]
+            node.attribute.extend([helper.make_attribute("mode", "nearest"),
+                                   helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                                   helper.make_attribute("nearest_mode", "floor")])
+            continue
+        problems.append(f"{node.name or f'#{i}'} (Resize: {coordinates} coordinates, {rounding}, scales "
+                        f"{'given as sizes' if scales is None else scales.tolist()})")
+    if problems:
+        raise GraphError(f"{path}: snc converts Resize as nearest upsampling of the image by whole factors "
+                         f"(torch's); not: {', '.join(problems)}")
+    return model
+
+
+def _to_torch(model, path: Path) -> torch.fx.GraphModule:
+    from onnx2torch import convert
+
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            module = convert(model)
+    except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError, KeyError, ...
+        raise GraphError(f"{path}: onnx2torch cannot convert it: {_one_line(exc)}") from None
+    approximate = sorted({" ".join(str(w.message).split()) for w in said if issubclass(w.category, UserWarning)})
+    if approximate:  # onnx2torch warns where its torch module may differ from the ONNX op
+        raise GraphError(f"{path}: onnx2torch converts it only approximately: {'; '.join(approximate)}")
+    return module.float().eval()
+
+
+def _check_runs(module: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
+    """One call on zeros: shapes that the checks could not see (a Reshape to an impossible size) fail here."""
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *shape))
+    except Exception as exc:  # noqa: BLE001 - any op's shape error
+        raise GraphError(f"{path}: the ANN does not run on its declared input [1, {', '.join(map(str, shape))}]: "
+                         f"{_one_line(exc)}") from None
+    if not isinstance(out, torch.Tensor):
+        raise GraphError(f"{path}: the ANN must give one output tensor")
