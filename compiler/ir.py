@@ -92,6 +92,7 @@ class Population:
     scale: float = 1.0  # fold_thresholds: integer units per unit of model current
     fixed: dict[str, Any] = field(default_factory=dict)  # quantize: vth, du, dv, bias_mant, bias_exp
     current_decay: float = 0.0  # u <- current_decay * u + input (CubaLIF's synaptic current); 0: u is the input
+    subtractive_reset: bool = False  # a spike subtracts the threshold from v (else v = 0): ANN-to-SNN conversion
 
 
 @dataclass

@@ -102,7 +102,7 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
             fired = (state > node.threshold).to(dtype)
             out.peak_v[name] = max(out.peak_v.get(name, 0.0), float(state.abs().max()))
             out.peak_input[name] = max(out.peak_input.get(name, 0.0), float((x + bias).abs().max()))
-            v[name] = state * (1 - fired)
+            v[name] = state - node.threshold * fired if node.subtractive_reset else state * (1 - fired)
             now[name] = fired
             spikes[name].append(fired)
     out.readout = apply_filters(torch.stack(readouts), graph.readout.filters, graph.readout.shape)

@@ -12,7 +12,10 @@ Lava's process library, which is what Loihi 2 runs:
   [T, n] instead of [n]. ``role`` says what the group is for (``neuron``, a
   ``relay`` of the delay balancing, a spike ``and``); ``threshold`` is the
   model-unit threshold that ``vth`` encodes at ``scale`` integer units per
-  model unit (float mode: ``vth == threshold``, ``scale == 1``);
+  model unit (float mode: ``vth == threshold``, ``scale == 1``). A group with
+  ``subtractive_reset`` (snc's ``StepBiasLIFReset`` with reset by subtraction,
+  the ANN-to-SNN conversion's IF neuron) subtracts the threshold from v on a
+  spike instead of setting v to 0;
 - **synapses** from a group to a group (any group: a synapse into its own
   source or into an earlier group is a recurrent connection) or to the
   readout:
@@ -89,7 +92,7 @@ MODES = ("fixed", "float")
 SYNAPSE_KINDS = ("sparse", "dense", "conv")
 ROLES = ("neuron", "relay", "and")
 FORMAT = "snc-netlist"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: subtractive_reset
 
 
 def logical_steps(time_steps: np.ndarray, depth: int, timestep: int, call_steps: int) -> np.ndarray:
@@ -118,6 +121,7 @@ class NeuronGroup:
     role: str = "neuron"  # neuron | relay | and
     scale: float = 1.0  # integer units per model unit (fixed mode)
     threshold: float = 0.0  # model units: what vth encodes at scale
+    subtractive_reset: bool = False  # a spike subtracts vth from v (snc's StepBiasLIFReset), else v = 0 (LIF's)
 
     @property
     def n(self) -> int:
@@ -319,6 +323,8 @@ def _group_problems(g: NeuronGroup, timestep: int) -> list[str]:
         return out
     if g.per_step and g.reset_interval == 0:
         out.append(f"{g.name}: a per-step bias needs a LIFReset group (the step is counted within a call)")
+    if g.subtractive_reset and (g.reset_interval == 0 or g.role != "neuron"):
+        out.append(f"{g.name}: a reset by subtraction is for a neuron that starts every call afresh (LIFReset)")
     if not 0 <= g.reset_offset < max(g.reset_interval, 1):
         out.append(f"{g.name}: reset_offset {g.reset_offset} outside 0..reset_interval-1")
     if g.role not in ROLES:
@@ -447,7 +453,8 @@ def save_netlist(net: Netlist, stem: Path) -> None:
         arrays[f"g/{g.name}/bias_exp"] = g.bias_exp
         groups.append({"name": g.name, "shape": list(g.shape), "du": _scalar(g.du), "dv": _scalar(g.dv),
                        "vth": _scalar(g.vth), "reset_interval": g.reset_interval, "reset_offset": g.reset_offset,
-                       "depth": g.depth, "role": g.role, "scale": g.scale, "threshold": g.threshold})
+                       "depth": g.depth, "role": g.role, "scale": g.scale, "threshold": g.threshold,
+                       "subtractive_reset": g.subtractive_reset})
     synapses = []
     for i, s in enumerate(net.synapses):
         arrays[f"s/{i}/weight"] = s.op.weight
@@ -490,7 +497,7 @@ def load_netlist(stem: Path) -> Netlist:
         name = d["name"]
         groups[name] = NeuronGroup(name, tuple(d["shape"]), d["du"], d["dv"], d["vth"], arrays[f"g/{name}/bias_mant"],
                                    arrays[f"g/{name}/bias_exp"], d["reset_interval"], d["reset_offset"], d["depth"],
-                                   d["role"], d["scale"], d["threshold"])
+                                   d["role"], d["scale"], d["threshold"], bool(d["subtractive_reset"]))
     synapses = [Synapse(d["name"], d["src"], d["dst"], d["kind"], op_from_dict(d["op"], arrays[f"s/{i}/weight"]),
                         d["weight_exp"], d["num_weight_bits"], d["delay"], arrays.get(f"s/{i}/gain"), d["gain_shift"],
                         d["lag"], d["gate"], tuple(d["origin"]))

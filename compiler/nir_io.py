@@ -28,6 +28,14 @@ Extension nodes:
     gate for every diffusion step (``specialise_selection``) and the chip is
     re-programmed per call, not per spike.
 
+``snc.SubtractiveIF(r, v_threshold, v_initial)``
+    NIR's IF, except that a spike subtracts ``v_threshold`` from v instead of
+    setting it to ``v_reset``, and v is ``v_initial`` at the start of every
+    denoiser call (each call of T steps). The neuron of an ANN-to-SNN
+    conversion (SDM section VI, eqs. 22-24): ``v_initial = v_threshold / 2``
+    turns the spike count's floor into a round. A reader that took it for an
+    IF would compute another network, so it is an extension node.
+
 Time: NIR is continuous-time and stores no dt. snc exports with
 ``NIR_DT`` = 1e-4 s (the snnTorch / SpikingJelly convention) and bakes it into
 the parameters: an IF neuron has ``r = 1 / dt`` so that one Euler step adds
@@ -136,7 +144,24 @@ class Gate(_Extension, nir.NIRNode):
         self.output_type = {"output": shape.copy()}
 
 
-EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d, StepScale.TYPE: StepScale, Gate.TYPE: Gate}
+@dataclass(eq=False)
+class SubtractiveIF(_Extension, nir.IF):
+    """snc extension: IF with reset by subtraction, starting every call from ``v_initial``."""
+
+    v_initial: Optional[np.ndarray] = None
+
+    TYPE = "snc.SubtractiveIF"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.v_initial = np.zeros_like(self.v_threshold) if self.v_initial is None else np.asarray(self.v_initial)
+        if self.v_initial.shape != np.shape(self.v_threshold):
+            raise ValueError(f"v_initial has shape {self.v_initial.shape}, not v_threshold's "
+                             f"{np.shape(self.v_threshold)}")
+
+
+EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d, StepScale.TYPE: StepScale, Gate.TYPE: Gate,
+                               SubtractiveIF.TYPE: SubtractiveIF}
 
 
 def fix_grouped_conv_type(node: nir.NIRNode) -> nir.NIRNode:

@@ -50,7 +50,7 @@ import numpy as np
 
 from snc.errors import GraphError
 
-from .nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale
+from .nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, SubtractiveIF
 
 CONVENTIONS = ("nir", "norse")
 SPIKING = (nir.IF, nir.LIF, nir.CubaLIF, nir.Threshold)
@@ -63,6 +63,7 @@ SUPPORTED = NEURONS + LINEAR + (nir.Input, nir.Output)
 # the parameters of each neuron kind that have one value per neuron
 NEURON_PARAMS = {
     nir.IF: ("r", "v_threshold", "v_reset"),
+    SubtractiveIF: ("r", "v_threshold", "v_reset", "v_initial"),
     nir.LIF: ("tau", "r", "v_leak", "v_threshold", "v_reset"),
     nir.CubaLIF: ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
     nir.LI: ("tau", "r", "v_leak"),

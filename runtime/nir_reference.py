@@ -6,6 +6,7 @@ same step* (NIR edges carry no delay) and the nodes run in topological order,
 so every cycle must pass a Delay. Neurons (forward Euler, then spike test):
 
 - IF:  ``v += dt * r * I``; spike if ``v > v_threshold``; then ``v = v_reset``
+- snc.SubtractiveIF: IF from ``v = v_initial``; a spike subtracts ``v_threshold``
 - LIF: ``v += dt / tau * (v_leak - v + r * I)``; same spike and reset
 - CubaLIF: ``i += dt / tau_syn * (w_in * I - i)``, then LIF on i with tau_mem
   (the current of the same step drives v: NIR's and Lava's order)
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snc.compiler.nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale
+from snc.compiler.nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, SubtractiveIF
 from snc.compiler.nir_normalise import conv_padding, pairs
 from snc.errors import GraphError
 
@@ -90,6 +91,8 @@ def _neuron_step(node: nir.NIRNode, state: tuple, x: torch.Tensor, dt: float) ->
     if isinstance(node, (nir.LI, nir.I, nir.CubaLI)):
         return v, (v, i)
     spikes = v > _t(node.v_threshold, x)
+    if isinstance(node, SubtractiveIF):
+        return spikes.to(x.dtype), (v - spikes.to(x.dtype) * _t(node.v_threshold, x), i)
     return spikes.to(x.dtype), (torch.where(spikes, _t(node.v_reset, x), v), i)
 
 
@@ -155,7 +158,8 @@ class NIRReference:
                 x = sum(values[p] for p in self.preds[name])
                 if isinstance(node, NEURONS):
                     zero = torch.zeros_like(x)
-                    values[name], state[name] = _neuron_step(node, state.get(name, (zero, zero)), x, self.dt)
+                    start = zero + _t(node.v_initial, x) if isinstance(node, SubtractiveIF) else zero
+                    values[name], state[name] = _neuron_step(node, state.get(name, (start, zero)), x, self.dt)
                 elif isinstance(node, nir.Output):
                     values[name] = x
                 elif isinstance(node, StepScale):

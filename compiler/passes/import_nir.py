@@ -18,7 +18,8 @@ their input (the Euler gain ``dt*r`` (IF), ``dt*r/tau`` (LIF), ``dt/tau_mem *
 r * dt/tau_syn * w_in`` (CubaLIF) is divided into it; per-neuron thresholds
 and gains become a Linear ``<name>.input_scale`` on the inputs),
 ``decay = 1 - dt/tau(_mem)``, ``current_decay = 1 - dt/tau_syn`` and a bias
-from ``v_leak``; neurons whose time constants differ become one population
+from ``v_leak``; ``snc.SubtractiveIF`` a population with ``subtractive_reset`` whose
+``v_initial`` is a bias of logical step 0 (v starts every call from it); neurons whose time constants differ become one population
 per distinct set (``<name>.part<k>``, ``_split``); a non-spiking LI / I / CubaLI that the Output alone reads
 becomes an identity and the Readout's host filters. Every unsupported node or
 parameter is reported at once.
@@ -39,7 +40,7 @@ from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Linear, Node, Population, Readout
 from ..linear import MAX_DENSE_ENTRIES, LinearOp, upsample_op
-from ..nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, check_finite, digest
+from ..nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, SubtractiveIF, check_finite, digest
 from ..nir_normalise import NEURON_PARAMS, NON_SPIKING, SPIKING, conv_padding, pairs
 from ..pass_manager import CompileContext, Pass
 from ..readout import ReadoutFilter
@@ -68,7 +69,8 @@ def _decay(per_step: np.ndarray, what: str, name: str, problems: list[str]) -> f
     return decay
 
 
-def _neuron(name: str, node: nir.NIRNode, dt: float, problems: list[str]) -> tuple[Population, np.ndarray | None]:
+def _neuron(name: str, node: nir.NIRNode, dt: float, timestep: int,
+            problems: list[str]) -> tuple[Population, np.ndarray | None]:
     """The population of a spiking NIR neuron and the per-neuron factor on its inputs (None: all 1).
 
     In NIR units a neuron computes ``v = decay * v + g * u + b`` (u: its input, through the synaptic
@@ -109,8 +111,12 @@ def _neuron(name: str, node: nir.NIRNode, dt: float, problems: list[str]) -> tup
     else:
         factor = theta * gain / thr
         bias = theta * leak / thr
-    population = Population(name, shape, threshold=theta, decay=decay, bias=np.array(bias, dtype=np.float64),
-                            current_decay=current_decay)
+    bias = np.array(bias, dtype=np.float64)
+    if isinstance(node, SubtractiveIF):  # v starts every call at v_initial: a bias of its first logical step
+        start = f("v_initial") / gain.flat[0] if factor is None else theta * f("v_initial") / thr
+        bias = np.stack([np.broadcast_to(bias, shape) + start, *[np.broadcast_to(bias, shape)] * (timestep - 1)])
+    population = Population(name, shape, threshold=theta, decay=decay, bias=bias, current_decay=current_decay,
+                            subtractive_reset=isinstance(node, SubtractiveIF))
     return population, factor
 
 
@@ -133,13 +139,13 @@ def _time_constants(node: nir.NIRNode) -> list[np.ndarray]:
     return []
 
 
-def _spiking(name: str, node: nir.NIRNode, dt: float, problems: list[str]) -> _Imported | None:
+def _spiking(name: str, node: nir.NIRNode, dt: float, timestep: int, problems: list[str]) -> _Imported | None:
     """A spiking NIR neuron: one population, or one per distinct set of time constants (``_split``)."""
     taus = _time_constants(node)
     keys = np.stack([t.reshape(-1) for t in taus], axis=1) if taus else np.zeros((0, 0))
     if taus and len(np.unique(keys, axis=0)) > 1:
-        return _split(name, node, keys, dt, problems)
-    population, factor = _neuron(name, node, dt, problems)
+        return _split(name, node, keys, dt, timestep, problems)
+    population, factor = _neuron(name, node, dt, timestep, problems)
     if (getattr(node, "metadata", None) or {}).get("snc.role") == "and":
         population.role = "and"  # snc's export of a spike AND (threshold 1.5 on two unit inputs)
     if factor is None:
@@ -150,7 +156,8 @@ def _spiking(name: str, node: nir.NIRNode, dt: float, problems: list[str]) -> _I
     return _Imported(population, scale, edges=[Edge(scale.name, name, LinearOp.identity(population.shape))])
 
 
-def _split(name: str, node: nir.NIRNode, keys: np.ndarray, dt: float, problems: list[str]) -> _Imported | None:
+def _split(name: str, node: nir.NIRNode, keys: np.ndarray, dt: float, timestep: int,
+           problems: list[str]) -> _Imported | None:
     """Neurons whose time constants differ: one population per distinct set (``<name>.part<k>``; Lava's LIF
     takes one du and dv per process), exact. Their inputs are gathered from ``<name>.input`` (times each
     neuron's input factor) and their spikes scattered back into ``<name>``, an identity that the node's
@@ -173,7 +180,7 @@ def _split(name: str, node: nir.NIRNode, keys: np.ndarray, dt: float, problems: 
             value = getattr(node, key, None)
             if value is not None:
                 setattr(part, key, np.asarray(value, dtype=np.float64).reshape(-1)[members])
-        population, factor = _neuron(f"{name}.part{k}", part, dt, problems)
+        population, factor = _neuron(f"{name}.part{k}", part, dt, timestep, problems)
         gather = np.zeros((members.size, n))
         gather[np.arange(members.size), members] = 1.0 if factor is None else factor
         scatter = np.zeros((n, members.size))
@@ -382,7 +389,7 @@ def _import_node(name: str, node: nir.NIRNode, timestep: int, dt: float, readout
         shape = tuple(int(v) for v in np.asarray(node.output_type["output"]))
         return _Imported(Readout(name, shape, bias=np.zeros(shape)))
     if isinstance(node, SPIKING):
-        return _spiking(name, node, dt, problems)
+        return _spiking(name, node, dt, timestep, problems)
     if isinstance(node, NON_SPIKING):
         if name not in readout_of:
             problems.append(f"{name}: a non-spiking {type(node).__name__} is supported only as the neuron the "

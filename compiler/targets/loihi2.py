@@ -72,7 +72,8 @@ class Loihi2(Target):
             reset = (0, 0) if p.role == "relay" else window_reset(p.depth, length)
             groups[p.name] = NeuronGroup(p.name, tuple(p.shape), reset_interval=reset[0], reset_offset=reset[1],
                                          depth=p.depth, role=p.role, scale=float(p.scale) if fixed else 1.0,
-                                         threshold=float(p.threshold), **params)
+                                         threshold=float(p.threshold), subtractive_reset=p.subtractive_reset,
+                                         **params)
         synapses, host_ops = [], []
         inputs: dict[str, float] = {}
         for e in graph.edges:

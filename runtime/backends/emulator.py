@@ -21,7 +21,8 @@ Lava's arithmetic, replicated (``platform-facts.md``):
   the shift and the sum are int32 and ``wrap`` subtracts 2^24 above 2^23 and
   adds it at or below -2^23 (once); ``v = clip(trunc0(v * (4096 - dv) / 4096)
   + u + (bias_mant << bias_exp), +-(2^23 - 1))``; spike when
-  ``v > vth << 6``, then ``v = 0``; ``LIFReset`` zeroes u and v first at
+  ``v > vth << 6``, then ``v = 0`` (``v -= vth << 6`` for a reset by
+  subtraction); ``LIFReset`` zeroes u and v first at
   steps with ``time_step % reset_interval == reset_offset``;
 - the readout (Lava's Extractor) sums its synapses' int32 outputs exactly;
 - snc's step processes (``lava_processes/step.py``): a gained synapse's
@@ -453,7 +454,10 @@ def _integrate_v(g: NeuronGroup, st: _State, x: torch.Tensor, spikes: np.ndarray
         if upper:
             np.minimum(v, V_LIMIT, out=v)
         quiet = np.less_equal(v, threshold, out=spikes[j])
-        v *= quiet  # spiking neurons reset to 0
+        if g.subtractive_reset:  # snc's StepBiasLIFReset: v -= vth << 6 where it spiked
+            v -= threshold * ~quiet
+        else:
+            v *= quiet  # spiking neurons reset to 0
         np.logical_not(quiet, out=spikes[j])
         if trace:
             v_trace[j] = v

@@ -5,7 +5,8 @@ group is ``batch`` copies long and every sparse/dense synapse block-diagonal),
 so a whole batch of images advances with one Lava time step. Per netlist item:
 
 - neuron group: ``LIFReset`` (``reset_interval > 0``) or ``LIF``;
-  ``StepBiasLIFReset`` (``lava_processes/step.py``) for a bias per logical step;
+  ``StepBiasLIFReset`` (``lava_processes/step.py``) for a bias per logical step
+  or a reset by subtraction;
 The backend runs netlists of the ``loihi2`` target (``LavaBackend``,
 registered as ``lava``) in both of its modes.
 
@@ -162,14 +163,16 @@ class LavaNetwork:
             else:
                 params = dict(du=float(g.du), dv=float(g.dv), vth=float(g.vth),
                               bias_mant=np.tile(g.bias_mant, batch).astype(np.float64), bias_exp=0)
-            if g.per_step:
+            if g.per_step or g.subtractive_reset:
                 from .lava_processes.step import StepBiasLIFReset
-                rows = step_rows(net, g.name, 1, self.length)  # one table row per step of a call
-                mant, exp = params.pop("bias_mant")[rows], params.pop("bias_exp")
-                exp = exp[rows] if np.ndim(exp) else np.zeros(mant.shape, np.int64)
+                # one table row per step of a call (one row: the same bias every step)
+                rows = step_rows(net, g.name, 1, self.length) if g.per_step else [0]
+                mant, exp = params.pop("bias_mant"), params.pop("bias_exp")
+                exp = np.broadcast_to(exp, mant.shape)  # (floating_pt: 0)
+                mant, exp = (mant[rows], exp[rows]) if g.per_step else (mant[None], exp[None].copy())
                 proc = StepBiasLIFReset(shape=(n,), name=g.name, reset_interval=g.reset_interval,
                                         reset_offset=g.reset_offset, bias_table_mant=mant, bias_table_exp=exp,
-                                        **params)
+                                        subtractive_reset=g.subtractive_reset, **params)
             elif g.reset_interval:
                 proc = LIFReset(shape=(n,), name=g.name, reset_interval=g.reset_interval,
                                 reset_offset=g.reset_offset, **params)

@@ -228,8 +228,10 @@ class Supervised:
         deadline = None if limit is None else time.monotonic() + limit
         while not self._conn.poll(POLL):
             problem = self._problem()
-            if problem:
+            if problem and not self._conn.poll(0):  # (a worker that answered and exited: its answer says why)
                 raise SncError(problem)
+            if problem:
+                break
             if deadline is not None and time.monotonic() > deadline:
                 what = f"a {self.what} call took longer than --timeout {limit:g} s" if doing == "call" else \
                     f"{doing} the {self.what} network took longer than {limit:g} s"
@@ -240,7 +242,7 @@ class Supervised:
             raise SncError(self._problem() or f"the {self.what} worker process ended without an answer") from None
         if status in ("error", "crash"):  # a process that died first is the cause: say that
             time.sleep(POLL)  # its parent may be about to see it (a zombie for a moment) or reap it
-            problem = self._problem()
+            problem = self._problem(answered=True)
             if problem:
                 raise SncError(problem)
         if status == "error":
@@ -249,16 +251,21 @@ class Supervised:
             raise RuntimeError(f"the {self.what} worker failed: {value}")
         return value
 
-    def _problem(self) -> Optional[str]:
+    def _problem(self, answered: bool = False) -> Optional[str]:
         """What died in the run, if anything (a zombie tells how; a process its parent reaped at once does not,
-        but the kernel's count of out-of-memory kills does)."""
+        but the kernel's count of out-of-memory kills does). ``answered``: the worker has sent its answer (an
+        error), after which it may exit: only another death, or its own by a signal, is a problem."""
         self._read_births()
         members = group_members(self.pgid)
         dead = [m for m in members.values() if m.state in ("Z", "X")]
         gone = [m for pid, m in self._seen.items() if pid not in members]
         self._seen.update(members)
-        if not self._worker.is_alive():
-            dead.append(Member(self.pgid, f"the {self.what} worker", "Z", self._worker.exitcode or 0))
+        if not self._worker.is_alive() and self.pgid not in members:
+            code = self._worker.exitcode or 0  # multiprocessing's: -signal or the exit code
+            dead.append(Member(self.pgid, f"the {self.what} worker", "Z", -code if code < 0 else code << 8))
+        if answered:
+            dead = [m for m in dead if m.pid != self.pgid or m.exit_status & 0x7F]
+            gone = [m for m in gone if m.pid != self.pgid]
         if not dead and not gone:
             return None
         said = [describe_death(m) for m in dead] + [f"process {m.pid} ({m.name}) ended (its parent reaped it: how is not known)"

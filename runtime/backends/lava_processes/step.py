@@ -15,7 +15,11 @@ and the convs' biases become a bias per step of the population:
   step to its logical step, ``compiler/netlist.py::logical_steps``).
 - ``StepBiasLIFReset``: Lava's ``LIFReset`` whose ``bias_mant`` and
   ``bias_exp`` are taken from row ``(ts - 1) % rows`` of a table before
-  every step; everything else is LIFReset's.
+  every step; with ``subtractive_reset`` a spike subtracts the threshold
+  from v (fixed_pt: ``vth << 6``, what the spike test compares with) instead
+  of setting it to 0: the IF neuron of an ANN-to-SNN conversion, whose
+  spike count is its input's quantized rate only with this reset. Everything
+  else is LIFReset's.
 
 On Loihi 2 both are a multiply or a table read per neuron and step in the
 neuron's microcode: the same kind of work as its decays.
@@ -47,10 +51,13 @@ class StepGainSparse(Sparse):
 
 
 class StepBiasLIFReset(LIFReset):
-    """``LIFReset`` with a bias per step: ``bias_table_mant`` / ``bias_table_exp`` [steps per call, n]."""
+    """``LIFReset`` with a bias per step: ``bias_table_mant`` / ``bias_table_exp`` [steps per call, n], and
+    optionally reset by subtraction."""
 
-    def __init__(self, *, shape, bias_table_mant: np.ndarray, bias_table_exp: np.ndarray, **kwargs) -> None:
+    def __init__(self, *, shape, bias_table_mant: np.ndarray, bias_table_exp: np.ndarray,
+                 subtractive_reset: bool = False, **kwargs) -> None:
         super().__init__(shape=shape, bias_mant=bias_table_mant[0], bias_exp=bias_table_exp[0], **kwargs)
+        self.proc_params["subtractive_reset"] = bool(subtractive_reset)  # as LIFReset keeps its reset_interval
         self.bias_table_mant = Var(shape=bias_table_mant.shape, init=bias_table_mant)
         self.bias_table_exp = Var(shape=bias_table_exp.shape, init=bias_table_exp)
 
@@ -111,6 +118,12 @@ class PyStepBiasLifResetModelBitAcc(PyLifResetModelBitAcc):
         self.bias_exp[:] = self.bias_table_exp[row]
         super().run_spk()
 
+    def reset_voltage(self, spike_vector: np.ndarray) -> None:
+        if self.proc_params["subtractive_reset"]:
+            self.v[spike_vector] -= self.effective_vth
+        else:
+            super().reset_voltage(spike_vector)
+
 
 @implements(proc=StepBiasLIFReset, protocol=LoihiProtocol)
 class PyStepBiasLifResetModelFloat(PyLifResetModelFloat):
@@ -121,3 +134,9 @@ class PyStepBiasLifResetModelFloat(PyLifResetModelFloat):
     def run_spk(self) -> None:
         self.bias_mant[:] = self.bias_table_mant[_row(self.time_step, self.bias_table_mant)]
         super().run_spk()
+
+    def reset_voltage(self, spike_vector: np.ndarray) -> None:
+        if self.proc_params["subtractive_reset"]:
+            self.v[spike_vector] -= self.vth
+        else:
+            super().reset_voltage(spike_vector)
