@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,12 +49,14 @@ class DigitsClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-def train_classifier(seed: int = 0, epochs: int = 60) -> tuple[DigitsClassifier, float]:
-    """Train on the training split; returns the model and its held-out accuracy."""
+def train_classifier(seed: int = 0, epochs: int = 60,
+                     make: Callable[[], nn.Module] = DigitsClassifier) -> tuple[nn.Module, float]:
+    """Train ``make()`` (default: the FDD feature network) on the training split; returns the model and its
+    held-out accuracy."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = DigitsClassifier()
+        model = make()
     images, labels = digits("train")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     for _ in range(epochs):

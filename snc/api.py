@@ -404,3 +404,82 @@ def evaluate(samples: Union[PathLike, torch.Tensor]):
         return evaluate_samples(images)
     except ValueError as exc:
         raise SncError(f"{samples}: {exc}") from None
+
+
+@dataclass
+class Converted:
+    """An ANN converted to an SNN (``compiler/ann_to_snn.py``), with its agreement measured on examples."""
+    graph: nir.NIRGraph  # the SNN (snc.SubtractiveIF neurons), T = 2^bits - 1 steps per call
+    quantized: Any  # onnx.ModelProto: the quantized ANN (eq. 21) the SNN is measured against
+    source: str
+    bits: int
+    steps: int
+    thresholds: dict[str, float]  # activation tensor -> its clipping threshold s (= the neurons' threshold)
+    examples: int  # how many calibration examples the agreement was measured on
+    count_agreement: dict[str, float]  # per activation: spike counts equal to the quantized ANN's levels
+    output_rel_error: dict[str, float]  # "snn_vs_quantized_ann", "quantized_ann_vs_ann"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "bits": self.bits, "steps": self.steps, "thresholds": self.thresholds,
+                "examples": self.examples, "count_agreement": self.count_agreement,
+                "output_rel_error": self.output_rel_error, "neurons": self.neurons}
+
+    @property
+    def neurons(self) -> int:
+        from snc.compiler.nir_io import SubtractiveIF
+
+        return sum(int(np.prod(n.v_threshold.shape)) for n in self.graph.nodes.values() if isinstance(n, SubtractiveIF))
+
+
+def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndarray],
+            percentile: float = 99.9, examples: int = 64) -> Converted:
+    """A ReLU ANN (ONNX) as an SNN of IF neurons with reset by subtraction at ``bits`` bits (T = 2^bits - 1),
+    its clipping thresholds calibrated on ``calibration`` ([N, *input_shape] example inputs) at
+    ``percentile``; the SNN is run on the first ``examples`` of them (the float NIR reference executor) and
+    compared with the quantized ANN (onnx2torch's run of it)."""
+    import onnx
+
+    from snc.compiler.ann_to_snn import calibrate, convert as convert_ann, quantized_model, steps_of
+    from snc.compiler.frontends.onnx_ann import read_onnx, torch_module
+    from snc.runtime.nir_reference import NIRReference
+
+    path = Path(source)
+    if path.suffix != ".onnx":
+        raise SncError(f"{path}: snc converts ANNs held as ONNX (.onnx); export a torch ANN with torch.onnx.export")
+    T = steps_of(bits)
+    if not 1 <= examples:
+        raise SncError("examples must be at least 1")
+    ann = read_onnx(path)
+    data = calibration if isinstance(calibration, np.ndarray) else load_array(calibration, "calibration data")
+    thresholds = calibrate(ann, data, percentile)
+    graph = convert_ann(ann, thresholds, bits)
+    quantized = quantized_model(ann.model, thresholds, bits)
+    x = np.asarray(data[:examples], dtype=np.float32)
+    levels = [f"{name}/q/clipped" for name in thresholds]  # the quantized ANN's integer activations
+    probe = onnx.ModelProto()
+    probe.CopyFrom(quantized)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in levels)
+    with torch.no_grad():
+        outs = torch_module(probe, str(path))(torch.from_numpy(x))
+        ann_out = ann.module(torch.from_numpy(x)).double()
+    q_out, level_values = outs[0].double(), [o.numpy() for o in outs[1:]]
+    run = NIRReference(graph).run({"input": torch.from_numpy(np.repeat(x[None], T, axis=0)).double()}, record=True)
+    population = {tensor: node for node, tensor in _activation_nodes(graph).items()}
+    count_agreement = {tensor: float((run[population[tensor]].sum(0).numpy() == values).mean())
+                       for tensor, values in zip(thresholds, level_values)}
+    snn_out = run["output"][-1]
+    if graph.metadata.get("snc.output") == "spike counts":  # spikes worth the last activation's threshold
+        last = next(a for a, b in graph.edges if b == "output")
+        snn_out = run["output"].sum(0) * thresholds[graph.nodes[last].metadata["snc.activation"]] / T
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+    return Converted(graph, quantized, str(path), bits, T, thresholds, len(x), count_agreement,
+                     {"snn_vs_quantized_ann": rel(snn_out, q_out), "quantized_ann_vs_ann": rel(q_out, ann_out)})
+
+
+def _activation_nodes(graph: nir.NIRGraph) -> dict[str, str]:
+    """NIR node -> the ANN activation tensor it converts (the converter records it in the node's metadata)."""
+    return {name: str(node.metadata["snc.activation"]) for name, node in graph.nodes.items()
+            if "snc.activation" in (node.metadata or {})}

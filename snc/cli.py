@@ -254,6 +254,53 @@ def export(
                             + (f"; read it with dt = {result['dt']:g}" if nir_convention == "norse" else "")])
 
 
+@app.command()
+def convert(
+    model: Path = typer.Argument(..., help="a ReLU ANN as ONNX (.onnx; torch ANNs: torch.onnx.export)"),
+    bits: int = typer.Option(..., "--bits", help="activation bits b: T = 2^b - 1 spiking steps per call"),
+    output: Path = typer.Option(..., "-o", "--output", help="the SNN to write (.nir); beside it go the quantized "
+                                "ANN (<name>.quantized.onnx) and 16 of the examples as a constant input per step "
+                                "(<name>.inputs.npy: for snc compile --calibrate and snc run --input)"),
+    calibrate: Path = typer.Option(..., "--calibrate", help=".npy of example inputs [N, *input shape]: the "
+                                   "clipping thresholds are a percentile of each activation on them"),
+    percentile: float = typer.Option(99.9, "--percentile", help="of each activation's positive values"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Convert a ReLU ANN to an SNN (SDM section VI): activations quantized to b bits, IF neurons with reset by
+    subtraction starting each call at half their threshold; compile the result with snc compile."""
+    import onnx
+
+    from snc import api
+    from snc.compiler.nir_io import write_graph
+
+    if output.suffix != ".nir":
+        raise SncError(f"{output}: -o must name a .nir file (the converted SNN)")
+    quantized_path = output.with_name(output.stem + ".quantized.onnx")
+    inputs_path = output.with_name(output.stem + ".inputs.npy")
+    _output_file(output)
+    examples = api.load_array(calibrate, "calibration data")
+    converted = api.convert(model, bits=bits, calibration=examples, percentile=percentile)
+    write_graph(output, converted.graph)
+    try:
+        onnx.save(converted.quantized, str(quantized_path))
+        np.save(inputs_path, np.repeat(examples[None, :16].astype(np.float32), converted.steps, axis=0))
+    except OSError as exc:
+        raise SncError(f"cannot write beside {output}: {exc}") from None
+    result = converted.as_dict() | {"nir": str(output), "quantized_ann": str(quantized_path),
+                                    "inputs": str(inputs_path)}
+    agreement = ", ".join(f"{k} {v:.2%}" for k, v in converted.count_agreement.items())
+    errors = converted.output_rel_error
+    _emit(result, as_json, [
+        f"wrote {output}: {converted.neurons:,} IF neurons (reset by subtraction), T = {converted.steps} steps per "
+        f"call ({bits} bits); the quantized ANN: {quantized_path}",
+        f"on {converted.examples} calibration examples (float NIR reference, constant input): spike counts equal "
+        f"to the quantized ANN's activations: {agreement}",
+        f"output relative error: SNN vs quantized ANN {errors['snn_vs_quantized_ann']:.2e}, quantized ANN vs ANN "
+        f"{errors['quantized_ann_vs_ann']:.2e}",
+        f"compile it: snc compile {output} --calibrate {inputs_path} -o BUILD; run it: snc run BUILD --input "
+        f"{inputs_path}"])
+
+
 @app.command("compile")
 def compile_cmd(
     model: Optional[Path] = typer.Argument(None, help="snc checkpoint (.pt), the public code's (with --arch) or NIR "

@@ -24,6 +24,7 @@ import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,11 +48,17 @@ LOAD_FACTOR = 4  # memory to parse a file and build its module, per byte of the 
 
 @dataclass
 class OnnxAnn:
-    """An ANN read from ONNX: its torch module (eval mode, float32) and what it takes."""
+    """An ANN read from ONNX: the model as checked (constants folded, Resizes in torch's form), its torch
+    module (eval mode, float32) and what it takes."""
+    model: Any  # onnx.ModelProto
     module: torch.fx.GraphModule
     input_shape: tuple[int, ...]  # one example, without the batch dimension
-    ops: dict[str, str]  # node name -> op type, in the file's order
     source: str
+
+    @property
+    def ops(self) -> dict[str, str]:
+        """Node name -> op type, in the file's order (constants folded away)."""
+        return {node.name or f"#{i}": node.op_type for i, node in enumerate(self.model.graph.node)}
 
 
 def read_onnx(path: Path) -> OnnxAnn:
@@ -82,10 +89,10 @@ def read_onnx(path: Path) -> OnnxAnn:
         raise GraphError(f"{path}: an invalid ONNX model: {_one_line(exc)}") from None
     shape = _input_shape(model, path)
     _check_activations_fit(inferred, path)
-    module = _to_torch(_nearest_as_torch(_fold_constants(_current_opset(model, path), path), path), path)
+    model = _nearest_as_torch(_fold_constants(_current_opset(model, path), path), path)
+    module = torch_module(model, str(path))
     _check_runs(module, shape, path)
-    ops = {node.name or f"#{i}": node.op_type for i, node in enumerate(model.graph.node)}
-    return OnnxAnn(module, shape, ops, str(path))
+    return OnnxAnn(model, module, shape, str(path))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -244,7 +251,8 @@ def _nearest_as_torch(model, path: Path):
     return model
 
 
-def _to_torch(model, path: Path) -> torch.fx.GraphModule:
+def torch_module(model, source: str) -> torch.fx.GraphModule:
+    """onnx2torch's module of ``model`` (float32, eval mode); refused where it converts only approximately."""
     from onnx2torch import convert
 
     try:
@@ -252,10 +260,10 @@ def _to_torch(model, path: Path) -> torch.fx.GraphModule:
             warnings.simplefilter("always")
             module = convert(model)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError, KeyError, ...
-        raise GraphError(f"{path}: onnx2torch cannot convert it: {_one_line(exc)}") from None
+        raise GraphError(f"{source}: onnx2torch cannot convert it: {_one_line(exc)}") from None
     approximate = sorted({" ".join(str(w.message).split()) for w in said if issubclass(w.category, UserWarning)})
     if approximate:  # onnx2torch warns where its torch module may differ from the ONNX op
-        raise GraphError(f"{path}: onnx2torch converts it only approximately: {'; '.join(approximate)}")
+        raise GraphError(f"{source}: onnx2torch converts it only approximately: {'; '.join(approximate)}")
     return module.float().eval()
 
 

@@ -1,0 +1,485 @@
+"""ANN-to-SNN conversion (SDM section VI, after Fast-SNN): a ReLU ANN read from ONNX becomes a NIR graph of IF
+neurons that reset by subtraction, whose spike counts are the quantized ANN's integer activations.
+
+Quantization (eq. 21): every activation (Relu, or Clip from 0) is replaced by
+``Q = s/T * clip(floor(T * x / s + 1/2), 0, T)`` with ``T = 2^b - 1`` steps and a clipping threshold ``s`` per
+activation, calibrated on example inputs: a percentile of its positive values (``calibrate``), at most a
+Clip's ceiling. ``quantized_model`` writes that ANN as ONNX (Mul, Add, Floor, Clip), for onnxruntime or
+onnx2torch to run: the quantized ANN the SNN is measured against.
+
+Conversion (eqs. 22-24): each activation becomes an ``snc.SubtractiveIF`` population with threshold ``s`` and
+membrane ``s/2`` at the start of every call (floor becomes round), so that over T steps of a constant current
+I it fires ``clip(round(T * I / s), 0, T)`` times: the quantized activation, exactly, in the first layer
+(deeper layers see spike trains, not constant currents: their agreement is measured, not promised). A spike
+of that population is worth ``s``: the weights of every layer it feeds are multiplied by ``s`` (eq. 24).
+The ANN's input enters the first layers as a current every step (its MACs are host work); the output, when
+not an activation, is read through an integrator (``nir.I`` with ``r = 1 / (T dt)``) whose value after the
+last step is the mean over the call: the quantized ANN's output.
+
+How the graph is built: every tensor of the ANN is a ``Value``, a sum of ``Term``s (a NIR node's output, the
+factor its spikes are worth, and which rows of the tensor's first axis it covers). A linear op (Conv, Gemm,
+MatMul, the pools, Resize, Flatten) makes one NIR node per term, weights sliced to the rows the term covers
+and scaled by its factor, and NIR sums their outputs where they meet; so residual Adds are more edges and a
+channel Concat followed by a conv is the conv's weights split by input channel (the U-Net's skips).
+BatchNormalization is folded into the conv before it; an Add of a constant into the bias of the layer before
+it. Whatever else the conversion cannot map is listed in one error.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import nir
+import numpy as np
+import torch
+
+from snc.errors import GraphError
+
+from .frontends.onnx_ann import OnnxAnn, torch_module
+from .nir_io import NIR_DT, NearestUpsample2d, SubtractiveIF
+
+ACTIVATIONS = ("Relu", "Clip")
+PASS_THROUGH = ("Identity", "Cast", "Dropout")
+MAX_BITS = 8  # T = 255 steps per call
+DEFAULT_PERCENTILE = 99.9
+
+
+def steps_of(bits: int) -> int:
+    """T = 2^b - 1 spiking steps per call for b bits (eq. 21's number of quantized levels)."""
+    if not 1 <= bits <= MAX_BITS:
+        raise GraphError(f"--bits must be in 1..{MAX_BITS} (T = 2^bits - 1 steps per call), not {bits}")
+    return 2 ** bits - 1
+
+
+# --- quantization (eq. 21) -----------------------------------------------------------------------------------
+
+def _constants(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _attrs(node) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def activations(model) -> dict[str, Optional[float]]:
+    """Output tensor -> ceiling (a Clip's max, else None) of every activation, in graph order; refuses a Clip
+    whose floor is not 0 (eq. 21 quantizes a ReLU)."""
+    consts = _constants(model)
+    found: dict[str, Optional[float]] = {}
+    problems = []
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in ACTIVATIONS:
+            continue
+        ceiling = None
+        if node.op_type == "Clip":
+            bounds = [float(consts[n]) if n in consts else None for n in list(node.input[1:3]) + [""] * 2][:2]
+            floor, ceiling = bounds
+            if floor != 0:
+                problems.append(f"{node.name or f'#{i}'} (Clip from {floor}): only a ReLU's floor 0 is quantized")
+            if ceiling is not None and not ceiling > 0:
+                problems.append(f"{node.name or f'#{i}'} (Clip to {ceiling}): the ceiling must be positive")
+        found[node.output[0]] = ceiling
+    if problems:
+        raise GraphError("; ".join(problems))
+    if not found:
+        raise GraphError("the ANN has no ReLU (or Clip from 0): nothing becomes a spiking neuron")
+    return found
+
+
+def calibrate(ann: OnnxAnn, data: np.ndarray, percentile: float = DEFAULT_PERCENTILE,
+              batch: int = 256) -> dict[str, float]:
+    """The clipping threshold s of every activation: the ``percentile`` of its positive values over ``data``
+    ([N, *input_shape]), at most its Clip's ceiling (activations that never fire keep the ceiling, or 1)."""
+    import onnx
+
+    if not 0 < percentile <= 100:
+        raise GraphError(f"--percentile must be in (0, 100], not {percentile}")
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != len(ann.input_shape) + 1 or tuple(data.shape[1:]) != ann.input_shape or len(data) == 0:
+        raise GraphError(f"calibration data must be [N, {', '.join(map(str, ann.input_shape))}] example inputs of "
+                         f"the ANN, not {list(data.shape)}")
+    if not np.isfinite(data).all():
+        raise GraphError("calibration data holds NaN or inf")
+    ceilings = activations(ann.model)
+    probe = copy.deepcopy(ann.model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in ceilings)
+    module = torch_module(probe, ann.source)
+    values: dict[str, list[np.ndarray]] = {name: [] for name in ceilings}
+    with torch.no_grad():
+        for start in range(0, len(data), batch):
+            outs = module(torch.from_numpy(data[start:start + batch]))
+            outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+            for name, out in zip(ceilings, outs):
+                positive = out.numpy().reshape(-1)
+                values[name].append(positive[positive > 0])
+    thresholds = {}
+    for name, ceiling in ceilings.items():
+        seen = np.concatenate(values[name])
+        s = float(np.percentile(seen, percentile)) if seen.size else (ceiling or 1.0)
+        thresholds[name] = min(s, ceiling) if ceiling is not None else s
+    return thresholds
+
+
+def quantized_model(model, thresholds: dict[str, float], bits: int):
+    """A copy of ``model`` whose activations are eq. 21's quantizers (Mul, Add, Floor, Clip, Mul in ONNX)."""
+    from onnx import helper, numpy_helper
+
+    T = steps_of(bits)
+    q = copy.deepcopy(model)
+    nodes = []
+    for node in q.graph.node:
+        if node.output[0] not in thresholds:
+            nodes.append(node)
+            continue
+        s, x, y = thresholds[node.output[0]], node.input[0], node.output[0]
+        k = f"{y}/q"
+        q.graph.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), f"{k}/{n}") for n, v in
+                                    (("in", T / s), ("half", 0.5), ("zero", 0.0), ("top", float(T)), ("out", s / T))])
+        nodes += [helper.make_node("Mul", [x, f"{k}/in"], [f"{k}/scaled"], name=f"{k}/scale"),
+                  helper.make_node("Add", [f"{k}/scaled", f"{k}/half"], [f"{k}/shifted"], name=f"{k}/shift"),
+                  helper.make_node("Floor", [f"{k}/shifted"], [f"{k}/level"], name=f"{k}/floor"),
+                  helper.make_node("Clip", [f"{k}/level", f"{k}/zero", f"{k}/top"], [f"{k}/clipped"], name=f"{k}/clip"),
+                  helper.make_node("Mul", [f"{k}/clipped", f"{k}/out"], [y], name=f"{k}/value")]
+    del q.graph.node[:]
+    q.graph.node.extend(nodes)
+    return q
+
+
+# --- conversion (eqs. 22-24) -----------------------------------------------------------------------------------
+
+@dataclass
+class Term:
+    node: str  # the NIR node whose output this is
+    factor: float  # what one unit of its output is worth (s for the spikes of an activation)
+    start: int  # the rows of the value's first axis it covers
+    stop: int
+
+
+@dataclass
+class Value:
+    shape: tuple[int, ...]  # without the batch
+    terms: list[Term]
+    made: list[str] = field(default_factory=list)  # the nodes a linear op just made (a BatchNorm / bias folds in)
+
+
+class _Builder:
+    def __init__(self, model, thresholds: dict[str, float], bits: int, dt: float) -> None:
+        self.model, self.thresholds, self.T, self.dt = model, thresholds, steps_of(bits), dt
+        self.consts = _constants(model)
+        self.shapes = _shapes(model)
+        self.nodes: dict[str, nir.NIRNode] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.values: dict[str, Value] = {}
+        self.problems: list[str] = []
+        self.users = _users(model)
+
+    def add(self, name: str, node: nir.NIRNode, inputs: list[str]) -> str:
+        key = name.replace("/", ".").strip(".") or "node"
+        while key in self.nodes:
+            key += "_"
+        self.nodes[key] = node
+        self.edges += [(i, key) for i in inputs]
+        return key
+
+    def per_term(self, name: str, value: Value, make: Callable[[Term, int], nir.NIRNode],
+                 out_rows: Callable[[Term], tuple[int, int]], shape: tuple[int, ...], weighted: bool) -> Value:
+        """One node per term (``make(term, index)``); the new terms cover ``out_rows(term)``. A ``weighted``
+        op took each term's factor into its weights; any other (a pool, a resize) passes it on."""
+        terms = []
+        for i, term in enumerate(value.terms):
+            node = self.add(f"{name}.{i}" if len(value.terms) > 1 else name, make(term, i), [term.node])
+            terms.append(Term(node, 1.0 if weighted else term.factor, *out_rows(term)))
+        return Value(shape, terms, [t.node for t in terms] if weighted else [])
+
+    def into_one(self, name: str, value: Value, node: nir.NIRNode) -> str:
+        """``node`` fed by the whole value: each term's factor through an nir.Scale where it is not 1."""
+        target = self.add(name, node, [])
+        for term in value.terms:
+            if (term.start, term.stop) != (0, value.shape[0]):
+                raise _Refused("a Concat that feeds an activation or the output directly (snc splits a concat "
+                               "into the weights of the layer it feeds)")
+            source = term.node
+            if term.factor != 1.0:
+                source = self.add(f"{term.node}.worth", nir.Scale(np.full(value.shape, term.factor)), [term.node])
+            self.edges.append((source, target))
+        return target
+
+
+class _Refused(Exception):
+    pass
+
+
+def _shapes(model) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape without its batch (onnx's shape inference at batch 1)."""
+    import onnx
+
+    m = copy.deepcopy(model)
+    for value in [*m.graph.input, *m.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    del m.graph.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    found = {}
+    for value in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if dims:
+            found[value.name] = tuple(int(d) for d in dims[1:])
+    return found
+
+
+def _users(model) -> dict[str, int]:
+    count: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            count[name] = count.get(name, 0) + 1
+    for out in model.graph.output:
+        count[out.name] = count.get(out.name, 0) + 1
+    return count
+
+
+def _pads(attrs: dict, node_name: str, spatial: int = 2) -> tuple[int, ...]:
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+        raise _Refused(f"auto_pad {attrs['auto_pad'].decode()} (give explicit pads)")
+    pads = list(attrs.get("pads", [0] * 2 * spatial))
+    if pads[:spatial] != pads[spatial:]:
+        raise _Refused(f"asymmetric pads {pads} (NIR's convolutions pad both sides alike)")
+    return tuple(int(p) for p in pads[:spatial])
+
+
+def convert(ann: OnnxAnn, thresholds: dict[str, float], bits: int, dt: float = NIR_DT) -> nir.NIRGraph:
+    """The SNN of ``ann`` quantized at ``bits`` with ``thresholds`` (``calibrate``): a NIR graph of T = 2^b - 1
+    steps per call (metadata ``snc.timestep``, ``snc.dt``)."""
+    b = _Builder(ann.model, thresholds, bits, dt)
+    graph_input = next(i.name for i in ann.model.graph.input if i.name not in b.consts)
+    entry = b.add("input", nir.Input(input_type={"input": np.array(ann.input_shape)}), [])
+    b.values[graph_input] = Value(ann.input_shape, [Term(entry, 1.0, 0, ann.input_shape[0])])
+    handlers = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm, "Add": _add,
+                "Concat": _concat, "Resize": _resize, "Upsample": _resize, "AveragePool": _avgpool,
+                "GlobalAveragePool": _global_avgpool, "Flatten": _flatten, "Reshape": _reshape, "Relu": _activation,
+                "Clip": _activation}
+    for i, node in enumerate(ann.model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        try:
+            if node.op_type in PASS_THROUGH:
+                b.values[node.output[0]] = b.values[node.input[0]]
+            elif node.op_type in handlers:
+                b.values[node.output[0]] = handlers[node.op_type](b, node, name)
+            else:
+                raise _Refused("not an op the conversion maps")
+        except _Refused as exc:
+            b.problems.append(f"{name} ({node.op_type}): {exc}")
+        except KeyError as exc:  # an input that an earlier refused node should have made
+            if not b.problems:
+                b.problems.append(f"{name} ({node.op_type}): input {exc} is neither a constant nor computed")
+    if b.problems:
+        raise GraphError(f"{ann.source}: the conversion cannot map {len(b.problems)} node(s): "
+                         + "; ".join(b.problems))
+    out_name = ann.model.graph.output[0].name
+    result = b.values[out_name]
+    spikes_out = len(result.terms) == 1 and result.terms[0].node in b.nodes and \
+        isinstance(b.nodes[result.terms[0].node], SubtractiveIF)
+    if spikes_out:
+        source = result.terms[0].node
+    else:  # a linear output: its mean over the call, integrated on the host (eq. 24's average)
+        source = b.into_one("readout", result, nir.I(r=np.full(result.shape, 1.0 / (b.T * dt))))
+    b.add("output", nir.Output(output_type={"output": np.array(result.shape)}), [source])
+    meta = {"snc.dt": dt, "snc.timestep": b.T, "snc.conversion": f"ANN-to-SNN at {bits} bits (T = {b.T}) of "
+            f"{ann.source}", "snc.output": "spike counts" if spikes_out else "mean of the linear output"}
+    return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=meta)
+
+
+# --- the ops ---------------------------------------------------------------------------------------------------
+
+def _const(b: _Builder, name: str, what: str) -> np.ndarray:
+    if name not in b.consts:
+        raise _Refused(f"its {what} must be a constant (an initializer)")
+    return b.consts[name].astype(np.float64)
+
+
+def _conv(b: _Builder, node, name: str) -> Value:
+    x, attrs = b.values[node.input[0]], _attrs(node)
+    w = _const(b, node.input[1], "weight")
+    bias = _const(b, node.input[2], "bias") if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0])
+    if w.ndim != 4:
+        raise _Refused(f"a {w.ndim - 2}-d convolution (snc converts 2-d ones)")
+    groups = int(attrs.get("group", 1))
+    stride = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+    dilation = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
+    padding = _pads(attrs, name)
+    if groups != 1 and any((t.start, t.stop) != (0, x.shape[0]) for t in x.terms):
+        raise _Refused("a grouped convolution of a concatenation")
+    out = b.shapes[node.output[0]]
+
+    def make(term: Term, i: int) -> nir.NIRNode:
+        weight = w if groups != 1 else w[:, term.start:term.stop]
+        return nir.Conv2d(input_shape=x.shape[1:], weight=weight * term.factor, stride=stride, padding=padding,
+                          dilation=dilation, groups=groups, bias=bias if i == 0 else np.zeros_like(bias))
+
+    return b.per_term(name, x, make, lambda t: (0, out[0]), out, weighted=True)
+
+
+def _affine(b: _Builder, name: str, x: Value, weight: np.ndarray, bias: np.ndarray) -> Value:
+    if len(x.shape) != 1:
+        raise _Refused(f"an input of shape {list(x.shape)} (flatten it first)")
+
+    def make(term: Term, i: int) -> nir.NIRNode:
+        return nir.Affine(weight=weight[:, term.start:term.stop] * term.factor,
+                          bias=bias if i == 0 else np.zeros_like(bias))
+
+    return b.per_term(name, x, make, lambda t: (0, weight.shape[0]), (weight.shape[0],), weighted=True)
+
+
+def _gemm(b: _Builder, node, name: str) -> Value:
+    attrs = _attrs(node)
+    if attrs.get("transA", 0):
+        raise _Refused("transA (the input must be the left operand as is)")
+    w = _const(b, node.input[1], "weight") * float(attrs.get("alpha", 1.0))
+    w = w if attrs.get("transB", 0) else w.T
+    bias = np.zeros(w.shape[0])
+    if len(node.input) > 2 and node.input[2]:
+        c = _const(b, node.input[2], "bias") * float(attrs.get("beta", 1.0))
+        bias = np.broadcast_to(c.reshape(-1) if c.size == w.shape[0] else c, (w.shape[0],)).astype(np.float64)
+    return _affine(b, name, b.values[node.input[0]], w, bias)
+
+
+def _matmul(b: _Builder, node, name: str) -> Value:
+    w = _const(b, node.input[1], "right operand")
+    if w.ndim != 2:
+        raise _Refused("a right operand that is not a matrix")
+    return _affine(b, name, b.values[node.input[0]], w.T, np.zeros(w.shape[1]))
+
+
+def _fold_into_made(b: _Builder, value: Value, weight_scale: Optional[np.ndarray], shift: np.ndarray) -> None:
+    """y = weight_scale * y + shift per output channel, folded into the nodes that just made ``value``."""
+    for i, key in enumerate(value.made):
+        node = b.nodes[key]
+        if weight_scale is not None:
+            node.weight = node.weight * weight_scale.reshape((-1,) + (1,) * (node.weight.ndim - 1))
+            node.bias = node.bias * weight_scale
+        if i == 0:
+            node.bias = node.bias + shift
+
+
+def _foldable(b: _Builder, tensor: str, value: Value) -> bool:
+    """``value`` (the tensor ``tensor``) was just made by convs or affine layers and feeds one node only."""
+    return bool(value.made) and b.users.get(tensor, 0) == 1 and \
+        all(isinstance(b.nodes[k], (nir.Conv2d, nir.Affine)) for k in value.made)
+
+
+def _batchnorm(b: _Builder, node, name: str) -> Value:
+    x = b.values[node.input[0]]
+    if not _foldable(b, node.input[0], x) or not isinstance(b.nodes[x.made[0]], nir.Conv2d):
+        raise _Refused("it must follow a convolution that feeds nothing else (snc folds it into it)")
+    gamma, beta, mean, var = (_const(b, n, "statistics") for n in node.input[1:5])
+    scale = gamma / np.sqrt(var + float(_attrs(node).get("epsilon", 1e-5)))
+    _fold_into_made(b, x, scale, beta - mean * scale)
+    return Value(x.shape, x.terms, [])
+
+
+def _add(b: _Builder, node, name: str) -> Value:
+    left, right = node.input[0], node.input[1]
+    if left in b.consts or right in b.consts:
+        signal, const = (right, left) if left in b.consts else (left, right)
+        x = b.values[signal]
+        c = b.consts[const].astype(np.float64)
+        channels = x.shape[0]
+        if not _foldable(b, signal, x) or c.size != channels:
+            raise _Refused("an added constant is converted as the bias of the layer before it (one value per "
+                           "output channel, that layer feeding nothing else)")
+        _fold_into_made(b, x, None, c.reshape(-1))
+        return Value(x.shape, x.terms, [])
+    a, c = b.values[left], b.values[right]
+    if a.shape != c.shape:
+        raise _Refused(f"operands of shapes {list(a.shape)} and {list(c.shape)} (no broadcasting)")
+    return Value(a.shape, a.terms + c.terms)
+
+
+def _concat(b: _Builder, node, name: str) -> Value:
+    axis = int(_attrs(node).get("axis", 1))
+    parts = [b.values[n] for n in node.input]
+    rank = len(parts[0].shape) + 1
+    if axis % rank != 1:
+        raise _Refused(f"axis {axis} (snc converts concatenations of channels, axis 1)")
+    if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+        raise _Refused("parts of different sizes")
+    terms, offset = [], 0
+    for p in parts:
+        terms += [Term(t.node, t.factor, t.start + offset, t.stop + offset) for t in p.terms]
+        offset += p.shape[0]
+    return Value((offset, *parts[0].shape[1:]), terms)
+
+
+def _resize(b: _Builder, node, name: str) -> Value:
+    x = b.values[node.input[0]]
+    out = b.shapes[node.output[0]]
+    if len(x.shape) != 3 or out[1] % x.shape[1] or out[2] % x.shape[2] or out[1] // x.shape[1] != out[2] // x.shape[2]:
+        raise _Refused(f"from {list(x.shape)} to {list(out)}: snc upsamples images by one whole factor")
+    factor = out[1] // x.shape[1]
+    return b.per_term(name, x, lambda t, i: NearestUpsample2d(input_shape=(t.stop - t.start, *x.shape[1:]),
+                                                               scale=factor),
+                      lambda t: (t.start, t.stop), out, weighted=False)
+
+
+def _avgpool(b: _Builder, node, name: str) -> Value:
+    x, attrs = b.values[node.input[0]], _attrs(node)
+    kernel = tuple(int(v) for v in attrs["kernel_shape"])
+    stride = tuple(int(v) for v in attrs.get("strides", kernel))
+    padding = _pads(attrs, name)
+    if any(padding) and not attrs.get("count_include_pad", 0):
+        raise _Refused("padding without count_include_pad (NIR's AvgPool2d divides by the kernel's size)")
+    if attrs.get("ceil_mode", 0):
+        raise _Refused("ceil_mode")
+    out = b.shapes[node.output[0]]
+    return b.per_term(name, x, lambda t, i: nir.AvgPool2d(kernel_size=np.array(kernel), stride=np.array(stride),
+                                                          padding=np.array(padding)),
+                      lambda t: (t.start, t.stop), out, weighted=False)
+
+
+def _global_avgpool(b: _Builder, node, name: str) -> Value:
+    x = b.values[node.input[0]]
+    kernel = np.array(x.shape[1:])
+    return b.per_term(name, x, lambda t, i: nir.AvgPool2d(kernel_size=kernel, stride=kernel, padding=np.zeros(2)),
+                      lambda t: (t.start, t.stop), (x.shape[0], 1, 1), weighted=False)
+
+
+def _flat(b: _Builder, name: str, x: Value) -> Value:
+    inner = int(np.prod(x.shape[1:], dtype=np.int64))
+    return b.per_term(name, x, lambda t, i: nir.Flatten(input_type={"input": np.array((t.stop - t.start,
+                                                                                         *x.shape[1:]))},
+                                                        start_dim=0, end_dim=-1),
+                      lambda t: (t.start * inner, t.stop * inner), (int(np.prod(x.shape)),), weighted=False)
+
+
+def _flatten(b: _Builder, node, name: str) -> Value:
+    if int(_attrs(node).get("axis", 1)) != 1:
+        raise _Refused("axis other than 1 (the batch stays)")
+    x = b.values[node.input[0]]
+    return x if len(x.shape) == 1 else _flat(b, name, x)
+
+
+def _reshape(b: _Builder, node, name: str) -> Value:
+    x, out = b.values[node.input[0]], b.shapes[node.output[0]]
+    if out == x.shape:
+        return x
+    if len(out) == 1 and out[0] == int(np.prod(x.shape)):
+        return _flat(b, name, x)
+    raise _Refused(f"from {list(x.shape)} to {list(out)} (snc converts a flatten)")
+
+
+def _activation(b: _Builder, node, name: str) -> Value:
+    x = b.values[node.input[0]]
+    s = b.thresholds[node.output[0]]
+    theta = np.full(x.shape, s)
+    population = SubtractiveIF(r=np.full(x.shape, 1.0 / b.dt), v_threshold=theta, v_initial=theta / 2,
+                               metadata={"snc.activation": node.output[0]})
+    key = b.into_one(name, x, population)
+    return Value(x.shape, [Term(key, s, 0, x.shape[0])])
