@@ -3,8 +3,9 @@ neurons that reset by subtraction, whose spike counts are the quantized ANN's in
 
 Quantization (eq. 21): every activation (Relu, or Clip from 0) is replaced by
 ``Q = s/T * clip(floor(T * x / s + 1/2), 0, T)`` with ``T = 2^b - 1`` steps and a clipping threshold ``s`` per
-activation, calibrated on example inputs: a percentile of its positive values (``calibrate``), at most a
-Clip's ceiling. ``quantized_model`` writes that ANN as ONNX (Mul, Add, Floor, Clip), for onnxruntime or
+activation (``calibrate``): a Clip's ceiling is the model's own (learned, as QCFS training does:
+``models/relu_cnn.py``'s ``QuantizedReLU`` exports as one); a ReLU's is a percentile of its positive values on
+example inputs. ``quantized_model`` writes that ANN as ONNX (Mul, Add, Floor, Clip), for onnxruntime or
 onnx2torch to run: the quantized ANN the SNN is measured against.
 
 Conversion (eqs. 22-24): each activation becomes an ``snc.SubtractiveIF`` population with threshold ``s`` and
@@ -94,8 +95,9 @@ def activations(model) -> dict[str, Optional[float]]:
 
 def calibrate(ann: OnnxAnn, data: np.ndarray, percentile: float = DEFAULT_PERCENTILE,
               batch: int = 256) -> dict[str, float]:
-    """The clipping threshold s of every activation: the ``percentile`` of its positive values over ``data``
-    ([N, *input_shape]), at most its Clip's ceiling (activations that never fire keep the ceiling, or 1)."""
+    """The clipping threshold s of every activation: a Clip's ceiling (the model's own threshold, e.g.
+    learned by QCFS training), else the ``percentile`` of the ReLU's positive values over ``data``
+    ([N, *input_shape]; 1 for a ReLU that never fires there)."""
     import onnx
 
     if not 0 < percentile <= 100:
@@ -122,8 +124,8 @@ def calibrate(ann: OnnxAnn, data: np.ndarray, percentile: float = DEFAULT_PERCEN
     thresholds = {}
     for name, ceiling in ceilings.items():
         seen = np.concatenate(values[name])
-        s = float(np.percentile(seen, percentile)) if seen.size else (ceiling or 1.0)
-        thresholds[name] = min(s, ceiling) if ceiling is not None else s
+        thresholds[name] = ceiling if ceiling is not None else \
+            float(np.percentile(seen, percentile)) if seen.size else 1.0
     return thresholds
 
 
@@ -150,6 +152,22 @@ def quantized_model(model, thresholds: dict[str, float], bits: int):
     del q.graph.node[:]
     q.graph.node.extend(nodes)
     return q
+
+
+def ann_macs(model) -> dict[str, int]:
+    """Multiply-accumulates of one example per Conv, Gemm and MatMul node (the layers the papers' energy model
+    counts; pools, adds and resizes are left out, as there)."""
+    shapes = _shapes(model)
+    consts = _constants(model)
+    macs = {}
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        if node.op_type == "Conv":
+            w = consts[node.input[1]]
+            macs[name] = int(np.prod(shapes[node.output[0]])) * int(np.prod(w.shape[1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            macs[name] = int(np.prod(shapes[node.output[0]])) * int(shapes[node.input[0]][-1])
+    return macs
 
 
 # --- conversion (eqs. 22-24) -----------------------------------------------------------------------------------

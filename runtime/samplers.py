@@ -19,7 +19,8 @@ from snc.models.diffusion import Schedule
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int], None]
 
-SAMPLERS = ("ddpm", "ddim", "analytic")
+SAMPLERS = ("ddpm", "ddim", "analytic", "dpm-solver")
+DPM_SOLVER_ORDERS = (1, 2, 3)
 
 PIXEL = 2 / 255  # one 8-bit grey level on the [-1, 1] scale: Bao et al.'s quantisation width
 
@@ -29,6 +30,39 @@ def ddim_timesteps(total: int, steps: int) -> list[int]:
     if not 1 <= steps <= total:
         raise SncError(f"sampler steps must be in 1..{total}, got {steps}")
     return sorted({int(round(i)) for i in np.linspace(0, total - 1, steps)}, reverse=True)
+
+
+SPACINGS = ("time", "logsnr")
+
+
+def logsnr_timesteps(schedule: Schedule, steps: int) -> list[int]:
+    """``steps`` diffusion steps, descending to 0, evenly spaced in ``lambda = log(alpha / sigma)``: DPM-Solver's
+    spacing for low-resolution pixel models (the official code's ``skip_type='logSNR'``), each the integer
+    step nearest its point of the grid, kept distinct."""
+    total = schedule.steps
+    if not 1 <= steps <= total:
+        raise SncError(f"sampler steps must be in 1..{total}, got {steps}")
+    ab = schedule.alphas_bar.double()
+    lam = (0.5 * (torch.log(ab) - torch.log1p(-ab))).numpy()
+    grid = np.linspace(lam[-1], lam[0], steps)
+    nearest = [int(np.argmin(np.abs(lam - g))) for g in grid]  # lambda falls with t: the grid runs from T down
+    out = [0] * steps
+    out[-1] = 0
+    for i in range(steps - 2, -1, -1):  # strictly above the next, and leaving room for the ones before
+        out[i] = min(max(nearest[i], out[i + 1] + 1), total - 1 - i)
+    return out
+
+
+def timesteps_for(schedule: Schedule, sampler: str, steps: Optional[int], spacing: Optional[str]) -> list[int]:
+    """The steps a sampler visits: all of them (ddpm), else ``steps`` (default 50) spaced evenly in time
+    (DDIM's) or in logSNR (DPM-Solver's default)."""
+    if sampler == "ddpm":
+        if steps not in (None, schedule.steps):
+            raise SncError(f"ddpm runs all {schedule.steps} steps; use --sampler ddim for {steps}")
+        return list(range(schedule.steps - 1, -1, -1))
+    spacing = spacing or ("logsnr" if sampler == "dpm-solver" else "time")
+    count = 50 if steps is None else steps
+    return logsnr_timesteps(schedule, count) if spacing == "logsnr" else ddim_timesteps(schedule.steps, count)
 
 
 def _predict_x0(schedule_ab: torch.Tensor, x: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
@@ -92,6 +126,45 @@ def analytic_variances(schedule: Schedule, timesteps: Sequence[int], eps_moment:
     return out
 
 
+def check_options(sampler: str, eta: float, order: int = 3, spacing: Optional[str] = None) -> None:
+    """Refuse an unknown sampler or spacing, an eta outside [0, 1] or a DPM-Solver order outside 1-3."""
+    if spacing is not None and spacing not in SPACINGS:
+        raise SncError(f"--spacing must be {' or '.join(SPACINGS)}, not {spacing!r}")
+    if sampler not in SAMPLERS:
+        raise SncError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0 <= eta <= 1):
+        raise SncError(f"--eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM's variance), not {eta}")
+    if sampler == "dpm-solver" and order not in DPM_SOLVER_ORDERS:
+        raise SncError(f"--order must be 1, 2 or 3 (DPM-Solver), not {order}")
+
+
+def dpm_solver_update(x: torch.Tensor, history: Sequence[tuple[int, torch.Tensor]], t: int, ab: torch.Tensor,
+                      order: int) -> torch.Tensor:
+    """One multistep DPM-Solver update (Lu et al. 2022, noise prediction; the official code's ``multistep``
+    updates of type ``dpmsolver``) from the last step in ``history`` (its ``order`` latest (step, eps) pairs,
+    oldest first) to step ``t``, in ``lambda = log(alpha / sigma)``. Order 1 is DDIM."""
+    def lam(step: int) -> torch.Tensor:
+        return 0.5 * (torch.log(ab[step]) - torch.log1p(-ab[step]))
+
+    (s0, m0), alpha_t, sigma_t = history[-1], ab[t].sqrt(), (1 - ab[t]).sqrt()
+    h = lam(t) - lam(s0)
+    phi = torch.expm1(h)
+    x_t = alpha_t / ab[s0].sqrt() * x - sigma_t * phi * m0
+    if order == 1:
+        return x_t
+    (s1, m1) = history[-2]
+    r0 = (lam(s0) - lam(s1)) / h
+    d1_0 = (m0 - m1) / r0
+    if order == 2:
+        return x_t - 0.5 * sigma_t * phi * d1_0
+    (s2, m2) = history[-3]
+    r1 = (lam(s1) - lam(s2)) / h
+    d1_1 = (m1 - m2) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    return x_t - sigma_t * (phi / h - 1) * d1 - sigma_t * ((phi / h - 1) / h - 0.5) * d2
+
+
 @torch.no_grad()
 def sample(
     denoiser: Denoiser,
@@ -104,6 +177,8 @@ def sample(
     on_step: Optional[StepCallback] = None,
     eps_moment: Optional[Mapping[int, float]] = None,
     analytic_clip_pixels: Optional[float] = 2.0,
+    order: int = 3,
+    spacing: Optional[str] = None,
 ) -> torch.Tensor:
     """Generate ``shape[0]`` images from pure noise; returns float32 in [-1, 1].
 
@@ -120,18 +195,17 @@ def sample(
       and the last noisy step's variance capped so that its noise stays within
       ``analytic_clip_pixels`` 8-bit grey levels (``last_step_variance_cap``;
       default 2 as in Bao et al.'s linear-schedule runs, None: no cap).
-    The predicted x_0 is clipped to [-1, 1] at every step, as in the SDDPM code.
+    - ``dpm-solver``: the multistep DPM-Solver of ``order`` 1-3 (Lu et al. 2022, noise prediction,
+      ``dpm_solver_update``): each step reuses the model's outputs at the previous ones (no extra calls);
+      the first steps and the last ones use the orders they can (the official code's default
+      ``lower_order_final``). Order 1 is DDIM (eta 0) on the same steps, exactly.
+    ``spacing``: the ``steps`` evenly in time (``time``, DDIM's and Analytic-DPM's default) or in logSNR
+    (``logsnr``, DPM-Solver's default, as its authors recommend for low-resolution pixel models).
+    The predicted x_0 is clipped to [-1, 1] at every step, as in the SDDPM code (DDIM, Analytic-DPM and
+    DPM-Solver then use the noise that clipped x_0 implies); the last step to x_0 is x_0.
     """
-    if sampler not in SAMPLERS:
-        raise SncError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0 <= eta <= 1):
-        raise SncError(f"--eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM's variance), not {eta}")
-    if sampler == "ddpm":
-        if steps not in (None, schedule.steps):
-            raise SncError(f"ddpm runs all {schedule.steps} steps; use --sampler ddim for {steps}")
-        timesteps = list(range(schedule.steps - 1, -1, -1))
-    else:
-        timesteps = ddim_timesteps(schedule.steps, 50 if steps is None else steps)
+    check_options(sampler, eta, order, spacing)
+    timesteps = timesteps_for(schedule, sampler, steps, spacing)
     if sampler == "analytic":
         missing = [t for t in timesteps if eps_moment is None or t not in eps_moment]
         if missing:
@@ -141,11 +215,20 @@ def sample(
     ab = schedule.alphas_bar
     x = torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
     batch = shape[0]
+    history: list[tuple[int, torch.Tensor]] = []  # DPM-Solver: (step, eps) of the latest calls
     for i, t in enumerate(timesteps):
         eps = denoiser(x.float(), torch.full((batch,), t, dtype=torch.long)).double()
         x0 = _predict_x0(ab, x, t, eps)
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         ab_prev = ab[t_prev] if t_prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+        if sampler == "dpm-solver":
+            history = (history + [(t, (x - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt())])[-order:]
+            remaining = len(timesteps) - 1 - i  # updates left, this one included (the last lands on x_0)
+            step_order = min(len(history), remaining)  # lower_order_final
+            x = dpm_solver_update(x, history, t_prev, ab, step_order) if t_prev >= 0 else x0
+            if on_step is not None:
+                on_step(i + 1, len(timesteps))
+            continue
         if sampler == "ddpm":
             beta = 1 - ab[t] / ab_prev
             mean = (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * x) / (1 - ab[t])

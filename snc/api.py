@@ -47,7 +47,8 @@ from snc.runtime.energy.graph import GraphEnergyReport, graph_energy
 from snc.runtime.graph_run import GraphRun, run_graph
 from snc.memory import available_mb
 from snc.runtime.moments import cached_moments
-from snc.runtime.samplers import ddim_timesteps
+from snc.runtime.samplers import check_options as check_sampler_options
+from snc.runtime.samplers import timesteps_for
 from snc.runtime.samplers import sample as run_sampler
 from snc.runtime.verify import VerifyReport, verify_build
 
@@ -199,9 +200,12 @@ class SampleResult:
 def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch", mode: Optional[str] = None,
            sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0,
            n: int = 16, batch: Optional[int] = None, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None,
-           status: Status = _quiet, timeout: Optional[float] = None) -> SampleResult:
+           status: Status = _quiet, timeout: Optional[float] = None, order: int = 3,
+           spacing: Optional[str] = None) -> SampleResult:
     """Images from a diffusion sampler driving the denoiser on ``backend`` (chip backends need a build);
-    ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take."""
+    ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take; ``order``: DPM-Solver's;
+    ``spacing``: of the sampler's steps, ``time`` or ``logsnr`` (default: the sampler's own)."""
+    check_sampler_options(sampler, eta, order, spacing)
     if n < 1 or (batch is not None and not 1 <= batch <= n):
         raise SncError("-n must be at least 1 and --batch in 1..n")
     if steps is not None and steps < 1:
@@ -220,12 +224,12 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
         if sampler == "analytic":
             with status("epsilon moments of the model on its data (Analytic-DPM)"):
                 moments = cached_moments(src.path if isinstance(src, Build) else None, host.model, schedule,
-                                         ddim_timesteps(schedule.steps, 50 if steps is None else steps),
+                                         timesteps_for(schedule, sampler, steps, spacing),
                                          src.meta.get("files", {}).get(MODEL_FILE) if isinstance(src, Build) else None)
         start = time.perf_counter()
         images = run_sampler(runner, (n, cfg.img_ch, cfg.img_size, cfg.img_size), schedule, sampler=sampler,
                              steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed), on_step=on_step,
-                             eps_moment=moments)
+                             eps_moment=moments, order=order, spacing=spacing)
         seconds = time.perf_counter() - start
     return SampleResult(images.float(), backend, runner.mode, sampler, steps, eta, threshold_scale, n,
                         getattr(runner, "batch", batch or n), seed, seconds)
@@ -418,11 +422,12 @@ class Converted:
     examples: int  # how many calibration examples the agreement was measured on
     count_agreement: dict[str, float]  # per activation: spike counts equal to the quantized ANN's levels
     output_rel_error: dict[str, float]  # "snn_vs_quantized_ann", "quantized_ann_vs_ann"
+    ann_macs: dict[str, int]  # per conv / affine layer of the ANN, one example: its energy's basis
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "bits": self.bits, "steps": self.steps, "thresholds": self.thresholds,
                 "examples": self.examples, "count_agreement": self.count_agreement,
-                "output_rel_error": self.output_rel_error, "neurons": self.neurons}
+                "output_rel_error": self.output_rel_error, "neurons": self.neurons, "ann_macs": self.ann_macs}
 
     @property
     def neurons(self) -> int:
@@ -439,7 +444,7 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
     compared with the quantized ANN (onnx2torch's run of it)."""
     import onnx
 
-    from snc.compiler.ann_to_snn import calibrate, convert as convert_ann, quantized_model, steps_of
+    from snc.compiler.ann_to_snn import ann_macs, calibrate, convert as convert_ann, quantized_model, steps_of
     from snc.compiler.frontends.onnx_ann import read_onnx, torch_module
     from snc.runtime.nir_reference import NIRReference
 
@@ -476,7 +481,8 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
         return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
     return Converted(graph, quantized, str(path), bits, T, thresholds, len(x), count_agreement,
-                     {"snn_vs_quantized_ann": rel(snn_out, q_out), "quantized_ann_vs_ann": rel(q_out, ann_out)})
+                     {"snn_vs_quantized_ann": rel(snn_out, q_out), "quantized_ann_vs_ann": rel(q_out, ann_out)},
+                     ann_macs(ann.model))
 
 
 def _activation_nodes(graph: nir.NIRGraph) -> dict[str, str]:

@@ -156,8 +156,13 @@ def sample(
                                 help=f"{BACKEND_NAMES} (torch: the model; the others run a build's netlist)"),
     mode: Optional[str] = typer.Option(None, "--mode", help="lava: fixed | float (default: the build's); emu: fixed; "
                                                             "torch: float32 | float64"),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddpm | ddim | analytic (Analytic-DPM)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps (ddim, analytic; ddpm always runs all)"),
+    sampler: str = typer.Option("ddim", "--sampler", help="ddpm | ddim | analytic (Analytic-DPM) | dpm-solver "
+                                "(multistep DPM-Solver)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps (ddim, analytic, dpm-solver; ddpm always "
+                                        "runs all)"),
+    order: int = typer.Option(3, "--order", help="DPM-Solver's order: 1 (DDIM), 2 or 3"),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help="the sampler's steps evenly in time | logsnr "
+                                          "(default: logsnr for dpm-solver, time for the others)"),
     eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0: deterministic)"),
     threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
                                           "threshold x S (e.g. 0.997)"),
@@ -176,12 +181,13 @@ def sample(
     with _StepBar(f"{sampler} on {backend}" + (f" ({mode})" if mode else "")) as bar:
         result = api.sample(model, backend=backend, mode=mode, sampler=sampler, steps=steps, eta=eta,
                             threshold_scale=threshold_scale, n=n, batch=batch, seed=seed, on_step=bar,
-                            status=console.status, timeout=timeout)
+                            status=console.status, timeout=timeout, order=order, spacing=spacing)
     save_grid(result.images, output)
     npy = output.with_suffix(".npy")
     np.save(npy, result.images.numpy())
     summary = {
         "model": str(model), "backend": result.backend, "mode": result.mode, "sampler": sampler, "steps": steps,
+        "order": order if sampler == "dpm-solver" else None, "spacing": spacing,
         "eta": eta, "threshold_scale": threshold_scale, "n": n, "batch": result.batch, "seed": seed,
         "seconds": round(result.seconds, 2), "png": str(output), "npy": str(npy),
     }

@@ -3,7 +3,7 @@ import torch
 
 from snc.errors import SncError
 from snc.models.diffusion import Schedule, q_sample
-from snc.runtime.samplers import ddim_timesteps, sample
+from snc.runtime.samplers import ddim_timesteps, logsnr_timesteps, sample
 
 
 def _point_mass_denoiser(target: torch.Tensor, schedule: Schedule):
@@ -78,3 +78,60 @@ def test_analytic_dpm_variance_sits_between_its_bounds():
     assert torch.allclose(analytic, ddim, atol=1e-6)
     with pytest.raises(SncError, match="epsilon moments"):
         sample(denoiser, (1, 1, 8, 8), schedule, "analytic", 20)
+
+
+def _gaussian_data_denoiser(mean: float, std: float, schedule: Schedule):
+    """The exact epsilon-predictor for data drawn from N(mean, std^2) per pixel."""
+    ab = schedule.alphas_bar
+
+    def denoiser(x, t):
+        a = ab[t].view(-1, 1, 1, 1)
+        return ((1 - a).sqrt() * (x.double() - a.sqrt() * mean) / (a * std**2 + 1 - a)).float()
+
+    return denoiser
+
+
+@pytest.mark.parametrize("spacing", ["time", "logsnr"])
+def test_dpm_solver_of_order_1_is_ddim_on_the_same_steps(spacing):
+    schedule = Schedule()
+    denoiser = _gaussian_data_denoiser(0.2, 0.3, schedule)
+    for steps in (1, 7, 20):
+        runs = [sample(denoiser, (3, 1, 8, 8), schedule, sampler, steps, generator=torch.Generator().manual_seed(2),
+                       order=1, spacing=spacing) for sampler in ("ddim", "dpm-solver")]
+        assert torch.allclose(runs[0], runs[1], atol=1e-6), steps
+
+
+def test_logsnr_steps_are_distinct_descending_and_even_in_logsnr():
+    schedule = Schedule()
+    for steps in (1, 10, 100, 1000):
+        ts = logsnr_timesteps(schedule, steps)
+        assert len(ts) == steps and ts[-1] == 0 and all(a > b for a, b in zip(ts, ts[1:]))
+    ab = schedule.alphas_bar.double()
+    lam = 0.5 * (torch.log(ab[logsnr_timesteps(schedule, 10)]) - torch.log1p(-ab[logsnr_timesteps(schedule, 10)]))
+    gaps = lam[1:] - lam[:-1]
+    assert float(gaps.max() / gaps.min()) < 1.5  # time-uniform steps differ by a factor of ~30 here
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpm_solver_solves_the_probability_flow_ode_to_its_order(steps):
+    """Gaussian data: the ODE maps x_T to mean + std * (x_T - sqrt(abar_T) mean) / sqrt(abar_T std^2 + 1 - abar_T).
+    Higher orders land closer with the same number of model calls."""
+    schedule, mean, std = Schedule(), 0.1, 0.2  # samples stay inside [-1, 1], where the sampler clips
+    ab_T = schedule.alphas_bar[-1].double()
+    x_T = torch.randn((64, 1, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = mean + std * (x_T - ab_T.sqrt() * mean) / (ab_T * std**2 + 1 - ab_T).sqrt()
+    errors = [float((sample(_gaussian_data_denoiser(mean, std, schedule), (64, 1, 8, 8), schedule, "dpm-solver",
+                            steps, generator=torch.Generator().manual_seed(3), order=order).double() - exact)
+                    .abs().mean()) for order in (1, 2, 3)]
+    assert errors[2] < errors[1] < errors[0] / 3, errors
+
+
+def test_dpm_solver_recovers_a_point_mass_and_refuses_other_orders():
+    schedule = Schedule()
+    target = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).view(1, 1, 8, 8)
+    for order in (2, 3):
+        out = sample(_point_mass_denoiser(target, schedule), (2, 1, 8, 8), schedule, "dpm-solver", 10,
+                     generator=torch.Generator().manual_seed(0), order=order)
+        assert torch.allclose(out.double(), target.expand(2, -1, -1, -1), atol=1e-3)
+    with pytest.raises(SncError, match="--order must be 1, 2 or 3"):
+        sample(lambda x, t: x, (1, 1, 8, 8), schedule, "dpm-solver", 10, order=4)

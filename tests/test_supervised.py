@@ -57,8 +57,23 @@ def _left(pgid: int) -> tuple[dict, list]:
 
 
 def _snc(*args: str) -> subprocess.Popen:
+    """snc in a session of its own (so that a hung run's processes can all be found and killed)."""
     exe = Path(sys.executable).with_name("snc")
-    return subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[str, str]:
+    """``proc``'s output once it exits; a run that hangs fails the test with every process of it killed."""
+    try:
+        return proc.communicate(timeout=HANG_GUARD)
+    except subprocess.TimeoutExpired:
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == proc.pid:  # session
+                    os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"snc {' '.join(proc.args[1:])} hung; its processes were killed") from None
 
 
 def test_a_killed_lava_process_ends_the_run_with_one_error(mlp_build, tmp_path):
@@ -67,7 +82,7 @@ def test_a_killed_lava_process_ends_the_run_with_one_error(mlp_build, tmp_path):
     worker = _worker_of(proc)
     victim = max(p for p in group_members(worker) if p != worker)  # one of Lava's process models
     os.kill(victim, signal.SIGKILL)
-    _, err = proc.communicate(timeout=HANG_GUARD)
+    _, err = _finish(proc)
     assert proc.returncode == 1, err
     assert err.count("error:") == 1 and "Traceback" not in err and f"{victim}" in err
     assert "a Lava process died during the run" in err
@@ -87,7 +102,7 @@ def test_a_lava_process_killed_as_it_starts_ends_the_run(unet_build, tmp_path):
                 victim = max(forked)  # the newest of Lava's processes, as they are being started
                 os.kill(victim, signal.SIGKILL)
                 break
-    _, err = proc.communicate(timeout=HANG_GUARD)
+    _, err = _finish(proc)
     assert proc.returncode == 1 and err.count("error:") == 1 and "Traceback" not in err, err
     assert f"process {victim}" in err and "a Lava process died during the run" in err
     assert _left(worker) == ({}, [])
@@ -115,7 +130,7 @@ def test_sigterm_sighup_and_sigint_stop_every_lava_process(mlp_build, tmp_path, 
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, sig)
         time.sleep(0.005)
-    out, err = proc.communicate(timeout=HANG_GUARD)
+    out, err = _finish(proc)
     assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig), (out, err)
     assert "Traceback" not in err, err
     assert ("interrupted" if sig == signal.SIGINT else "terminated") in out + err
@@ -126,7 +141,7 @@ def test_sigterm_sighup_and_sigint_stop_every_lava_process(mlp_build, tmp_path, 
 def test_a_call_past_its_timeout_is_stopped(mlp_build, tmp_path):
     proc = _snc("sample", str(mlp_build), "--backend", "lava", "--sampler", "ddpm", "-n", "1", "--timeout", "0.01",
                 "-o", str(tmp_path / "s.png"))
-    _, err = proc.communicate(timeout=HANG_GUARD)
+    _, err = _finish(proc)
     assert proc.returncode == 1 and err.count("error:") == 1 and "Traceback" not in err
     assert "took longer than --timeout 0.01 s" in err
 

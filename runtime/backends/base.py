@@ -188,7 +188,7 @@ def host_readout(net: Netlist, readout: np.ndarray, currents: dict[str, np.ndarr
     terms into it, through its host filters (all host work, float64)."""
     out = torch.from_numpy(readout)
     bias = net.readout.step_bias(net.timestep)  # [T, *shape]
-    out = out + torch.from_numpy(np.ascontiguousarray(bias)).unsqueeze(1)  # a copy: it may be a view
+    out = out + torch.from_numpy(np.array(bias)).unsqueeze(1)  # a writable copy: it may be a read-only view
     if net.readout.name in currents:
         out = out + torch.from_numpy(currents[net.readout.name])
     return apply_filters(out, net.readout.filters, net.readout.shape)

@@ -12,8 +12,9 @@ it waits it checks, every ``POLL`` seconds:
 
 - that no process of the group has died (a zombie: Lava never reaps a child
   mid-run) or vanished, and that the worker is alive. Every process forked in
-  the worker's tree writes its pid to a pipe first thing (``_announce_birth``),
-  so one killed before any check saw it is missed all the same;
+  the worker's tree has its pid written to a pipe by its parent as it is
+  forked (``_announce_forks``), so one killed before any check saw it is
+  missed all the same;
 - that the call has not run past its ``timeout`` (seconds, optional).
 
 On any of those, or on an exception (Ctrl-C, and SIGTERM / SIGHUP, which the
@@ -126,17 +127,27 @@ def _unlink_shared_memory(pid: int) -> None:
             segment.unlink()
 
 
-def _announce_birth(births: int) -> None:
-    """In every process forked from the worker (and from those): write its pid to the supervisor, so that a
-    process killed before any poll saw it, and reaped at once by its Lava parent, is still missed."""
-    with contextlib.suppress(OSError):
-        os.write(births, f"{os.getpid()}\n".encode())
+def _announce_forks(births: int) -> None:
+    """From now on, in this process and every process it forks, ``os.fork`` (what multiprocessing, and so
+    Lava, starts its processes with) writes the new child's pid to the supervisor as it returns in the
+    parent: a process killed at once, and reaped by its Lava parent before any check saw it, is still
+    missed. (The parent writes it, so no kill can come first.)"""
+    fork = os.fork
+
+    def announcing_fork() -> int:
+        pid = fork()
+        if pid:
+            with contextlib.suppress(OSError):
+                os.write(births, f"{pid}\n".encode())
+        return pid
+
+    os.fork = announcing_fork
 
 
 def _serve(conn: Any, factory: Callable[[], Any], births: int) -> None:
     """The worker: build the network, answer (method, args) requests until "close"."""
     os.setpgid(0, 0)
-    os.register_at_fork(after_in_child=lambda: _announce_birth(births))
+    _announce_forks(births)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_DFL)  # this process is stopped by its parent, never by a terminal
     _name_shared_memory()
@@ -191,7 +202,7 @@ class Supervised:
         resource_tracker.ensure_running()
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
-        self._births, births = os.pipe()  # every process forked in the worker's tree writes its pid here
+        self._births, births = os.pipe()  # the pid of every process forked in the worker's tree comes here
         os.set_blocking(self._births, False)
         os.set_blocking(births, False)
         self._worker = context.Process(target=_serve, args=(child, factory, births))  # not daemonic: Lava forks
@@ -281,7 +292,7 @@ class Supervised:
         return message
 
     def _read_births(self) -> None:
-        """Record the pids the worker's processes announced (``_announce_birth``) as seen."""
+        """Record the pids of the processes forked in the worker's tree (``_announce_forks``) as seen."""
         with contextlib.suppress(BlockingIOError, OSError):
             while True:
                 chunk = os.read(self._births, 65536)
