@@ -157,7 +157,7 @@ def quantized_model(model, thresholds: dict[str, float], bits: int):
 def ann_macs(model) -> dict[str, int]:
     """Multiply-accumulates of one example per Conv, Gemm and MatMul node (the layers the papers' energy model
     counts; pools, adds and resizes are left out, as there)."""
-    shapes = _shapes(model)
+    shapes, _ = _shapes(model)
     consts = _constants(model)
     macs = {}
     for i, node in enumerate(model.graph.node):
@@ -191,7 +191,7 @@ class _Builder:
     def __init__(self, model, thresholds: dict[str, float], bits: int, dt: float) -> None:
         self.model, self.thresholds, self.T, self.dt = model, thresholds, steps_of(bits), dt
         self.consts = _constants(model)
-        self.shapes = _shapes(model)
+        self.shapes, self.ranks = _shapes(model)
         self.nodes: dict[str, nir.NIRNode] = {}
         self.edges: list[tuple[str, str]] = []
         self.values: dict[str, Value] = {}
@@ -234,8 +234,23 @@ class _Refused(Exception):
     pass
 
 
-def _shapes(model) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape without its batch (onnx's shape inference at batch 1)."""
+def canonical(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A tensor's shape at batch 1 as the conversion sees it: without the batch, and without further leading unit
+    axes beyond three (a [T = 1, B, C, H, W] layout, as snc's own ANN twins write, is the image's C, H, W)."""
+    shape = tuple(shape[1:])
+    while len(shape) > 3 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def _value_axis(b: "_Builder", tensor: str, axis: int, value: "Value") -> int:
+    """The axis of ``value`` (canonical) that ONNX's ``axis`` of the batch-1 tensor ``tensor`` is."""
+    rank = b.ranks[tensor]
+    return (axis % rank) - (rank - len(value.shape))
+
+
+def _shapes(model) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Every tensor's canonical shape and its rank at batch 1 (onnx's shape inference at batch 1)."""
     import onnx
 
     m = copy.deepcopy(model)
@@ -246,12 +261,13 @@ def _shapes(model) -> dict[str, tuple[int, ...]]:
             dims[0].dim_value = 1
     del m.graph.value_info[:]
     m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
-    found = {}
+    found, ranks = {}, {}
     for value in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
         if dims:
-            found[value.name] = tuple(int(d) for d in dims[1:])
-    return found
+            found[value.name] = canonical(tuple(int(d) for d in dims))
+            ranks[value.name] = len(dims)
+    return found, ranks
 
 
 def _users(model) -> dict[str, int]:
@@ -276,15 +292,15 @@ def _pads(attrs: dict, node_name: str, spatial: int = 2) -> tuple[int, ...]:
 def convert(ann: OnnxAnn, thresholds: dict[str, float], bits: int, dt: float = NIR_DT) -> nir.NIRGraph:
     """The SNN of ``ann`` quantized at ``bits`` with ``thresholds`` (``calibrate``): a NIR graph of T = 2^b - 1
     steps per call (metadata ``snc.timestep``, ``snc.dt``)."""
-    b = _Builder(ann.model, thresholds, bits, dt)
-    graph_input = next(i.name for i in ann.model.graph.input if i.name not in b.consts)
+    b = _Builder(ann.fixed, thresholds, bits, dt)
+    graph_input = next(i.name for i in ann.fixed.graph.input if i.name not in b.consts)
     entry = b.add("input", nir.Input(input_type={"input": np.array(ann.input_shape)}), [])
     b.values[graph_input] = Value(ann.input_shape, [Term(entry, 1.0, 0, ann.input_shape[0])])
     handlers = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm, "Add": _add,
                 "Concat": _concat, "Resize": _resize, "Upsample": _resize, "AveragePool": _avgpool,
-                "GlobalAveragePool": _global_avgpool, "Flatten": _flatten, "Reshape": _reshape, "Relu": _activation,
-                "Clip": _activation}
-    for i, node in enumerate(ann.model.graph.node):
+                "GlobalAveragePool": _global_avgpool, "Flatten": _view, "Reshape": _view, "Unsqueeze": _view,
+                "Squeeze": _view, "Tile": _view, "Expand": _view, "Gather": _view, "Slice": _view, "Relu": _activation, "Clip": _activation}
+    for i, node in enumerate(ann.fixed.graph.node):
         name = node.name or f"{node.op_type}_{i}"
         try:
             if node.op_type in PASS_THROUGH:
@@ -301,7 +317,7 @@ def convert(ann: OnnxAnn, thresholds: dict[str, float], bits: int, dt: float = N
     if b.problems:
         raise GraphError(f"{ann.source}: the conversion cannot map {len(b.problems)} node(s): "
                          + "; ".join(b.problems))
-    out_name = ann.model.graph.output[0].name
+    out_name = ann.fixed.graph.output[0].name
     result = b.values[out_name]
     spikes_out = len(result.terms) == 1 and result.terms[0].node in b.nodes and \
         isinstance(b.nodes[result.terms[0].node], SubtractiveIF)
@@ -424,9 +440,8 @@ def _add(b: _Builder, node, name: str) -> Value:
 def _concat(b: _Builder, node, name: str) -> Value:
     axis = int(_attrs(node).get("axis", 1))
     parts = [b.values[n] for n in node.input]
-    rank = len(parts[0].shape) + 1
-    if axis % rank != 1:
-        raise _Refused(f"axis {axis} (snc converts concatenations of channels, axis 1)")
+    if _value_axis(b, node.output[0], axis, parts[0]) != 0:
+        raise _Refused(f"axis {axis} (snc converts concatenations of channels, axis 1 of a [batch, C, ...] tensor)")
     if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
         raise _Refused("parts of different sizes")
     terms, offset = [], 0
@@ -477,18 +492,18 @@ def _flat(b: _Builder, name: str, x: Value) -> Value:
                       lambda t: (t.start * inner, t.stop * inner), (int(np.prod(x.shape)),), weighted=False)
 
 
-def _flatten(b: _Builder, node, name: str) -> Value:
-    if int(_attrs(node).get("axis", 1)) != 1:
-        raise _Refused("axis other than 1 (the batch stays)")
-    x = b.values[node.input[0]]
-    return x if len(x.shape) == 1 else _flat(b, name, x)
-
-
-def _reshape(b: _Builder, node, name: str) -> Value:
+def _view(b: _Builder, node, name: str) -> Value:
+    """Flatten, Reshape, Unsqueeze, Squeeze, a Tile or Expand that repeats nothing, and a Gather or Slice that
+    keeps everything (``x[0]`` of a [1, B, ...] tensor): the same values in the same order; a shape change other
+    than to one flat vector is refused."""
     x, out = b.values[node.input[0]], b.shapes[node.output[0]]
-    if out == x.shape:
-        return x
-    if len(out) == 1 and out[0] == int(np.prod(x.shape)):
+    if any(name and name not in b.consts for name in node.input[1:]):
+        raise _Refused("its indices, shape or repeats must be constants")
+    if int(np.prod(out)) != int(np.prod(x.shape)):
+        raise _Refused(f"from {list(x.shape)} to {list(out)}: it repeats or drops values (snc converts views)")
+    if out == x.shape:  # the conv or affine layer that made x may still take a BatchNorm after the view
+        return Value(x.shape, x.terms, x.made if b.users.get(node.input[0], 0) == 1 else [])
+    if len(out) == 1:
         return _flat(b, name, x)
     raise _Refused(f"from {list(x.shape)} to {list(out)} (snc converts a flatten)")
 

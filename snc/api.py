@@ -470,19 +470,19 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
     q_out, level_values = outs[0].double(), [o.numpy() for o in outs[1:]]
     run = NIRReference(graph).run({"input": torch.from_numpy(np.repeat(x[None], T, axis=0)).double()}, record=True)
     population = {tensor: node for node, tensor in _activation_nodes(graph).items()}
-    count_agreement = {tensor: float((run[population[tensor]].sum(0).numpy() == values).mean())
+    count_agreement = {tensor: float((run[population[tensor]].sum(0).numpy().reshape(values.shape) == values).mean())
                        for tensor, values in zip(thresholds, level_values)}
     snn_out = run["output"][-1]
     if graph.metadata.get("snc.output") == "spike counts":  # spikes worth the last activation's threshold
         last = next(a for a, b in graph.edges if b == "output")
         snn_out = run["output"].sum(0) * thresholds[graph.nodes[last].metadata["snc.activation"]] / T
 
-    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float((a - b).norm() / b.norm().clamp_min(1e-300))
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:  # a [N, *canonical shape] (the SNN's) or as b
+        return float((a.reshape(b.shape) - b).norm() / b.norm().clamp_min(1e-300))
 
     return Converted(graph, quantized, str(path), bits, T, thresholds, len(x), count_agreement,
                      {"snn_vs_quantized_ann": rel(snn_out, q_out), "quantized_ann_vs_ann": rel(q_out, ann_out)},
-                     ann_macs(ann.model))
+                     ann_macs(ann.fixed))
 
 
 def _activation_nodes(graph: nir.NIRGraph) -> dict[str, str]:

@@ -43,3 +43,43 @@ def conv_ann(seed: int = 0) -> ConvAnn:
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+class FramesAnn(nn.Module):
+    """The layout snc's own ANN twins write (``models/neurons.per_step``): the image repeated over one step
+    [T = 1, B, C, H, W], each conv applied to the frames flattened [T * B, ...] and reshaped back, a skip
+    concatenated on the channel axis (2) of the 5-d tensor, and a ``view(x.size(0), -1)``: with a dynamic batch,
+    torch's exporter writes every reshape's shape as Shape, Gather, Unsqueeze and Concat nodes. ``frames=False``:
+    the same network written on [B, C, H, W] tensors."""
+
+    def __init__(self, frames: bool = True) -> None:
+        super().__init__()
+        self.layout = frames
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def frames(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not self.layout:
+            return layer(x)
+        t, b = x.shape[:2]
+        y = layer(x.flatten(0, 1))
+        return y.reshape(t, b, *y.shape[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.unsqueeze(0).repeat(1, 1, 1, 1, 1) if self.layout else x
+        h = torch.relu(self.frames(self.conv1, seq))
+        h2 = torch.relu(self.frames(self.bn, self.frames(self.conv2, h)))
+        h = torch.relu(self.frames(self.conv3, torch.cat([h2, h], dim=2 if self.layout else 1)))
+        h = h[0] if self.layout else h
+        return self.fc(h.view(h.size(0), -1))
+
+
+def frames_ann(seed: int = 0, frames: bool = True) -> FramesAnn:
+    torch.manual_seed(seed)
+    model = FramesAnn(frames)
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import run_snc
-from onnx_files import conv_ann, export
+from onnx_files import conv_ann, export, frames_ann
 from snc import api
 from snc.compiler.ann_to_snn import calibrate, quantized_model
 from snc.compiler.frontends.onnx_ann import read_onnx
@@ -126,3 +126,26 @@ def test_what_the_conversion_cannot_map_is_listed(tmp_path):
         api.convert(path, bits=2, calibration=np.zeros((2, 1, 8, 8), np.float32))
     with pytest.raises(GraphError, match="--bits must be in 1..8"):
         api.convert(path, bits=9, calibration=np.zeros((2, 1, 8, 8), np.float32))
+
+
+def test_a_dynamic_batch_export_with_shape_computations_and_a_frames_layout_converts(tmp_path):
+    """Reshapes whose shapes torch computes from the batch (Shape, Gather, Concat, ...) are folded at batch 1;
+    the [T = 1, B, C, H, W] tensors are the image's channels, the concat on axis 2 a channel concat; the conv's
+    BatchNorm folds across the reshapes: the SNN is the one of the same network written on [B, C, H, W]."""
+    path = export(frames_ann(), tmp_path / "frames.onnx")
+    plain = export(frames_ann(frames=False), tmp_path / "plain.onnx")
+    file_ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert {"Shape", "Gather", "Concat", "Reshape"} <= set(file_ops)
+    ann = read_onnx(path)
+    assert "Shape" not in ann.ops.values() and len(ann.ops) < len(file_ops) // 2
+    x = np.random.default_rng(1).normal(size=(48, 1, 8, 8)).astype(np.float32)
+    expected = frames_ann()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(ann.module(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+    got, want = (api.convert(p, bits=4, calibration=x, examples=48) for p in (path, plain))
+    assert "BatchNormalization" not in {type(n).__name__ for n in got.graph.nodes.values()}
+    assert sorted(type(n).__name__ for n in got.graph.nodes.values()) == \
+        sorted(type(n).__name__ for n in want.graph.nodes.values())
+    assert list(got.thresholds.values()) == pytest.approx(list(want.thresholds.values()), rel=1e-6)
+    assert list(got.count_agreement.values()) == list(want.count_agreement.values())
+    assert list(got.count_agreement.values())[0] == 1.0  # the first layer sees a constant current: exact
+    assert got.output_rel_error == pytest.approx(want.output_rel_error, rel=1e-6, abs=1e-9)

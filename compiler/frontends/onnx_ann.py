@@ -9,7 +9,10 @@ problem in one error:
 
 - ops: ``ANN_OPS`` (what the conversion maps: convs, affine layers, BatchNorm folded, ReLU / Clip as the
   quantized activation, residual Add, channel Concat, nearest Resize, average pools, reshapes, constants,
-  casts to float); every other node is named with its op;
+  casts to float); every other node is named with its op. They are checked in the model at batch 1
+  (``fixed``), where everything computable from constants and static shapes is folded (torch's exporter
+  with a dynamic batch writes a ``view(x.size(0), -1)`` as Shape, Gather, Unsqueeze, Concat and Reshape):
+  what the conversion reads;
 - attributes that change an op's meaning beyond what the conversion maps (a non-nearest Resize, a Cast to a
   non-float type);
 - one float input of fixed size but for its batch dimension;
@@ -39,26 +42,32 @@ ANN_OPS = {
     "Clip": "quantized activation with its own ceiling (IF neurons)", "Add": "residual sum (or a bias)",
     "Concat": "channel concatenation", "Resize": "nearest upsampling", "Upsample": "nearest upsampling",
     "AveragePool": "average pooling (a per-channel convolution)", "GlobalAveragePool": "average pooling",
-    "Flatten": "reshape", "Reshape": "reshape", "Identity": "nothing", "Constant": "a constant",
+    "Flatten": "reshape", "Reshape": "reshape", "Unsqueeze": "reshape", "Squeeze": "reshape",
+    "Tile": "reshape (repeating nothing)", "Expand": "reshape (repeating nothing)",
+    "Gather": "reshape (keeping every value)", "Slice": "reshape (keeping every value)", "Identity": "nothing",
+    "Constant": "a constant",
     "Cast": "nothing (to float)",
 }
 FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
 LOAD_FACTOR = 4  # memory to parse a file and build its module, per byte of the file (measured: about 3)
 
 
 @dataclass
 class OnnxAnn:
-    """An ANN read from ONNX: the model as checked (constants folded, Resizes in torch's form), its torch
-    module (eval mode, float32) and what it takes."""
+    """An ANN read from ONNX: the model as checked (constants folded, Resizes in torch's form) for any batch,
+    the same at batch 1 with everything computable from constants and shapes folded (``fixed``: what the
+    conversion reads), its torch module (eval mode, float32, any batch) and what it takes."""
     model: Any  # onnx.ModelProto
+    fixed: Any  # onnx.ModelProto at batch 1
     module: torch.fx.GraphModule
     input_shape: tuple[int, ...]  # one example, without the batch dimension
     source: str
 
     @property
     def ops(self) -> dict[str, str]:
-        """Node name -> op type, in the file's order (constants folded away)."""
-        return {node.name or f"#{i}": node.op_type for i, node in enumerate(self.model.graph.node)}
+        """Node name -> op type of the model at batch 1, in the file's order (constants folded away)."""
+        return {node.name or f"#{i}": node.op_type for i, node in enumerate(self.fixed.graph.node)}
 
 
 def read_onnx(path: Path) -> OnnxAnn:
@@ -79,9 +88,7 @@ def read_onnx(path: Path) -> OnnxAnn:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and whatever a truncated file raises
         raise GraphError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
-    problems = _problems(model)
-    if problems:
-        raise GraphError(f"{path}: {len(problems)} problem(s) for an ANN-to-SNN conversion: " + "; ".join(problems))
+    _refuse(path, _weight_problems(model))
     try:
         onnx.checker.check_model(model)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
@@ -89,20 +96,27 @@ def read_onnx(path: Path) -> OnnxAnn:
         raise GraphError(f"{path}: an invalid ONNX model: {_one_line(exc)}") from None
     shape = _input_shape(model, path)
     _check_activations_fit(inferred, path)
-    model = _nearest_as_torch(_fold_constants(_current_opset(model, path), path), path)
+    model = _current_opset(model, path)
+    fixed = at_batch_one(_fold_constants(model, path, everything=True), path)
+    _refuse(path, _op_problems(fixed))
+    model = _nearest_as_torch(_fold_constants(model, path), path)
+    fixed = _nearest_as_torch(fixed, path)
     module = torch_module(model, str(path))
     _check_runs(module, shape, path)
-    return OnnxAnn(model, module, shape, str(path))
+    return OnnxAnn(model, fixed, module, shape, str(path))
+
+
+def _refuse(path: Path, problems: list[str]) -> None:
+    if problems:
+        raise GraphError(f"{path}: {len(problems)} problem(s) for an ANN-to-SNN conversion: " + "; ".join(problems))
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:500]
 
 
-def _problems(model) -> list[str]:
-    """Every node snc cannot convert, attribute it does not map, external or non-finite weight."""
-    from onnx import numpy_helper
-
+def _op_problems(model) -> list[str]:
+    """Every node snc cannot convert and attribute it does not map."""
     problems = []
     graph = model.graph
     unknown = [f"{node.name or f'#{i}'} ({node.domain + '.' if node.domain not in ('', 'ai.onnx') else ''}"
@@ -119,6 +133,15 @@ def _problems(model) -> list[str]:
                             "nearest upsampling is converted")
         if node.op_type == "Cast" and attrs.get("to") is not None and attrs["to"].i not in FLOAT_TYPES:
             problems.append(f"{name} (Cast) to a non-float type: only casts to float are converted")
+    return problems
+
+
+def _weight_problems(model) -> list[str]:
+    """Every weight stored outside the file, unreadable or not finite."""
+    from onnx import numpy_helper
+
+    problems = []
+    graph = model.graph
     external = [t.name for t in graph.initializer if t.data_location == 1]  # TensorProto.EXTERNAL
     if external:
         problems.append(f"weights stored outside the file are not read: {', '.join(external)}")
@@ -168,11 +191,50 @@ def _check_activations_fit(inferred, path: Path) -> None:
                          f"{max(available, 0) / 1024:.1f} GB is available")
 
 
-def _fold_constants(model, path: Path):
+def at_batch_one(model, path: Path):
+    """A copy of ``model`` at batch 1 in which every tensor computable from constants and static shapes is an
+    initializer: its inputs and outputs get batch 1; then, until nothing changes, every Shape node whose input's
+    whole shape inference knows becomes a constant and ``_fold_constants(everything=True)`` folds what follows
+    (a Reshape whose shape was computed has a known output only once that shape is folded)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = copy.deepcopy(model)
+    weights = {t.name for t in model.graph.initializer}
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in weights and dims and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    while True:
+        del model.graph.value_info[:]
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        shapes = {}
+        for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+                shapes[value.name] = [d.dim_value for d in dims]
+        keep = []
+        for node in model.graph.node:
+            if node.op_type == "Shape" and node.input[0] in shapes:
+                attrs = {a.name: a.i for a in node.attribute}
+                shape = shapes[node.input[0]]
+                value = np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], dtype=np.int64)
+                model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+            else:
+                keep.append(node)
+        if len(keep) == len(model.graph.node):
+            return model
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        model = _fold_constants(model, path, everything=True)
+
+
+def _fold_constants(model, path: Path, everything: bool = False):
     """A copy of ``model`` in which every node computed from constants alone (Constant nodes, and a Cast or
-    Reshape of them) is an initializer, computed by onnx's own reference evaluator: onnx2torch takes a Clip's
-    bounds, a Reshape's shape or a Resize's scales only from initializers, and torch writes them as Constant
-    nodes (and Casts of them) when it does not fold constants itself."""
+    Reshape of them; with ``everything``, any op) is an initializer, computed by onnx's own reference
+    evaluator: onnx2torch takes a Clip's bounds, a Reshape's shape or a Resize's scales only from initializers,
+    and torch writes them as Constant nodes (and Casts of them) when it does not fold constants itself."""
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
@@ -180,7 +242,8 @@ def _fold_constants(model, path: Path):
     known = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     keep = []
     for node in model.graph.node:
-        if not all(name in known for name in node.input if name) or node.op_type not in ANN_OPS:
+        foldable = node.op_type in ANN_OPS or (everything and node.op_type not in RANDOM_OPS)
+        if not foldable or not all(name in known for name in node.input if name):
             keep.append(node)
             continue
         inputs = [name for name in node.input if name]
