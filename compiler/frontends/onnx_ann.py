@@ -193,7 +193,8 @@ def _check_activations_fit(inferred, path: Path) -> None:
 
 def at_batch_one(model, path: Path):
     """A copy of ``model`` at batch 1 in which every tensor computable from constants and static shapes is an
-    initializer: its inputs and outputs get batch 1; then, until nothing changes, every Shape node whose input's
+    initializer: its inputs and outputs get batch 1 (a file exported at another fixed batch whose shapes do not
+    follow is refused); then, until nothing changes, every Shape node whose input's
     whole shape inference knows becomes a constant and ``_fold_constants(everything=True)`` folds what follows
     (a Reshape whose shape was computed has a known output only once that shape is folded)."""
     import onnx
@@ -203,12 +204,15 @@ def at_batch_one(model, path: Path):
     weights = {t.name for t in model.graph.initializer}
     for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
-        if value.name not in weights and dims and not dims[0].HasField("dim_value"):
+        if value.name not in weights and dims:
             dims[0].Clear()
             dims[0].dim_value = 1
     while True:
         del model.graph.value_info[:]
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        except Exception as exc:  # noqa: BLE001 - onnx's InferenceError, and C++ errors as others
+            raise GraphError(f"{path}: the model at batch 1 is invalid: {_one_line(exc)}") from None
         shapes = {}
         for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
             dims = value.type.tensor_type.shape.dim
