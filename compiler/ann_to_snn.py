@@ -29,8 +29,9 @@ it. Whatever else the conversion cannot map is listed in one error.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import nir
 import numpy as np
@@ -93,30 +94,61 @@ def activations(model) -> dict[str, Optional[float]]:
     return found
 
 
-def calibrate(ann: OnnxAnn, data: np.ndarray, percentile: float = DEFAULT_PERCENTILE,
+def example_data(ann: OnnxAnn, data: Union[np.ndarray, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Example inputs by input name, checked: an array is the image input's ([N, *input_shape]); a model with more
+    inputs (a diffusion step) takes a mapping of every input to N examples."""
+    names = ann.input_names
+    if not isinstance(data, dict):
+        if len(names) != 1:
+            raise GraphError(f"the ANN takes {', '.join(names)}: give examples of each (an .npz of arrays by input "
+                             "name)")
+        data = {names[0]: data}
+    missing, unknown = [n for n in names if n not in data], [n for n in data if n not in names]
+    if missing or unknown:
+        raise GraphError(f"examples must give the ANN's inputs {', '.join(names)}"
+                         + (f"; missing {', '.join(missing)}" if missing else "")
+                         + (f"; not inputs: {', '.join(unknown)}" if unknown else ""))
+    declared = {i.name: i for i in ann.model.graph.input}
+    found, sizes = {}, set()
+    for name in names:
+        array = np.asarray(data[name])
+        tensor = declared[name].type.tensor_type
+        dims = [d.dim_value for d in tensor.shape.dim][1:]
+        from onnx import helper
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        if array.ndim != len(dims) + 1 or list(array.shape[1:]) != dims or len(array) == 0 or \
+                array.dtype.kind not in "biuf" or (dtype.kind in "iu" and array.dtype.kind == "f"):
+            raise GraphError(f"examples of {name} must be [N, {', '.join(map(str, dims))}] {dtype.name} values, not "
+                             f"{list(array.shape)} {array.dtype}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise GraphError(f"examples of {name} hold NaN or inf")
+        found[name] = array.astype(dtype)
+        sizes.add(len(array))
+    if len(sizes) != 1:
+        raise GraphError(f"the examples of {', '.join(names)} differ in number: {sorted(sizes)}")
+    return found
+
+
+def calibrate(ann: OnnxAnn, data: Union[np.ndarray, dict[str, np.ndarray]], percentile: float = DEFAULT_PERCENTILE,
               batch: int = 256) -> dict[str, float]:
     """The clipping threshold s of every activation: a Clip's ceiling (the model's own threshold, e.g.
     learned by QCFS training), else the ``percentile`` of the ReLU's positive values over ``data``
-    ([N, *input_shape]; 1 for a ReLU that never fires there)."""
+    (``example_data``; 1 for a ReLU that never fires there)."""
     import onnx
 
     if not 0 < percentile <= 100:
         raise GraphError(f"--percentile must be in (0, 100], not {percentile}")
-    data = np.asarray(data, dtype=np.float32)
-    if data.ndim != len(ann.input_shape) + 1 or tuple(data.shape[1:]) != ann.input_shape or len(data) == 0:
-        raise GraphError(f"calibration data must be [N, {', '.join(map(str, ann.input_shape))}] example inputs of "
-                         f"the ANN, not {list(data.shape)}")
-    if not np.isfinite(data).all():
-        raise GraphError("calibration data holds NaN or inf")
+    data = example_data(ann, data)
     ceilings = activations(ann.model)
     probe = copy.deepcopy(ann.model)
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in ceilings)
     module = torch_module(probe, ann.source)
     values: dict[str, list[np.ndarray]] = {name: [] for name in ceilings}
+    count = len(next(iter(data.values())))
     with torch.no_grad():
-        for start in range(0, len(data), batch):
-            outs = module(torch.from_numpy(data[start:start + batch]))
+        for start in range(0, count, batch):
+            outs = module(*ann.examples({k: v[start:start + batch] for k, v in data.items()}))
             outs = outs if isinstance(outs, (tuple, list)) else (outs,)
             for name, out in zip(ceilings, outs):
                 positive = out.numpy().reshape(-1)
@@ -197,6 +229,8 @@ class _Builder:
         self.values: dict[str, Value] = {}
         self.problems: list[str] = []
         self.users = _users(model)
+        self.host: set[str] = set()  # tensors the host computes (HostParts.host_tensors)
+        self.host_inputs: dict[str, dict[str, str]] = {}  # Input node -> the host tensor and the sum it enters
 
     def add(self, name: str, node: nir.NIRNode, inputs: list[str]) -> str:
         key = name.replace("/", ".").strip(".") or "node"
@@ -293,7 +327,9 @@ def convert(ann: OnnxAnn, thresholds: dict[str, float], bits: int, dt: float = N
     """The SNN of ``ann`` quantized at ``bits`` with ``thresholds`` (``calibrate``): a NIR graph of T = 2^b - 1
     steps per call (metadata ``snc.timestep``, ``snc.dt``)."""
     b = _Builder(ann.fixed, thresholds, bits, dt)
-    graph_input = next(i.name for i in ann.fixed.graph.input if i.name not in b.consts)
+    graph_input = ann.host.core_input if ann.host else next(i.name for i in ann.fixed.graph.input
+                                                             if i.name not in b.consts)
+    b.host = set(ann.host.host_tensors) if ann.host else set()
     entry = b.add("input", nir.Input(input_type={"input": np.array(ann.input_shape)}), [])
     b.values[graph_input] = Value(ann.input_shape, [Term(entry, 1.0, 0, ann.input_shape[0])])
     handlers = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm, "Add": _add,
@@ -301,6 +337,8 @@ def convert(ann: OnnxAnn, thresholds: dict[str, float], bits: int, dt: float = N
                 "GlobalAveragePool": _global_avgpool, "Flatten": _view, "Reshape": _view, "Unsqueeze": _view,
                 "Squeeze": _view, "Tile": _view, "Expand": _view, "Gather": _view, "Slice": _view, "Relu": _activation, "Clip": _activation}
     for i, node in enumerate(ann.fixed.graph.node):
+        if ann.core_nodes is not None and i not in ann.core_nodes:
+            continue  # a host part
         name = node.name or f"{node.op_type}_{i}"
         try:
             if node.op_type in PASS_THROUGH:
@@ -312,12 +350,15 @@ def convert(ann: OnnxAnn, thresholds: dict[str, float], bits: int, dt: float = N
         except _Refused as exc:
             b.problems.append(f"{name} ({node.op_type}): {exc}")
         except KeyError as exc:  # an input that an earlier refused node should have made
-            if not b.problems:
+            if exc.args and exc.args[0] in b.host:
+                b.problems.append(f"{name} ({node.op_type}): reads the host-computed {exc.args[0]} (host tensors "
+                                  "enter the core only added to it, as currents)")
+            elif not b.problems:
                 b.problems.append(f"{name} ({node.op_type}): input {exc} is neither a constant nor computed")
     if b.problems:
         raise GraphError(f"{ann.source}: the conversion cannot map {len(b.problems)} node(s): "
                          + "; ".join(b.problems))
-    out_name = ann.fixed.graph.output[0].name
+    out_name = ann.host.core_output if ann.host else ann.fixed.graph.output[0].name
     result = b.values[out_name]
     spikes_out = len(result.terms) == 1 and result.terms[0].node in b.nodes and \
         isinstance(b.nodes[result.terms[0].node], SubtractiveIF)
@@ -328,7 +369,25 @@ def convert(ann: OnnxAnn, thresholds: dict[str, float], bits: int, dt: float = N
     b.add("output", nir.Output(output_type={"output": np.array(result.shape)}), [source])
     meta = {"snc.dt": dt, "snc.timestep": b.T, "snc.conversion": f"ANN-to-SNN at {bits} bits (T = {b.T}) of "
             f"{ann.source}", "snc.output": "spike counts" if spikes_out else "mean of the linear output"}
+    if ann.host is not None:
+        meta.update(host_metadata(ann, b.host_inputs))
     return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=meta)
+
+
+def host_metadata(ann: OnnxAnn, host_inputs: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """What the host program of a converted ANN with host parts needs, as graph metadata (so that the NIR file
+    and a build's graph.nir carry it): the cut (``HostParts``) and the graph input fed by each host tensor as
+    JSON, the head and tail ONNX models as bytes, the diffusion steps (the file's ``snc.diffusion_steps``)."""
+    meta = {p.key: p.value for p in ann.model.metadata_props}
+    info = ann.host.as_meta() | {"host_inputs": host_inputs, "source": ann.source}
+    found = {"snc.host": json.dumps(info)}
+    for part in ("head", "tail"):
+        blob = getattr(ann.host, part)
+        if blob is not None:
+            found[f"snc.host.{part}"] = np.frombuffer(blob, dtype=np.uint8).copy()
+    if "snc.diffusion_steps" in meta:
+        found["snc.diffusion_steps"] = int(meta["snc.diffusion_steps"])
+    return found
 
 
 # --- the ops ---------------------------------------------------------------------------------------------------
@@ -421,6 +480,15 @@ def _batchnorm(b: _Builder, node, name: str) -> Value:
 
 def _add(b: _Builder, node, name: str) -> Value:
     left, right = node.input[0], node.input[1]
+    if left in b.host or right in b.host:  # a host-computed bias (a time embedding): a current every step
+        tensor, signal = (left, right) if left in b.host else (right, left)
+        if signal in b.host:
+            raise _Refused("a sum of two host tensors inside the core")
+        x = b.values[signal]
+        entry = b.add(f"host{name if name.startswith('/') else '/' + name}",
+                      nir.Input(input_type={"input": np.array(x.shape)}), [])
+        b.host_inputs[entry] = {"tensor": tensor, "sum": node.output[0]}
+        return Value(x.shape, x.terms + [Term(entry, 1.0, 0, x.shape[0])])
     if left in b.consts or right in b.consts:
         signal, const = (right, left) if left in b.consts else (left, right)
         x = b.values[signal]
@@ -509,10 +577,20 @@ def _view(b: _Builder, node, name: str) -> Value:
 
 
 def _activation(b: _Builder, node, name: str) -> Value:
+    """One population of threshold s; of a concatenation, one per part (``<name>.<k>``, the rows it covers in
+    its metadata ``snc.rows``), so that the layers it feeds split their weights as for the concatenation."""
     x = b.values[node.input[0]]
     s = b.thresholds[node.output[0]]
-    theta = np.full(x.shape, s)
-    population = SubtractiveIF(r=np.full(x.shape, 1.0 / b.dt), v_threshold=theta, v_initial=theta / 2,
-                               metadata={"snc.activation": node.output[0]})
-    key = b.into_one(name, x, population)
-    return Value(x.shape, [Term(key, s, 0, x.shape[0])])
+    ranges = sorted({(t.start, t.stop) for t in x.terms})
+    if [r[0] for r in ranges] != [0] + [r[1] for r in ranges[:-1]] or ranges[-1][1] != x.shape[0]:
+        raise _Refused("an activation of a concatenation summed with another tensor")
+    terms = []
+    for k, (start, stop) in enumerate(ranges):
+        shape = (stop - start, *x.shape[1:])
+        part = Value(shape, [Term(t.node, t.factor, 0, stop - start) for t in x.terms if (t.start, t.stop) == (start, stop)])
+        theta = np.full(shape, s)
+        population = SubtractiveIF(r=np.full(shape, 1.0 / b.dt), v_threshold=theta, v_initial=theta / 2,
+                                   metadata={"snc.activation": node.output[0], "snc.rows": np.array([start, stop])})
+        key = b.into_one(name if len(ranges) == 1 else f"{name}.{k}", part, population)
+        terms.append(Term(key, s, start, stop))
+    return Value(x.shape, terms)

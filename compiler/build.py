@@ -47,7 +47,7 @@ from snc.errors import SncError
 from snc.models import arch_of
 from snc.models.checkpoint import load_checkpoint, save_checkpoint
 
-from .frontends import host_program
+from .frontends import host_program, onnx_host
 from .frontends.base import HostProgram
 from .ir_io import json_default
 from .netlist import Netlist, load_netlist, save_netlist
@@ -118,7 +118,8 @@ class Build:
 
     @property
     def has_host(self) -> bool:
-        return self._model is not None or (self.path is not None and MODEL_FILE in self.meta.get("files", {}))
+        return self._model is not None or onnx_host.has_host(self.nir_graph) or \
+            (self.path is not None and MODEL_FILE in self.meta.get("files", {}))
 
     @property
     def host(self) -> HostProgram:
@@ -129,7 +130,9 @@ class Build:
                 where = self.path or "the build"
                 raise SncError(f"{where} was compiled from a NIR file: it has no host-side parts "
                                "(time embedding, stem, tail); compile the checkpoint to sample or verify")
-            if self._model is None:
+            if self._model is None and onnx_host.has_host(self.nir_graph):  # a converted ANN's, in its graph
+                self._model = onnx_host.program(self.nir_graph, self.arch)
+            elif self._model is None:
                 model = load_checkpoint(self.check_file(MODEL_FILE)).model.double().eval()
                 self._model = host_program(self.arch, model, self.nir_graph)
             factor = self.threshold_scale
@@ -201,7 +204,8 @@ def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Bu
             save_netlist(build.netlist(mode), staging / f"netlist-{mode}")
         if checkpoint is not None:
             shutil.copyfile(checkpoint, staging / MODEL_FILE)
-        elif build._model is not None:  # a preset's random weights or a converted reference checkpoint
+        elif build._model is not None and not build._model.kept_in_graph:
+            # a preset's random weights or a converted reference checkpoint
             model = build._model.model  # its own architecture: a frontend's arch may name a part of it
             save_checkpoint(staging / MODEL_FILE, arch_of(model), model, build.meta.get("host_meta", {}),
                             dtype=torch.float32)

@@ -1,3 +1,3 @@
 """Running compiled builds: backends behind one protocol (``backends``), the diffusion samplers
 (``samplers``, ``moments``), verification across backends (``verify``), energy reports (``energy``),
-the NIR reference executor (``nir_reference``) and image files (``images``)."""
+and image files (``images``); the NIR reference executor is ``compiler.nir_reference``."""

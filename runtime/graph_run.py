@@ -12,7 +12,7 @@ on the host, ``compiler/readout.py``).
 
 Backends: the netlist backends (``lava``, ``emu``) in a mode of the build,
 and ``reference``: snc's float NIR executor on the build's NIR graph
-(``runtime/nir_reference.py``: NIR's Euler semantics, no compilation).
+(``compiler/nir_reference.py``: NIR's Euler semantics, no compilation).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from snc.errors import SncError
 
 from .backends import BACKENDS, get_backend
 from .backends.base import NetlistBackend, host_readout
-from .nir_reference import NIRReference
+from snc.compiler.nir_reference import NIRReference
 
 REFERENCE = "reference"
 

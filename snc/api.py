@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Optional, Sequence, Union
@@ -74,14 +75,22 @@ def load(source: Union[PathLike, nir.NIRGraph, None] = None, *, preset: Optional
                           seed=seed, graph=graph)
 
 
-def load_array(path: PathLike, what: str = "input") -> np.ndarray:
-    """A numeric .npy file (never unpickled); one SncError if it is missing or not one."""
+def load_array(path: PathLike, what: str = "input", named: bool = False) -> Union[np.ndarray, dict[str, np.ndarray]]:
+    """A numeric .npy file, or with ``named`` an .npz of numeric arrays by name (never unpickled); one SncError if
+    it is missing or not one."""
     try:
         x = np.load(Path(path), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SncError(f"{path}: not a readable .npy {what} ({exc})") from None
-    if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf":
-        raise SncError(f"{path}: the {what} must be an array of numbers")
+        if isinstance(x, np.lib.npyio.NpzFile):
+            if not named:
+                x.close()
+                raise SncError(f"{path}: the {what} must be one array (.npy), not an .npz")
+            with x:
+                x = {name: x[name] for name in x.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise SncError(f"{path}: not a readable .npy / .npz {what} ({exc})") from None
+    arrays = x.values() if isinstance(x, dict) else [x]
+    if not arrays or any(not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf" for a in arrays):
+        raise SncError(f"{path}: the {what} must be arrays of numbers")
     return x
 
 
@@ -436,17 +445,20 @@ class Converted:
         return sum(int(np.prod(n.v_threshold.shape)) for n in self.graph.nodes.values() if isinstance(n, SubtractiveIF))
 
 
-def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndarray],
-            percentile: float = 99.9, examples: int = 64) -> Converted:
+def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndarray, dict[str, np.ndarray]],
+            percentile: float = 99.9, examples: int = 64, core_output: Optional[str] = None) -> Converted:
     """A ReLU ANN (ONNX) as an SNN of IF neurons with reset by subtraction at ``bits`` bits (T = 2^bits - 1),
-    its clipping thresholds calibrated on ``calibration`` ([N, *input_shape] example inputs) at
-    ``percentile``; the SNN is run on the first ``examples`` of them (the float NIR reference executor) and
-    compared with the quantized ANN (onnx2torch's run of it)."""
+    its clipping thresholds calibrated on ``calibration`` (example inputs: [N, *input_shape], or an .npz /
+    mapping of every input's examples) at ``percentile``; the SNN is run on the first ``examples`` of them (the
+    float NIR reference executor, between the host parts if the model has any: ``core_output``) and compared
+    with the quantized ANN (onnx2torch's run of it)."""
     import onnx
 
-    from snc.compiler.ann_to_snn import ann_macs, calibrate, convert as convert_ann, quantized_model, steps_of
+    from snc.compiler.ann_to_snn import (ann_macs, calibrate, convert as convert_ann, example_data, quantized_model,
+                                         steps_of)
+    from snc.compiler.frontends import onnx_host
     from snc.compiler.frontends.onnx_ann import read_onnx, torch_module
-    from snc.runtime.nir_reference import NIRReference
+    from snc.compiler.nir_reference import NIRReference
 
     path = Path(source)
     if path.suffix != ".onnx":
@@ -454,25 +466,36 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
     T = steps_of(bits)
     if not 1 <= examples:
         raise SncError("examples must be at least 1")
-    ann = read_onnx(path)
-    data = calibration if isinstance(calibration, np.ndarray) else load_array(calibration, "calibration data")
+    ann = read_onnx(path, core_output)
+    if isinstance(calibration, (str, Path)):
+        calibration = load_array(calibration, "calibration data", named=True)
+    data = example_data(ann, calibration)
     thresholds = calibrate(ann, data, percentile)
     graph = convert_ann(ann, thresholds, bits)
     quantized = quantized_model(ann.model, thresholds, bits)
-    x = np.asarray(data[:examples], dtype=np.float32)
+    some = {k: v[:examples] for k, v in data.items()}
     levels = [f"{name}/q/clipped" for name in thresholds]  # the quantized ANN's integer activations
     probe = onnx.ModelProto()
     probe.CopyFrom(quantized)
+    del probe.graph.output[1:]  # the model's output (an ANN may give its core output too)
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in levels)
     with torch.no_grad():
-        outs = torch_module(probe, str(path))(torch.from_numpy(x))
-        ann_out = ann.module(torch.from_numpy(x)).double()
+        outs = torch_module(probe, str(path))(*ann.examples(some))
+        ann_out = ann.module(*ann.examples(some))
+    ann_out = (ann_out[0] if isinstance(ann_out, (tuple, list)) else ann_out).double()
     q_out, level_values = outs[0].double(), [o.numpy() for o in outs[1:]]
-    run = NIRReference(graph).run({"input": torch.from_numpy(np.repeat(x[None], T, axis=0)).double()}, record=True)
-    population = {tensor: node for node, tensor in _activation_nodes(graph).items()}
-    count_agreement = {tensor: float((run[population[tensor]].sum(0).numpy().reshape(values.shape) == values).mean())
+    if ann.host is not None:
+        x, *rest = (torch.from_numpy(np.asarray(some[n])) for n in ann.host.inputs)
+        t = rest[0] if rest else torch.zeros(len(x), dtype=torch.long)
+        snn_out, run = onnx_host.program(graph).model.run(x.double(), t, record=True)
+    else:
+        x = some[ann.input_names[0]].astype(np.float32)
+        run = NIRReference(graph).run({"input": torch.from_numpy(np.repeat(x[None], T, axis=0)).double()},
+                                      record=True)
+        snn_out = run["output"][-1]
+    counts = activation_counts(graph, run)
+    count_agreement = {tensor: float((counts[tensor].numpy().reshape(values.shape) == values).mean())
                        for tensor, values in zip(thresholds, level_values)}
-    snn_out = run["output"][-1]
     if graph.metadata.get("snc.output") == "spike counts":  # spikes worth the last activation's threshold
         last = next(a for a, b in graph.edges if b == "output")
         snn_out = run["output"].sum(0) * thresholds[graph.nodes[last].metadata["snc.activation"]] / T
@@ -480,12 +503,19 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:  # a [N, *canonical shape] (the SNN's) or as b
         return float((a.reshape(b.shape) - b).norm() / b.norm().clamp_min(1e-300))
 
-    return Converted(graph, quantized, str(path), bits, T, thresholds, len(x), count_agreement,
+    return Converted(graph, quantized, str(path), bits, T, thresholds, len(q_out), count_agreement,
                      {"snn_vs_quantized_ann": rel(snn_out, q_out), "quantized_ann_vs_ann": rel(q_out, ann_out)},
                      ann_macs(ann.fixed))
 
 
-def _activation_nodes(graph: nir.NIRGraph) -> dict[str, str]:
-    """NIR node -> the ANN activation tensor it converts (the converter records it in the node's metadata)."""
-    return {name: str(node.metadata["snc.activation"]) for name, node in graph.nodes.items()
-            if "snc.activation" in (node.metadata or {})}
+def activation_counts(graph: nir.NIRGraph, run: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ANN activation tensor -> the spike counts [N, *shape] of its population(s) in a recorded run (the converter
+    records the tensor, and for a concatenation's parts the rows each covers, in the node's metadata)."""
+    parts: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for name, node in graph.nodes.items():
+        meta = node.metadata or {}
+        if "snc.activation" in meta:
+            start = int(np.asarray(meta.get("snc.rows", [0]))[0])
+            parts.setdefault(str(meta["snc.activation"]), []).append((start, run[name].sum(0)))
+    return {tensor: torch.cat([c for _, c in sorted(found, key=lambda p: p[0])], dim=1)
+            for tensor, found in parts.items()}

@@ -267,9 +267,14 @@ def convert(
     output: Path = typer.Option(..., "-o", "--output", help="the SNN to write (.nir); beside it go the quantized "
                                 "ANN (<name>.quantized.onnx) and 16 of the examples as a constant input per step "
                                 "(<name>.inputs.npy: for snc compile --calibrate and snc run --input)"),
-    calibrate: Path = typer.Option(..., "--calibrate", help=".npy of example inputs [N, *input shape]: the "
+    calibrate: Path = typer.Option(..., "--calibrate", help=".npy of example inputs [N, *input shape] (an .npz "
+                                   "of every input's examples by name for a model of several inputs: x and t): the "
                                    "clipping thresholds are a percentile of each activation on them"),
     percentile: float = typer.Option(99.9, "--percentile", help="of each activation's positive values"),
+    core_output: Optional[str] = typer.Option(None, "--core-output", help="the tensor where the spiking core ends "
+                                              "(default: the file's metadata snc.core_output, else the output); "
+                                              "what follows it, and what the core reads computed from inputs "
+                                              "other than the image, run on the host"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Convert a ReLU ANN to an SNN (SDM section VI): activations quantized to b bits, IF neurons with reset by
@@ -284,27 +289,31 @@ def convert(
     quantized_path = output.with_name(output.stem + ".quantized.onnx")
     inputs_path = output.with_name(output.stem + ".inputs.npy")
     _output_file(output)
-    examples = api.load_array(calibrate, "calibration data")
-    converted = api.convert(model, bits=bits, calibration=examples, percentile=percentile)
+    examples = api.load_array(calibrate, "calibration data", named=True)
+    converted = api.convert(model, bits=bits, calibration=examples, percentile=percentile, core_output=core_output)
     write_graph(output, converted.graph)
+    bare = "snc.host" not in converted.graph.metadata  # a model with host parts calibrates on its own data
     try:
         onnx.save(converted.quantized, str(quantized_path))
-        np.save(inputs_path, np.repeat(examples[None, :16].astype(np.float32), converted.steps, axis=0))
+        if bare:
+            image = examples if isinstance(examples, np.ndarray) else next(iter(examples.values()))
+            np.save(inputs_path, np.repeat(image[None, :16].astype(np.float32), converted.steps, axis=0))
     except OSError as exc:
         raise SncError(f"cannot write beside {output}: {exc}") from None
-    result = converted.as_dict() | {"nir": str(output), "quantized_ann": str(quantized_path),
-                                    "inputs": str(inputs_path)}
+    result = converted.as_dict() | {"nir": str(output), "quantized_ann": str(quantized_path)} | \
+        ({"inputs": str(inputs_path)} if bare else {})
     agreement = ", ".join(f"{k} {v:.2%}" for k, v in converted.count_agreement.items())
     errors = converted.output_rel_error
     _emit(result, as_json, [
         f"wrote {output}: {converted.neurons:,} IF neurons (reset by subtraction), T = {converted.steps} steps per "
         f"call ({bits} bits); the quantized ANN: {quantized_path}",
-        f"on {converted.examples} calibration examples (float NIR reference, constant input): spike counts equal "
+        f"on {converted.examples} calibration examples (float NIR reference): spike counts equal "
         f"to the quantized ANN's activations: {agreement}",
         f"output relative error: SNN vs quantized ANN {errors['snn_vs_quantized_ann']:.2e}, quantized ANN vs ANN "
         f"{errors['quantized_ann_vs_ann']:.2e}",
         f"compile it: snc compile {output} --calibrate {inputs_path} -o BUILD; run it: snc run BUILD --input "
-        f"{inputs_path}"])
+        f"{inputs_path}" if bare else f"compile it: snc compile {output} -o BUILD (its host parts are in the file); "
+        "sample with it: snc sample BUILD"])
 
 
 @app.command("compile")

@@ -302,7 +302,7 @@ def mlp_reader_error(reader: str, directory, step: int = 300, seed: int = 0) -> 
         eps, _ = host.reference(x, t)
     image = inputs["input"].float().reshape(deployable.timestep, 4, -1)  # the reader's flat input
     readout = torch.as_tensor(read_back(reader, path)(image), dtype=torch.float64)
-    return float((host.decode(readout) - eps).abs().max())
+    return float((host.decode(readout, x, t) - eps).abs().max())
 
 
 def conv_reader_agreement(reader: str, directory, seed: int = 0) -> float:

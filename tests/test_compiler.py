@@ -14,7 +14,7 @@ from snc.compiler.linear import LinearOp, compose, upsample_op
 from snc.compiler.passes.quantize import quantize_weights
 from snc.compiler.targets import get_target
 from snc.errors import GraphError
-from snc.runtime.nir_reference import NIRReference
+from snc.compiler.nir_reference import NIRReference
 
 from conftest import compile_model, compile_nir, deploy, make_model
 

@@ -7,7 +7,7 @@ import torch
 from snc.compiler.nir_io import NearestUpsample2d, node_arrays, read_graph, write_graph
 from snc.errors import GraphError
 from snc.models.neurons import NeuronConfig
-from snc.runtime.nir_reference import NIRReference
+from snc.compiler.nir_reference import NIRReference
 
 from conftest import export, host_of, make_model
 

@@ -118,7 +118,7 @@ def test_lateral_circuits_select_the_same_experts_on_lava_as_in_torch():
     from snc.compiler.netlist import netlist_currents
     from snc.runtime.backends.emulator import EmuNetwork
     from snc.runtime.backends.lava import LavaNetwork
-    from snc.runtime.nir_reference import NIRReference
+    from snc.compiler.nir_reference import NIRReference
 
     from test_emulator import _assert_same_trace
 
@@ -186,7 +186,7 @@ def test_feed_forward_delays_gains_after_them_and_builds_keep_lags(tmp):
     from snc.compiler.nir_io import NIR_DT, StepScale
     from snc.runtime.backends.emulator import EmuNetwork
     from snc.runtime.backends.lava import LavaNetwork
-    from snc.runtime.nir_reference import NIRReference
+    from snc.compiler.nir_reference import NIRReference
 
     from test_emulator import _assert_same_trace
 
@@ -259,7 +259,7 @@ def test_whole_denoiser_exports_and_compiles_to_the_torch_function():
     from snc.compiler.frontends.lateral import from_grid
     from snc.compiler.ir_executor import run_ir
     from snc.compiler.nir_io import Gate
-    from snc.runtime.nir_reference import NIRReference
+    from snc.compiler.nir_reference import NIRReference
 
     model = _trained_like()
     dep, result = _compiled(model, mode_calibrated=False)

@@ -18,7 +18,7 @@ from snc.models.checkpoint import load_checkpoint, save_checkpoint, shipped_chec
 from snc.models.train import TrainSettings, finetune_tsm
 from snc.runtime.backends.emulator import EmuNetwork
 from snc.runtime.backends.lava import LavaNetwork
-from snc.runtime.nir_reference import NIRReference
+from snc.compiler.nir_reference import NIRReference
 
 from conftest import compile_model, compile_nir, deploy, host_of, make_model, run_snc
 from test_cli import _clean_error, _ok

@@ -50,6 +50,8 @@ class HostProgram:
     population, gates, host work.
     """
 
+    kept_in_graph = False  # True: the host parts travel in the graph's metadata (a build saves no checkpoint)
+
     def __init__(self, model: nn.Module, nir_graph: nir.NIRGraph, arch: str) -> None:
         self.model = model
         self.nir_graph = nir_graph
@@ -69,8 +71,9 @@ class HostProgram:
             inputs[name] = broadcast(bias.unsqueeze(0).expand(steps, -1, -1), self.input_shape(name))
         return inputs
 
-    def decode(self, readout: torch.Tensor) -> torch.Tensor:
-        """eps [B, C, H, W] from the graph's output per logical step [T, B, *output shape]."""
+    def decode(self, readout: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps [B, C, H, W] from the graph's output per logical step [T, B, *output shape] of the call on images x
+        at steps t (a converted model's tail may read them; snc's families do not)."""
         return self.model.decode(readout)
 
     def population_spikes(self, name: str, recorded: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -90,7 +93,7 @@ class HostProgram:
         x = torch.zeros((1, cfg.img_ch, cfg.img_size, cfg.img_size), dtype=dtype)
         h = torch.zeros((cfg.timestep, 1, *self.output_shape), dtype=dtype)
         return {"stem": lambda: self.model.encode(x), "time embedding": lambda: self.model.time_biases(t),
-                "tail": lambda: self.decode(h)}
+                "tail": lambda: self.decode(h, x, t)}
 
     # --- shared -------------------------------------------------------------------------------------
     @property

@@ -122,7 +122,7 @@ class LateralHost(HostProgram):
                                                        self.input_shape(f"bias.{name}.experts"))
         return inputs
 
-    def decode(self, readout: torch.Tensor) -> torch.Tensor:
+    def decode(self, readout: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model.decode(from_grid(readout))
 
     def population_spikes(self, name: str, recorded: dict[str, torch.Tensor]) -> torch.Tensor:

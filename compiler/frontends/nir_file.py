@@ -12,6 +12,9 @@ sets its T to the input's); sampling and verification need a model.
 Calibration: ``calibration`` holds the graph's input per step
 ``[steps, batch, *input_shape]`` (what ``snc run`` will be fed); the compiler
 picks each population's fixed-point scale from the float run on it.
+
+A graph ``snc convert`` made from an ANN with host parts carries them in its metadata (``onnx_host``): it
+loads with its host program, and compiles, samples and verifies as a model.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from snc.models.presets import MAX_TIMESTEP
 from ..nir_io import read_graph
 from ..nir_normalise import normalise
 from ..pass_manager import CalibrationCall
+from . import onnx_host
 from .base import Deployable
 
 
@@ -66,8 +70,15 @@ def from_graph(graph: nir.NIRGraph, source: str = "NIR graph", dt: Optional[floa
     steps = int(steps)
     if calibration is not None and calibration.shape[0] != steps:
         raise SncError(f"the calibration input has {calibration.shape[0]} steps, T is {steps}")
-    deployable = Deployable(str(flat.metadata.get("snc.arch", "")), flat, int(steps), None, source=source,
-                            dt=normalised.dt, warnings=[*(warnings or []), *normalised.warnings])
+    host = None
+    if onnx_host.has_host(flat):  # an ANN converted with host parts (snc convert): they come with the graph
+        if calibration is not None:
+            raise SncError(f"{source} is a converted model with host parts: it calibrates on its own data "
+                           "(give no --calibrate)")
+        host = onnx_host.program(flat)
+    deployable = Deployable(str(flat.metadata.get("snc.arch", "converted-ann" if host else "")), flat, int(steps),
+                            host, source=source, dt=normalised.dt,
+                            warnings=[*(warnings or []), *normalised.warnings])
     if calibration is not None:
         data = {inputs[0]: torch.as_tensor(calibration, dtype=torch.float64)}
         deployable.calibration_calls = [CalibrationCall(None, lambda gates: data)]

@@ -27,7 +27,7 @@ import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -54,6 +54,29 @@ LOAD_FACTOR = 4  # memory to parse a file and build its module, per byte of the 
 
 
 @dataclass
+class HostParts:
+    """The parts of an ANN that stay on the host around its spiking core (a diffusion model's time embedding and
+    tail). The core is what depends on the image input (the first float input) up to ``core_output``; the
+    tensors it reads that are computed from the other inputs alone (``host_tensors``: a time-embedding bias)
+    are the head's outputs, fed to the core as currents; the tail maps the core output (and the inputs) to the
+    model's output. Head and tail are ONNX models (serialized) cut from the file by onnx's Extractor, run by
+    onnx2torch at any batch (one example at a time when the file's batch is fixed)."""
+    inputs: dict[str, dict[str, Any]]  # every graph input: {"dtype": numpy dtype, "shape": [batch, ...]}
+    core_input: str
+    core_output: str
+    output: str  # the model's output (the tail's)
+    host_tensors: list[str]
+    head: Optional[bytes]  # graph inputs -> host tensors
+    tail: Optional[bytes]  # core output and graph inputs -> output
+    full_shapes: dict[str, list[int]]  # host tensors, the core output and the Adds they enter: shapes at batch 1
+    batch_axes: dict[str, int]  # host tensors and the core output: the axis that is the batch in the model
+    static_batch: Optional[int]  # the file's batch when it is fixed (then host parts run one example at a time)
+
+    def as_meta(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("head", "tail")}
+
+
+@dataclass
 class OnnxAnn:
     """An ANN read from ONNX: the model as checked (constants folded, Resizes in torch's form) for any batch,
     the same at batch 1 with everything computable from constants and shapes folded (``fixed``: what the
@@ -63,6 +86,17 @@ class OnnxAnn:
     module: torch.fx.GraphModule
     input_shape: tuple[int, ...]  # one example, without the batch dimension
     source: str
+    core_nodes: Optional[list[int]] = None  # indices into ``fixed``'s nodes of the spiking core (None: all)
+    host: Optional[HostParts] = None
+
+    @property
+    def input_names(self) -> list[str]:
+        weights = {t.name for t in self.model.graph.initializer}
+        return [i.name for i in self.model.graph.input if i.name not in weights]
+
+    def examples(self, data: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """The module's positional inputs from arrays by input name."""
+        return [torch.from_numpy(np.asarray(data[name])) for name in self.input_names]
 
     @property
     def ops(self) -> dict[str, str]:
@@ -70,8 +104,11 @@ class OnnxAnn:
         return {node.name or f"#{i}": node.op_type for i, node in enumerate(self.fixed.graph.node)}
 
 
-def read_onnx(path: Path) -> OnnxAnn:
-    """The ANN of an ONNX file; one GraphError naming every problem (see the module docstring)."""
+def read_onnx(path: Path, core_output: Optional[str] = None) -> OnnxAnn:
+    """The ANN of an ONNX file; one GraphError naming every problem (see the module docstring). ``core_output``:
+    the tensor where the spiking core ends (default: the file's metadata ``snc.core_output``, else the
+    model's output); what follows it, and what the core reads computed from inputs other than the image, are
+    host parts (``HostParts``)."""
     import onnx
 
     path = Path(path)
@@ -94,16 +131,22 @@ def read_onnx(path: Path) -> OnnxAnn:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - onnx's ValidationError / InferenceError, and C++ errors as others
         raise GraphError(f"{path}: an invalid ONNX model: {_one_line(exc)}") from None
-    shape = _input_shape(model, path)
+    core_input, shape, inputs = _inputs(model, path)
     _check_activations_fit(inferred, path)
     model = _current_opset(model, path)
     fixed = at_batch_one(_fold_constants(model, path, everything=True), path)
-    _refuse(path, _op_problems(fixed))
+    meta = {p.key: p.value for p in model.metadata_props}
+    core, host_tensors, end = _split(fixed, core_input, core_output or meta.get("snc.core_output"), path)
+    _refuse(path, _op_problems(fixed, core))
     model = _nearest_as_torch(_fold_constants(model, path), path)
     fixed = _nearest_as_torch(fixed, path)
     module = torch_module(model, str(path))
-    _check_runs(module, shape, path)
-    return OnnxAnn(model, fixed, module, shape, str(path))
+    ann = OnnxAnn(model, fixed, module, shape, str(path))
+    _check_runs(ann, inputs, path)
+    if host_tensors or end != fixed.graph.output[0].name:
+        ann.core_nodes = core
+        ann.host = _host_parts(ann, inputs, core_input, host_tensors, end, path)
+    return ann
 
 
 def _refuse(path: Path, problems: list[str]) -> None:
@@ -115,17 +158,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:500]
 
 
-def _op_problems(model) -> list[str]:
-    """Every node snc cannot convert and attribute it does not map."""
+def _op_problems(model, core: list[int]) -> list[str]:
+    """Every node of the core (``core``: indices) snc cannot convert and attribute it does not map."""
     problems = []
     graph = model.graph
     unknown = [f"{node.name or f'#{i}'} ({node.domain + '.' if node.domain not in ('', 'ai.onnx') else ''}"
                f"{node.op_type})" for i, node in enumerate(graph.node)
-               if node.op_type not in ANN_OPS or node.domain not in ("", "ai.onnx")]
+               if i in core and (node.op_type not in ANN_OPS or node.domain not in ("", "ai.onnx"))]
     if unknown:
         problems.append(f"{len(unknown)} node(s) of ops snc does not convert: {', '.join(unknown)} (it converts "
                         f"{', '.join(ANN_OPS)})")
     for i, node in enumerate(graph.node):
+        if i not in core:
+            continue
         attrs = {a.name: a for a in node.attribute}
         name = node.name or f"#{i}"
         if node.op_type in ("Resize", "Upsample") and "mode" in attrs and attrs["mode"].s not in (b"nearest", b""):
@@ -160,20 +205,153 @@ def _weight_problems(model) -> list[str]:
     return problems
 
 
-def _input_shape(model, path: Path) -> tuple[int, ...]:
+def _inputs(model, path: Path) -> tuple[str, tuple[int, ...], dict[str, dict[str, Any]]]:
+    """The image input (the first float input: [batch, *fixed sizes]), its shape without the batch, and every
+    input's dtype and shape (the others, a diffusion step say, feed host parts)."""
+    from onnx import helper
+
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
-    if len(inputs) != 1:
-        raise GraphError(f"{path}: the ANN must take one input, it takes {len(inputs)} "
-                         f"({', '.join(i.name for i in inputs) or 'none'})")
-    tensor = inputs[0].type.tensor_type
-    if tensor.elem_type not in FLOAT_TYPES:
-        raise GraphError(f"{path}: input {inputs[0].name} is not a float tensor")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    if len(dims) < 2 or any(d is None or d < 1 for d in dims[1:]):
-        raise GraphError(f"{path}: input {inputs[0].name} must be [batch, *fixed sizes], not "
-                         f"[{', '.join('?' if d is None else str(d) for d in dims)}]")
-    return tuple(int(d) for d in dims[1:])
+    found: dict[str, dict[str, Any]] = {}
+    for value in inputs:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if not value.type.HasField("tensor_type") or not dims or any(d is None or d < 1 for d in dims[1:]):
+            raise GraphError(f"{path}: input {value.name} must be [batch, *fixed sizes], not "
+                             f"[{', '.join('?' if d is None else str(d) for d in dims)}]")
+        found[value.name] = {"dtype": str(helper.tensor_dtype_to_np_dtype(tensor.elem_type)),
+                             "shape": [d if d and d > 0 else None for d in dims]}
+    images = [name for name, v in found.items() if np.dtype(v["dtype"]).kind == "f" and len(v["shape"]) >= 2]
+    if not images:
+        raise GraphError(f"{path}: the ANN takes no float input [batch, ...] (its inputs: "
+                         f"{', '.join(found) or 'none'})")
+    return images[0], tuple(int(d) for d in found[images[0]]["shape"][1:]), found
+
+
+def _split(fixed, core_input: str, core_output: Optional[str], path: Path) -> tuple[list[int], list[str], str]:
+    """The spiking core (indices of ``fixed``'s nodes): what depends on ``core_input`` and leads to
+    ``core_output`` (default: the model's first output); the tensors it reads that neither it nor a constant
+    makes (the host's); and the core output."""
+    graph = fixed.graph
+    outputs = [o.name for o in graph.output]
+    end = core_output or outputs[0]
+    produced = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    if end != core_input and end not in produced:
+        raise GraphError(f"{path}: the core output {end!r} is no tensor the model computes")
+    reached = {core_input}
+    for node in graph.node:  # nodes are in topological order (onnx's checker)
+        if any(name in reached for name in node.input):
+            reached.update(node.output)
+    if end not in reached:
+        raise GraphError(f"{path}: the core output {end!r} does not depend on the input {core_input}")
+    core: set[int] = set()
+    todo = [end]
+    while todo:
+        name = todo.pop()
+        i = produced.get(name)
+        if i is None or i in core or name not in reached:
+            continue
+        core.add(i)
+        todo.extend(graph.node[i].input)
+    constants = {t.name for t in graph.initializer}
+    made = {out for i in core for out in graph.node[i].output}
+    host = sorted({name for i in core for name in graph.node[i].input
+                   if name and name not in made and name not in constants and name != core_input})
+    return sorted(core), host, end
+
+
+def _host_parts(ann: OnnxAnn, inputs: dict[str, dict[str, Any]], core_input: str, host_tensors: list[str],
+                end: str, path: Path) -> HostParts:
+    """Head and tail cut from the model (for any batch), with the batch axis of every tensor that crosses
+    between host and core (found by running the model at batch 1 and 2)."""
+    import onnx
+
+    output = ann.model.graph.output[0].name
+    names = list(inputs)
+    ranks = {name: len(shape) for name, shape in _full_shapes(ann.fixed, [end, output, *host_tensors]).items()}
+    head = _cut(ann.model, names, host_tensors, ranks, path) if host_tensors else None
+    tail = _cut(ann.model, [end, *names], [output], ranks, path) if end != output else None
+    static = inputs[core_input]["shape"][0]
+    crossing = [*host_tensors, end]
+    probe = copy.deepcopy(ann.model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in crossing)
+    module = torch_module(probe, str(path))
+    shapes = []
+    for batch in ([static] if static else [1, 2]):
+        with torch.no_grad():
+            outs = module(*example_inputs(inputs, batch))
+        shapes.append([list((outs if isinstance(outs, (tuple, list)) else [outs])[i].shape)
+                       for i in range(len(crossing))])
+    axes = {}
+    for i, name in enumerate(crossing):
+        if static:
+            axes[name] = 0 if len(shapes[0][i]) else -1
+            continue
+        differ = [a for a, (one, two) in enumerate(zip(shapes[0][i], shapes[1][i])) if one != two]
+        axes[name] = differ[0] if differ else -1  # -1: the same for every example
+    full = _full_shapes(ann.fixed, [*crossing, *_adds_of(ann.fixed, host_tensors)])
+    return HostParts(inputs, core_input, end, output, host_tensors,
+                     head.SerializeToString() if head else None, tail.SerializeToString() if tail else None,
+                     full, axes, static)
+
+
+def _cut(model, inputs: list[str], outputs: list[str], ranks: dict[str, int], path: Path):
+    """The part of ``model`` that computes ``outputs`` from ``inputs`` (graph inputs or float tensors of the
+    model) and constants, as a model of its own. (onnx's Extractor needs a shape for every cut tensor, which a
+    dynamic batch leaves unknown.)"""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    produced = {out: node for node in graph.node for out in node.output}
+    given = set(inputs)
+    needed, todo = set(), list(outputs)
+    while todo:
+        name = todo.pop()
+        node = produced.get(name)
+        if name in given or node is None or id(node) in needed:
+            continue
+        needed.add(id(node))
+        todo.extend(n for n in node.input if n)
+    nodes = [node for node in graph.node if id(node) in needed]
+    used = {n for node in nodes for n in node.input} | set(outputs)
+    declared = {v.name: v for v in graph.input}
+    values = [declared[n] if n in declared else helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT,
+                                                                              [None] * ranks[n]) for n in inputs]
+    part = helper.make_model(
+        helper.make_graph(nodes, f"{graph.name}-part", values,
+                          [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [None] * ranks[n]) for n in outputs],
+                          [t for t in graph.initializer if t.name in used]),
+        opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        onnx.checker.check_model(part)
+    except Exception as exc:  # noqa: BLE001 - a part that reads a tensor neither given nor computed
+        raise GraphError(f"{path}: the host part computing {', '.join(outputs)} cannot be cut from the model: "
+                         f"{_one_line(exc)}") from None
+    return part
+
+
+def _adds_of(model, tensors: list[str]) -> list[str]:
+    """The outputs of the nodes that read ``tensors`` (the Adds host currents enter)."""
+    return [node.output[0] for node in model.graph.node if any(n in tensors for n in node.input)]
+
+
+def _full_shapes(model, names: list[str]) -> dict[str, list[int]]:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    found = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if value.name in names:
+            found[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
+    return found
+
+
+def example_inputs(inputs: dict[str, dict[str, Any]], batch: int) -> list[torch.Tensor]:
+    """Zeros of every input's dtype and shape at ``batch``."""
+    return [torch.zeros((batch, *v["shape"][1:]), dtype=getattr(torch, np.dtype(v["dtype"]).name))
+            for v in inputs.values()]
 
 
 def _check_activations_fit(inferred, path: Path) -> None:
@@ -334,13 +512,16 @@ def torch_module(model, source: str) -> torch.fx.GraphModule:
     return module.float().eval()
 
 
-def _check_runs(module: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
+def _check_runs(ann: OnnxAnn, inputs: dict[str, dict[str, Any]], path: Path) -> None:
     """One call on zeros: shapes that the checks could not see (a Reshape to an impossible size) fail here."""
     try:
         with torch.no_grad():
-            out = module(torch.zeros(1, *shape))
+            out = ann.module(*example_inputs(inputs, inputs[next(iter(inputs))]["shape"][0] or 1))
     except Exception as exc:  # noqa: BLE001 - any op's shape error
-        raise GraphError(f"{path}: the ANN does not run on its declared input [1, {', '.join(map(str, shape))}]: "
-                         f"{_one_line(exc)}") from None
+        declared = ", ".join(f"{name} {value['shape']}" for name, value in inputs.items())
+        raise GraphError(f"{path}: the ANN does not run on its declared inputs ({declared}): {_one_line(exc)}") \
+            from None
+    if isinstance(out, (tuple, list)):
+        out = out[0]  # an ANN may also give its core output (the file names it in snc.core_output)
     if not isinstance(out, torch.Tensor):
-        raise GraphError(f"{path}: the ANN must give one output tensor")
+        raise GraphError(f"{path}: the ANN's output is not a tensor")

@@ -250,10 +250,11 @@ class ChipRunner:
     def _call(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, CallResult]:
         net = self.net
         gates = net.call_gates(t, self.specialised)
-        inputs = self.host.call_inputs(x.to(torch.float64), t, gates)
+        x64 = x.to(torch.float64)
+        inputs = self.host.call_inputs(x64, t, gates)
         currents = netlist_currents(net, inputs)
         result = self.network.call(currents, gates)
-        return self.host.decode(host_readout(net, result.readout, currents)).to(x.dtype), result
+        return self.host.decode(host_readout(net, result.readout, currents), x64, t).to(x.dtype), result
 
     def close(self) -> None:
         self.network.close()
