@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -45,6 +47,9 @@ class NeuronConfig:
     decay: float = 1.0
     fire_at_threshold: bool = False
     surrogate_alpha: float = 2.0
+    # the ANN twin's activation: None a ReLU; b: eq. 21's QuantizedReLU of b bits (its threshold, starting at
+    # ``threshold``, learned: QCFS training for ANN-to-SNN conversion)
+    ann_bits: Optional[int] = None
 
 
 def fire(v: torch.Tensor, config: NeuronConfig) -> torch.Tensor:
@@ -111,5 +116,37 @@ def per_step(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def make_activation(spiking: bool, config: NeuronConfig) -> nn.Module:
-    """The spiking neuron, or ReLU for the non-spiking (ANN) twin of a model."""
-    return IFNeuron(config) if spiking else nn.ReLU()
+    """The spiking neuron, or for the non-spiking (ANN) twin of a model a ReLU (quantized with ``ann_bits``)."""
+    if spiking:
+        return IFNeuron(config)
+    return QuantizedReLU(config.ann_bits, config.threshold) if config.ann_bits else nn.ReLU()
+
+
+class QuantizedReLU(nn.Module):
+    """Eq. 21 of SDM with a learned clipping threshold ``s`` (QCFS, Bu et al. 2022): ``s/L * clip(floor(L x / s
+    + 1/2), 0, L)`` with ``L = 2^bits - 1`` levels; the rounding passes its gradient straight through, so ``s``
+    learns where the activation saturates. For export it is ``clamp(x, 0, s)`` (``as_clip``): ONNX's Clip
+    from 0, whose ceiling snc's converter takes as the layer's threshold."""
+
+    def __init__(self, bits: int, threshold: float = 1.0) -> None:
+        super().__init__()
+        self.levels = 2 ** bits - 1
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = torch.clamp(x / self.threshold, 0, 1) * self.levels
+        rounded = scaled + (torch.floor(scaled + 0.5) - scaled).detach()  # straight-through rounding
+        return rounded * self.threshold / self.levels
+
+    def as_clip(self) -> nn.Module:
+        return nn.Hardtanh(0.0, float(self.threshold))
+
+
+def clips_for_export(model: nn.Module) -> nn.Module:
+    """``model`` with every ``QuantizedReLU`` replaced by its Clip (what an ONNX file of it holds), in place."""
+    for name, module in list(model.named_children()):
+        if isinstance(module, QuantizedReLU):
+            setattr(model, name, module.as_clip())
+        else:
+            clips_for_export(module)
+    return model

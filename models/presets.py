@@ -57,7 +57,7 @@ MAX_DIFFUSION_STEPS = 100_000
 # float fields and their open / closed ranges (every float must be finite; every int >= 1)
 FLOAT_RANGES = {"output_decay": (0.0, 1.0), "decay": (0.0, 1.0), "threshold": (0.0, None),
                 "surrogate_alpha": (0.0, None), "attention_threshold": (0.0, None)}
-INT_LIMITS = {"timestep": MAX_TIMESTEP, "diffusion_steps": MAX_DIFFUSION_STEPS}
+INT_LIMITS = {"timestep": MAX_TIMESTEP, "diffusion_steps": MAX_DIFFUSION_STEPS, "ann_bits": 8}
 
 
 def check_config(config: Any, arch: str, where: str = "") -> None:
@@ -79,8 +79,10 @@ def _config_problems(config: Any, where: str) -> list[str]:
         elif kind == "bool":
             if not isinstance(value, bool):
                 problems.append(f"{key} must be true or false, not {value!r}")
-        elif kind == "int":
+        elif kind in ("int", "Optional[int]"):
             limit = INT_LIMITS.get(f.name)
+            if value is None and kind != "int":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (limit and value > limit):
                 problems.append(f"{key} must be " + (f"an integer in 1..{limit}" if limit else "a positive integer")
                                 + f", not {value!r}")

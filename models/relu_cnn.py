@@ -1,4 +1,4 @@
-"""A ReLU CNN digits classifier, and the quantized activation that trains its clipping thresholds: the ANN
+"""A ReLU CNN digits classifier (its activation a ReLU or ``neurons.QuantizedReLU``): the ANN
 of issue 16's classifier sanity case for ANN-to-SNN conversion (``tools/ann_classifier.py`` trains it with
 ``models.quality.train_classifier`` and exports it to ONNX)."""
 
@@ -9,25 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-
-class QuantizedReLU(nn.Module):
-    """Eq. 21 of SDM with a learned clipping threshold ``s`` (QCFS, Bu et al. 2022): ``s/L * clip(floor(L x / s
-    + 1/2), 0, L)`` with ``L = 2^bits - 1`` levels; the rounding passes its gradient straight through, so ``s``
-    learns where the activation saturates. For export it is ``clamp(x, 0, s)`` (``as_clip``): ONNX's Clip
-    from 0, whose ceiling snc's converter takes as the layer's threshold."""
-
-    def __init__(self, bits: int, threshold: float = 1.0) -> None:
-        super().__init__()
-        self.levels = 2 ** bits - 1
-        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scaled = torch.clamp(x / self.threshold, 0, 1) * self.levels
-        rounded = scaled + (torch.floor(scaled + 0.5) - scaled).detach()  # straight-through rounding
-        return rounded * self.threshold / self.levels
-
-    def as_clip(self) -> nn.Module:
-        return nn.Hardtanh(0.0, float(self.threshold))
+from .neurons import clips_for_export
 
 
 class ReluCnnClassifier(nn.Module):
@@ -47,7 +29,4 @@ class ReluCnnClassifier(nn.Module):
 
     def for_export(self) -> "ReluCnnClassifier":
         """The same network with every ``QuantizedReLU`` as its Clip (what the ONNX file holds)."""
-        for name, module in list(self.named_children()):
-            if isinstance(module, QuantizedReLU):
-                setattr(self, name, module.as_clip())
-        return self
+        return clips_for_export(self)

@@ -83,3 +83,37 @@ def frames_ann(seed: int = 0, frames: bool = True) -> FramesAnn:
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+class TinyDenoiser(nn.Module):
+    """A diffusion denoiser's shape at its smallest: a time embedding of t (host), added as a bias into the first
+    layer of an image core that ends in ``core`` (a second output), and a tail (host: a Tanh, which snc does not
+    convert). Its one activation is a Clip with ceiling 1: the SNN's first layer, exact for a constant input,
+    so the converted model equals the quantized ANN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding, self.proj = nn.Embedding(1000, 8), nn.Linear(8, 4)
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.tail = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bias = self.proj(nn.functional.silu(self.embedding(t)))[:, :, None, None]
+        core = self.conv2(torch.clamp(self.conv1(x) + bias, 0, 1.0))
+        return torch.tanh(self.tail(core)), core
+
+
+def export_denoiser(model: nn.Module, path: Path, dynamic: bool = True, core_output: str = "core") -> Path:
+    """``model(x, t) -> (eps, core)`` as ONNX (a dynamic batch unless ``dynamic`` is False), its core output
+    named in the metadata as ``snc.core_output``."""
+    import onnx
+
+    model.eval()
+    x, t = torch.zeros(2 if dynamic else 1, 1, 8, 8), torch.zeros(2 if dynamic else 1, dtype=torch.long)
+    axes = {"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}, "core": {0: "batch"}} if dynamic else None
+    torch.onnx.export(model, (x, t), str(path), input_names=["x", "t"], output_names=["eps", "core"],
+                      dynamic_axes=axes)
+    written = onnx.load(str(path))
+    onnx.helper.set_model_props(written, {"snc.core_output": core_output, "snc.diffusion_steps": "1000"})
+    onnx.save(written, str(path))
+    return path

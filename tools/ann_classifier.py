@@ -29,7 +29,8 @@ from snc.compiler.frontends.onnx_ann import torch_module
 from snc.hw_profiles import load_profile
 from snc.models.data import digits
 from snc.models.quality import train_classifier
-from snc.models.relu_cnn import QuantizedReLU, ReluCnnClassifier
+from snc.models.neurons import QuantizedReLU
+from snc.models.relu_cnn import ReluCnnClassifier
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -23,7 +23,9 @@ The graph, per spiking step (the host runs it T times per call):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import nir
@@ -31,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from snc.errors import SncError
+from snc.models.neurons import clips_for_export
 from snc.models.unet import ResBlock, SpikingUNet, TSMConv2d, UpSample, conv_weights
 
 from ..nir_io import NearestUpsample2d, StepScale
@@ -164,3 +168,43 @@ class UNetHost(HostProgram):
 
 
 FAMILY = Family(ARCHS, export, UNetHost)
+
+
+class _WithCore(nn.Module):
+    """The model's output and, as a second output, its core's: the cut ``snc convert`` reads (``core_output``)."""
+
+    def __init__(self, model: SpikingUNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        core = self.model.core(self.model.encode(x), self.model.time_biases(t))
+        return self.model.decode(core), core
+
+
+CORE_OUTPUT = "core"
+
+
+@torch.no_grad()
+def ann_to_onnx(model: SpikingUNet, path: Path, opset: int = 17) -> Path:
+    """The U-Net's ANN twin (``spiking=False``; its QuantizedReLUs written as the Clips they are) as an ONNX file
+    of torch's exporter with a dynamic batch: inputs ``x`` [B, C, H, W] and ``t`` [B], outputs ``eps`` and
+    ``core`` (the core's output, where the host's tail starts; named in the metadata ``snc.core_output``, with
+    ``snc.diffusion_steps``): what ``snc convert`` takes, its time embedding and tail kept for the host."""
+    import onnx
+
+    if model.config.spiking:
+        raise SncError("an ONNX file holds the ANN twin (spiking=False), not the spiking U-Net")
+    ann = clips_for_export(copy.deepcopy(model).float().eval())
+    cfg = model.config
+    x = torch.zeros(2, cfg.img_ch, cfg.img_size, cfg.img_size)
+    t = torch.zeros(2, dtype=torch.long)
+    path = Path(path)
+    torch.onnx.export(_WithCore(ann), (x, t), str(path), input_names=["x", "t"], output_names=["eps", CORE_OUTPUT],
+                      dynamic_axes={"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}, CORE_OUTPUT: {1: "batch"}},
+                      opset_version=opset)
+    written = onnx.load(str(path))
+    onnx.helper.set_model_props(written, {"snc.core_output": CORE_OUTPUT,
+                                          "snc.diffusion_steps": str(cfg.diffusion_steps)})
+    onnx.save(written, str(path))
+    return path
