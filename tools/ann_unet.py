@@ -10,8 +10,8 @@ fixed_pt vs the emulator). JSON on stdout; the models and builds under ``--out``
     .venv/bin/python tools/ann_unet.py [--out out/ann-unet] [-n 256] [--skip-ddpm] [--ship]
 
 ``--ship`` copies the quantized ANN's ONNX file to ``models/checkpoints/digits-unet-ann-b2.onnx``.
-About 35 minutes here (two trainings of about 3 minutes, DDPM sampling of 256 images on the emulator about
-8 minutes per SNN).
+About 27 minutes here (two trainings of 3-5 minutes, DDPM sampling of 256 images on the emulator 7-9
+minutes per SNN).
 """
 
 from __future__ import annotations
