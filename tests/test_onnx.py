@@ -99,8 +99,13 @@ def test_broken_and_hostile_files_are_refused(tmp_path):
         read_onnx(tmp_path / "open.onnx")
     onnx.save(_graph([helper.make_node("Relu", ["x"], ["y"])], [], input_dims=("batch", 10**6, 10**6)),
               str(tmp_path / "huge.onnx"))
-    with pytest.raises(GraphError, match="one example's activations need about"):
+    with pytest.raises(GraphError, match="activations of one call at the declared input shapes need about"):
         read_onnx(tmp_path / "huge.onnx")
+    # a small net declared at a batch of 10**7 (found by the ONNX fuzzing: its check call took all memory)
+    onnx.save(_graph([helper.make_node("Relu", ["x"], ["y"])], [], input_dims=(10**7, 64, 64)),
+              str(tmp_path / "huge-batch.onnx"))
+    with pytest.raises(GraphError, match="activations of one call at the declared input shapes need about"):
+        read_onnx(tmp_path / "huge-batch.onnx")
     resize = _graph([helper.make_node("Resize", ["x", "", "s"], ["y"], name="up", mode="linear")],
                     [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "s")], ("batch", 1, 4, 4))
     onnx.save(resize, str(tmp_path / "linear.onnx"))

@@ -355,18 +355,19 @@ def example_inputs(inputs: dict[str, dict[str, Any]], batch: int) -> list[torch.
 
 
 def _check_activations_fit(inferred, path: Path) -> None:
-    """Refuse, before anything runs, an ANN whose activations for one example (every tensor shape inference
-    knows, float32) exceed the memory available."""
+    """Refuse, before anything runs, an ANN whose activations for one call (every tensor shape inference
+    knows, float32; at the batch the file declares, else 1) exceed the memory available: the checks run the
+    model at its declared batch."""
     values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
     total = 0
     for value in values:
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
-        total += int(np.prod([max(d, 1) for d in dims[1:]], dtype=object)) if dims else 1
+        total += int(np.prod([max(d, 1) for d in dims], dtype=object)) if dims else 1
     need = total * 4 / 2**20
     available = available_mb()
     if available is not None and need > available:
-        raise GraphError(f"{path}: one example's activations need about {need / 1024:.1f} GB, "
-                         f"{max(available, 0) / 1024:.1f} GB is available")
+        raise GraphError(f"{path}: the activations of one call at the declared input shapes need about "
+                         f"{need / 1024:.1f} GB, {max(available, 0) / 1024:.1f} GB is available")
 
 
 def at_batch_one(model, path: Path):
