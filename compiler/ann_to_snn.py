@@ -374,6 +374,18 @@ def convert(ann: OnnxAnn, thresholds: dict[str, float], bits: int, dt: float = N
     return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=meta)
 
 
+def readout(graph: nir.NIRGraph, run: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The converted SNN's output [B, ...] from its run (``NIRReference.run``): the integrator's value after the
+    last step (the linear output's mean over the call), or, for a graph whose output is the last activation's
+    spikes (metadata ``snc.output``), their count times what a spike is worth (the threshold s) over T."""
+    out = run["output"]
+    if graph.metadata.get("snc.output") != "spike counts":
+        return out[-1]
+    last = next(a for a, b in graph.edges if b == "output")
+    worth = torch.as_tensor(np.asarray(graph.nodes[last].v_threshold), dtype=out.dtype)
+    return out.sum(0) * worth / len(out)
+
+
 def host_metadata(ann: OnnxAnn, host_inputs: dict[str, dict[str, str]]) -> dict[str, Any]:
     """What the host program of a converted ANN with host parts needs, as graph metadata (so that the NIR file
     and a build's graph.nir carry it): the cut (``HostParts``) and the graph input fed by each host tensor as

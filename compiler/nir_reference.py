@@ -19,12 +19,14 @@ so every cycle must pass a Delay. Neurons (forward Euler, then spike test):
 Cycles are allowed when each passes a Delay (the recurrent connections).
 
 It computes in the dtype of the inputs; run it in float64 to compare with a
-float64 torch model without rounding noise.
+float64 torch model without rounding noise. For training (``compiler/snn_finetune``),
+``parameters`` replaces node fields by tensors (``"<node>.weight"``) and ``spike``
+gives the spike function a surrogate gradient; neither changes the forward values.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping, Optional
 
 import networkx as nx
 import nir
@@ -43,18 +45,23 @@ def _t(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=like.dtype, device=like.device)
 
 
-def _stateless(node: nir.NIRNode) -> Callable[[torch.Tensor], torch.Tensor] | None:
+Field = Callable[[str, torch.Tensor], torch.Tensor]  # a node's field as a tensor like the input
+Spike = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (v, threshold) -> spikes as v's dtype
+
+
+def _stateless(node: nir.NIRNode, field: Optional[Field] = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    field = field or (lambda name, x: _t(getattr(node, name), x))
     if isinstance(node, nir.Affine):
-        return lambda x: F.linear(x, _t(node.weight, x), _t(node.bias, x))
+        return lambda x: F.linear(x, field("weight", x), field("bias", x))
     if isinstance(node, nir.Linear):
-        return lambda x: F.linear(x, _t(node.weight, x))
+        return lambda x: F.linear(x, field("weight", x))
     if isinstance(node, nir.Scale):
         return lambda x: x * _t(node.scale, x)
     if isinstance(node, (nir.Conv1d, nir.Conv2d)):
         spatial = 1 if isinstance(node, nir.Conv1d) else 2
         pads = [p for pair in reversed(conv_padding(node, spatial)) for p in pair]  # F.pad: last axis first
         conv = F.conv1d if spatial == 1 else F.conv2d
-        return lambda x: conv(F.pad(x, pads), _t(node.weight, x), _t(node.bias, x).reshape(-1),
+        return lambda x: conv(F.pad(x, pads), field("weight", x), field("bias", x).reshape(-1),
                               pairs(node.stride, spatial), 0, pairs(node.dilation, spatial), int(node.groups))
     if isinstance(node, nir.Flatten):
         end = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim
@@ -75,7 +82,13 @@ def _stateless(node: nir.NIRNode) -> Callable[[torch.Tensor], torch.Tensor] | No
 NEURONS = (nir.IF, nir.LIF, nir.LI, nir.I, nir.CubaLIF, nir.CubaLI)
 
 
-def _neuron_step(node: nir.NIRNode, state: tuple, x: torch.Tensor, dt: float) -> tuple[torch.Tensor, tuple]:
+def heaviside(v: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """The spike function: 1 where ``v > threshold``."""
+    return (v > threshold).to(v.dtype)
+
+
+def _neuron_step(node: nir.NIRNode, state: tuple, x: torch.Tensor, dt: float,
+                 spike: Spike = heaviside) -> tuple[torch.Tensor, tuple]:
     """One Euler step from state (v, synaptic current); returns (output, new state)."""
     v, i = state
     if isinstance(node, (nir.CubaLIF, nir.CubaLI)):  # the current of this step drives v (Lava's, NIR's order)
@@ -90,16 +103,21 @@ def _neuron_step(node: nir.NIRNode, state: tuple, x: torch.Tensor, dt: float) ->
         v = v + dt / tau * (_t(node.v_leak, x) - v + _t(node.r, x) * x)
     if isinstance(node, (nir.LI, nir.I, nir.CubaLI)):
         return v, (v, i)
-    spikes = v > _t(node.v_threshold, x)
+    threshold = _t(node.v_threshold, x)
+    spikes = spike(v, threshold)
     if isinstance(node, SubtractiveIF):
-        return spikes.to(x.dtype), (v - spikes.to(x.dtype) * _t(node.v_threshold, x), i)
-    return spikes.to(x.dtype), (torch.where(spikes, _t(node.v_reset, x), v), i)
+        return spikes, (v - spikes * threshold, i)
+    return spikes, (torch.where(spikes > 0, _t(node.v_reset, x), v), i)
 
 
 class NIRReference:
-    """``run(inputs)`` executes T steps; inputs and outputs map node names to [T, B, ...]."""
+    """``run(inputs)`` executes T steps; inputs and outputs map node names to [T, B, ...]. ``parameters``:
+    tensors used instead of node fields, by ``"<node>.<field>"`` (weights being trained); ``spike``: the
+    spike function (a surrogate-gradient one for training)."""
 
-    def __init__(self, graph: nir.NIRGraph, dt: float = NIR_DT) -> None:
+    def __init__(self, graph: nir.NIRGraph, dt: float = NIR_DT,
+                 parameters: Optional[Mapping[str, torch.Tensor]] = None,
+                 spike: Spike = heaviside) -> None:
         unsupported = sorted(
             {f"{n} ({type(node).__name__})" for n, node in graph.nodes.items()
              if not isinstance(node, (nir.Input, nir.Output, StepScale, Gate, nir.Delay, *NEURONS))
@@ -124,7 +142,18 @@ class NIRReference:
                      if lag < 1 or not np.allclose(np.asarray(graph.nodes[n].delay) / dt, lag))
         if bad:
             raise GraphError(f"Delay nodes {', '.join(bad)} are not a whole number (>= 1) of steps dt")
-        self.ops = {n: _stateless(node) for n, node in graph.nodes.items()}
+        self.parameters = dict(parameters or {})
+        unknown = sorted(k for k in self.parameters if k.rpartition(".")[0] not in graph.nodes)
+        if unknown:
+            raise GraphError(f"parameters of no node: {', '.join(unknown)}")
+        self.spike = spike
+        self.ops = {n: _stateless(node, self._field(n, node)) for n, node in graph.nodes.items()}
+
+    def _field(self, name: str, node: nir.NIRNode) -> Field:
+        def field(key: str, x: torch.Tensor) -> torch.Tensor:
+            given = self.parameters.get(f"{name}.{key}")
+            return _t(getattr(node, key), x) if given is None else given.to(x.dtype)
+        return field
 
     def run(self, inputs: dict[str, torch.Tensor], record: bool = False,
             gates: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
@@ -159,7 +188,8 @@ class NIRReference:
                 if isinstance(node, NEURONS):
                     zero = torch.zeros_like(x)
                     start = zero + _t(node.v_initial, x) if isinstance(node, SubtractiveIF) else zero
-                    values[name], state[name] = _neuron_step(node, state.get(name, (start, zero)), x, self.dt)
+                    values[name], state[name] = _neuron_step(node, state.get(name, (start, zero)), x, self.dt,
+                                                             self.spike)
                 elif isinstance(node, nir.Output):
                     values[name] = x
                 elif isinstance(node, StepScale):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -422,7 +423,7 @@ def evaluate(samples: Union[PathLike, torch.Tensor]):
 @dataclass
 class Converted:
     """An ANN converted to an SNN (``compiler/ann_to_snn.py``), with its agreement measured on examples."""
-    graph: nir.NIRGraph  # the SNN (snc.SubtractiveIF neurons), T = 2^bits - 1 steps per call
+    graph: nir.NIRGraph  # the SNN (snc.SubtractiveIF neurons), T = 2^bits - 1 steps per call; fine-tuned if asked
     quantized: Any  # onnx.ModelProto: the quantized ANN (eq. 21) the SNN is measured against
     source: str
     bits: int
@@ -430,13 +431,15 @@ class Converted:
     thresholds: dict[str, float]  # activation tensor -> its clipping threshold s (= the neurons' threshold)
     examples: int  # how many calibration examples the agreement was measured on
     count_agreement: dict[str, float]  # per activation: spike counts equal to the quantized ANN's levels
-    output_rel_error: dict[str, float]  # "snn_vs_quantized_ann", "quantized_ann_vs_ann"
+    output_rel_error: dict[str, float]  # "snn_vs_quantized_ann", "quantized_ann_vs_ann" (before fine-tuning)
     ann_macs: dict[str, int]  # per conv / affine layer of the ANN, one example: its energy's basis
+    finetuned: Optional[dict[str, Any]] = None  # ``snn_finetune.Finetuned.as_dict()``, if fine-tuned
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "bits": self.bits, "steps": self.steps, "thresholds": self.thresholds,
                 "examples": self.examples, "count_agreement": self.count_agreement,
-                "output_rel_error": self.output_rel_error, "neurons": self.neurons, "ann_macs": self.ann_macs}
+                "output_rel_error": self.output_rel_error, "neurons": self.neurons, "ann_macs": self.ann_macs,
+                "finetuned": self.finetuned}
 
     @property
     def neurons(self) -> int:
@@ -446,29 +449,49 @@ class Converted:
 
 
 def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndarray, dict[str, np.ndarray]],
-            percentile: float = 99.9, examples: int = 64, core_output: Optional[str] = None) -> Converted:
+            percentile: float = 99.9, examples: int = 64, core_output: Optional[str] = None,
+            finetune: int = 0, finetune_lr: float = 1e-4, seed: int = 0) -> Converted:
     """A ReLU ANN (ONNX) as an SNN of IF neurons with reset by subtraction at ``bits`` bits (T = 2^bits - 1),
     its clipping thresholds calibrated on ``calibration`` (example inputs: [N, *input_shape], or an .npz /
     mapping of every input's examples) at ``percentile``; the SNN is run on the first ``examples`` of them (the
     float NIR reference executor, between the host parts if the model has any: ``core_output``) and compared
-    with the quantized ANN (onnx2torch's run of it)."""
+    with the quantized ANN (onnx2torch's run of it). ``finetune``: then train the SNN that many minibatches on
+    the task's loss (``compiler/snn_finetune``), whose targets the calibration mapping holds as ``target``."""
     import onnx
 
     from snc.compiler.ann_to_snn import (ann_macs, calibrate, convert as convert_ann, example_data, quantized_model,
-                                         steps_of)
+                                         readout, steps_of)
+    from snc.compiler.snn_finetune import finetune as finetune_snn
     from snc.compiler.frontends import onnx_host
     from snc.compiler.frontends.onnx_ann import read_onnx, torch_module
     from snc.compiler.nir_reference import NIRReference
 
     path = Path(source)
-    if path.suffix != ".onnx":
-        raise SncError(f"{path}: snc converts ANNs held as ONNX (.onnx); export a torch ANN with torch.onnx.export")
+    if path.suffix not in (".onnx", ".pt"):
+        raise SncError(f"{path}: snc converts ANNs held as ONNX (.onnx; export a torch ANN with torch.onnx.export) "
+                       "or as an snc checkpoint of an ANN twin (.pt)")
     T = steps_of(bits)
     if not 1 <= examples:
         raise SncError("examples must be at least 1")
-    ann = read_onnx(path, core_output)
+    if finetune < 0 or not (math.isfinite(finetune_lr) and finetune_lr > 0):
+        raise SncError(f"fine-tuning needs steps >= 0 and a finite learning rate > 0 (got {finetune}, {finetune_lr})")
+    if path.suffix == ".pt":  # through the family's own ONNX writer, read as any ONNX file
+        from snc.compiler.frontends import ann_onnx
+
+        with tempfile.TemporaryDirectory(prefix="snc-convert-") as tmp:
+            ann = read_onnx(ann_onnx(path, Path(tmp) / f"{path.stem}.onnx"), core_output)
+        ann.source = str(path)
+    else:
+        ann = read_onnx(path, core_output)
     if isinstance(calibration, (str, Path)):
         calibration = load_array(calibration, "calibration data", named=True)
+    target = None
+    if isinstance(calibration, dict):
+        calibration = dict(calibration)
+        target = calibration.pop("target", None)
+    if finetune and target is None:
+        raise SncError("fine-tuning trains on the task's own loss: give the calibration data as an .npz of the "
+                       "ANN's inputs and 'target' (class labels, or the outputs wanted, e.g. a denoiser's noise)")
     data = example_data(ann, calibration)
     thresholds = calibrate(ann, data, percentile)
     graph = convert_ann(ann, thresholds, bits)
@@ -492,20 +515,24 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
         x = some[ann.input_names[0]].astype(np.float32)
         run = NIRReference(graph).run({"input": torch.from_numpy(np.repeat(x[None], T, axis=0)).double()},
                                       record=True)
-        snn_out = run["output"][-1]
+        snn_out = readout(graph, run)
     counts = activation_counts(graph, run)
     count_agreement = {tensor: float((counts[tensor].numpy().reshape(values.shape) == values).mean())
                        for tensor, values in zip(thresholds, level_values)}
-    if graph.metadata.get("snc.output") == "spike counts":  # spikes worth the last activation's threshold
-        last = next(a for a, b in graph.edges if b == "output")
-        snn_out = run["output"].sum(0) * thresholds[graph.nodes[last].metadata["snc.activation"]] / T
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:  # a [N, *canonical shape] (the SNN's) or as b
         return float((a.reshape(b.shape) - b).norm() / b.norm().clamp_min(1e-300))
 
+    tuned = None
+    if finetune:
+        image = ann.host.core_input if ann.host else ann.input_names[0]
+        order = [image] + [n for n in ann.input_names if n != image]  # the image first, as the SNN takes them
+        tuned = finetune_snn(graph, [data[n] for n in order], np.asarray(target), steps=finetune, lr=finetune_lr,
+                             seed=seed)
+        graph = tuned.graph
     return Converted(graph, quantized, str(path), bits, T, thresholds, len(q_out), count_agreement,
                      {"snn_vs_quantized_ann": rel(snn_out, q_out), "quantized_ann_vs_ann": rel(q_out, ann_out)},
-                     ann_macs(ann.fixed))
+                     ann_macs(ann.fixed), tuned.as_dict() if tuned else None)
 
 
 def activation_counts(graph: nir.NIRGraph, run: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -262,23 +262,32 @@ def export(
 
 @app.command()
 def convert(
-    model: Path = typer.Argument(..., help="a ReLU ANN as ONNX (.onnx; torch ANNs: torch.onnx.export)"),
+    model: Path = typer.Argument(..., help="a ReLU ANN as ONNX (.onnx; torch ANNs: torch.onnx.export), or an snc "
+                                 "checkpoint of a U-Net's ANN twin (.pt, spiking: false)"),
     bits: int = typer.Option(..., "--bits", help="activation bits b: T = 2^b - 1 spiking steps per call"),
     output: Path = typer.Option(..., "-o", "--output", help="the SNN to write (.nir); beside it go the quantized "
                                 "ANN (<name>.quantized.onnx) and 16 of the examples as a constant input per step "
                                 "(<name>.inputs.npy: for snc compile --calibrate and snc run --input)"),
     calibrate: Path = typer.Option(..., "--calibrate", help=".npy of example inputs [N, *input shape] (an .npz "
                                    "of every input's examples by name for a model of several inputs: x and t): the "
-                                   "clipping thresholds are a percentile of each activation on them"),
+                                   "clipping thresholds are a percentile of each activation on them; for "
+                                   "--finetune, an .npz that also holds 'target' (class labels, or the outputs "
+                                   "wanted: a denoiser's noise)"),
     percentile: float = typer.Option(99.9, "--percentile", help="of each activation's positive values"),
     core_output: Optional[str] = typer.Option(None, "--core-output", help="the tensor where the spiking core ends "
                                               "(default: the file's metadata snc.core_output, else the output); "
                                               "what follows it, and what the core reads computed from inputs "
                                               "other than the image, run on the host"),
+    finetune: int = typer.Option(0, "--finetune", help="then train the SNN this many minibatches on the task's "
+                                 "loss (surrogate gradient; SDM's 'w ft'): cross-entropy for integer targets, "
+                                 "else mean squared error"),
+    finetune_lr: float = typer.Option(1e-4, "--finetune-lr", help="Adam's learning rate for --finetune"),
+    seed: int = _seed_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Convert a ReLU ANN to an SNN (SDM section VI): activations quantized to b bits, IF neurons with reset by
-    subtraction starting each call at half their threshold; compile the result with snc compile."""
+    subtraction starting each call at half their threshold, optionally fine-tuned; compile the result with snc
+    compile."""
     import onnx
 
     from snc import api
@@ -290,20 +299,22 @@ def convert(
     inputs_path = output.with_name(output.stem + ".inputs.npy")
     _output_file(output)
     examples = api.load_array(calibrate, "calibration data", named=True)
-    converted = api.convert(model, bits=bits, calibration=examples, percentile=percentile, core_output=core_output)
+    converted = api.convert(model, bits=bits, calibration=examples, percentile=percentile, core_output=core_output,
+                            finetune=finetune, finetune_lr=finetune_lr, seed=seed)
     write_graph(output, converted.graph)
     bare = "snc.host" not in converted.graph.metadata  # a model with host parts calibrates on its own data
     try:
         onnx.save(converted.quantized, str(quantized_path))
         if bare:
-            image = examples if isinstance(examples, np.ndarray) else next(iter(examples.values()))
+            image = examples if isinstance(examples, np.ndarray) else \
+                next(v for k, v in examples.items() if k != "target")
             np.save(inputs_path, np.repeat(image[None, :16].astype(np.float32), converted.steps, axis=0))
     except OSError as exc:
         raise SncError(f"cannot write beside {output}: {exc}") from None
     result = converted.as_dict() | {"nir": str(output), "quantized_ann": str(quantized_path)} | \
         ({"inputs": str(inputs_path)} if bare else {})
     agreement = ", ".join(f"{k} {v:.2%}" for k, v in converted.count_agreement.items())
-    errors = converted.output_rel_error
+    errors, tuned = converted.output_rel_error, converted.finetuned
     _emit(result, as_json, [
         f"wrote {output}: {converted.neurons:,} IF neurons (reset by subtraction), T = {converted.steps} steps per "
         f"call ({bits} bits); the quantized ANN: {quantized_path}",
@@ -311,6 +322,8 @@ def convert(
         f"to the quantized ANN's activations: {agreement}",
         f"output relative error: SNN vs quantized ANN {errors['snn_vs_quantized_ann']:.2e}, quantized ANN vs ANN "
         f"{errors['quantized_ann_vs_ann']:.2e}",
+        *([f"fine-tuned {tuned['steps']} steps ({tuned['seconds']} s): {tuned['loss']} on {tuned['evaluated']} "
+           f"examples {tuned['loss_before']:.4g} -> {tuned['loss_after']:.4g}"] if tuned else []),
         f"compile it: snc compile {output} --calibrate {inputs_path} -o BUILD; run it: snc run BUILD --input "
         f"{inputs_path}" if bare else f"compile it: snc compile {output} -o BUILD (its host parts are in the file); "
         "sample with it: snc sample BUILD"])

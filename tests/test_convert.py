@@ -149,3 +149,46 @@ def test_a_dynamic_batch_export_with_shape_computations_and_a_frames_layout_conv
     assert list(got.count_agreement.values()) == list(want.count_agreement.values())
     assert list(got.count_agreement.values())[0] == 1.0  # the first layer sees a constant current: exact
     assert got.output_rel_error == pytest.approx(want.output_rel_error, rel=1e-6, abs=1e-9)
+
+
+def test_finetuning_trains_the_converted_snn_on_the_tasks_loss(tmp_path):
+    """SDM's 'w ft': the converted SNN of an untrained ANN, fine-tuned on digit labels (cross-entropy through the
+    surrogate gradient), classifies better; the file holds the trained weights, compiles and runs on the
+    emulator; the executor with the weights given as parameters computes what it computes without them."""
+    from snc.compiler.nir_reference import NIRReference
+    from snc.compiler.snn_finetune import TRAINED, surrogate_spike
+    from snc.models.data import digits
+
+    images, labels = digits("train")
+    np.savez(tmp_path / "digits.npz", x=images[:512].numpy().astype(np.float32), target=labels[:512].numpy())
+    ann = export(conv_ann(), tmp_path / "ann.onnx")
+    result = run_snc("convert", str(ann), "--bits", str(BITS), "-o", str(tmp_path / "snn.nir"), "--calibrate",
+                     str(tmp_path / "digits.npz"), "--finetune", "60", "--finetune-lr", "1e-3", "--json")
+    assert result.returncode == 0, result.stderr
+    tuned = json.loads(result.stdout)["finetuned"]
+    assert tuned["loss"] == "cross-entropy" and tuned["steps"] == 60
+    assert tuned["loss_after"] < 0.6 * tuned["loss_before"]
+    graph = read_graph(tmp_path / "snn.nir")
+    plain = api.convert(ann, bits=BITS, calibration={"x": images[:512].numpy().astype(np.float32)}).graph
+    trained = [n for n, node in graph.nodes.items() if type(node) in TRAINED]
+    assert trained and all(not np.array_equal(graph.nodes[n].weight, plain.nodes[n].weight) for n in trained)
+    for name, node in plain.nodes.items():  # thresholds and initial membranes as converted
+        if isinstance(node, SubtractiveIF):
+            assert np.array_equal(graph.nodes[name].v_threshold, node.v_threshold)
+            assert np.array_equal(graph.nodes[name].v_initial, node.v_initial)
+    x = torch.from_numpy(np.repeat(images[None, :8].numpy(), T, axis=0)).double()
+    as_parameters = {f"{n}.{f}": torch.from_numpy(np.asarray(getattr(node, f), np.float64))
+                     for n, node in graph.nodes.items() for f in TRAINED.get(type(node), ())}
+    given = NIRReference(graph, parameters=as_parameters, spike=surrogate_spike).run({"input": x}, record=True)
+    for name, values in NIRReference(graph).run({"input": x}, record=True).items():
+        assert torch.equal(given[name], values), name
+    inputs = np.repeat(images[None, :16].numpy().astype(np.float32), T, axis=0)
+    build = api.compile(tmp_path / "snn.nir", graph=api.GraphOptions(calibration=inputs), output=tmp_path / "build")
+    reference, emu = api.run(build.build, inputs, backend="reference"), api.run(build.build, inputs, backend="emu")
+    for name in reference.spikes:
+        assert (emu.counts()[name] == reference.counts()[name]).mean() > 0.99, name
+    np.save(tmp_path / "examples.npy", images[:64].numpy().astype(np.float32))  # inputs without targets
+    no_target = run_snc("convert", str(ann), "--bits", str(BITS), "-o", str(tmp_path / "b.nir"), "--calibrate",
+                        str(tmp_path / "examples.npy"), "--finetune", "5")
+    assert no_target.returncode != 0 and no_target.stderr.count("error:") == 1
+    assert "'target'" in no_target.stderr and "Traceback" not in no_target.stderr

@@ -132,3 +132,24 @@ def test_a_converted_unet_on_lava_floating_pt_equals_torch_and_fixed_pt_the_emul
     assert report.agreement["lava_float_vs_torch"] >= 0.999, report.agreement
     assert report.agreement["emu_vs_lava_fixed"] == 1.0 and report.readout_identical["emu_vs_lava_fixed"]
     assert report.output_rel_error["lava_float_vs_torch"] < 1e-9
+
+
+def test_an_snc_checkpoint_of_the_twin_converts_as_its_onnx_file(tmp_path, unet_build):
+    """``snc convert twin.pt``: the family's ONNX writer, then the ONNX path; the same SNN as the ONNX file's.
+    A spiking checkpoint is one error."""
+    from snc.models.checkpoint import save_checkpoint
+
+    work, _ = unet_build
+    save_checkpoint(tmp_path / "twin.pt", "spiking-unet", unet_twin(), {"command": "test"})
+    result = run_snc("convert", str(tmp_path / "twin.pt"), "--bits", str(BITS), "--calibrate", str(work / "ex.npz"),
+                     "-o", str(tmp_path / "snn.nir"))
+    assert result.returncode == 0, result.stderr
+    ours, theirs = read_graph(tmp_path / "snn.nir"), read_graph(work / "snn.nir")
+    assert ours.nodes.keys() == theirs.nodes.keys() and ours.edges == theirs.edges
+    for name, node in ours.nodes.items():
+        for field in ("weight", "bias", "v_threshold"):
+            if hasattr(node, field):
+                assert np.array_equal(getattr(node, field), getattr(theirs.nodes[name], field)), (name, field)
+    spiking = run_snc("convert", "models/checkpoints/digits-unet.pt", "--bits", "2", "--calibrate",
+                      str(work / "ex.npz"), "-o", str(tmp_path / "x.nir"))
+    assert spiking.returncode != 0 and spiking.stderr.count("error:") == 1 and "a spiking model" in spiking.stderr

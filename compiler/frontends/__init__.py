@@ -59,6 +59,18 @@ def family_of(arch: str) -> Family:
     return FAMILIES[arch]
 
 
+def ann_onnx(path: Path, output: Path) -> Path:
+    """The ANN of an snc checkpoint (a family's ANN twin, ``spiking: false``) written as ONNX at ``output``:
+    what ``snc convert`` reads."""
+    checkpoint = load_checkpoint(path)
+    family = family_of(checkpoint.arch)
+    if family.ann_onnx is None or getattr(checkpoint.model.config, "spiking", True):
+        twins = ", ".join(arch for arch, f in FAMILIES.items() if f.ann_onnx)
+        raise SncError(f"{path}: a spiking model ({checkpoint.arch}); snc convert takes an ANN: an ONNX file, or an "
+                       f"snc checkpoint of an ANN twin (spiking: false) of {twins}")
+    return family.ann_onnx(checkpoint.model, output)
+
+
 def host_program(arch: str, model: nn.Module, nir_graph) -> HostProgram:
     """The family's host program around ``model`` (as it is: dtype, mode) for its exported ``nir_graph``."""
     return family_of(arch).host(model, nir_graph, arch)

@@ -189,6 +189,8 @@ class Family:
     archs: tuple[str, ...]
     export: Callable[[nn.Module, str], nir.NIRGraph]  # (model in eval mode, arch) -> one spiking step
     host: type[HostProgram]
+    # (an ANN twin: config.spiking False, the ONNX path to write) -> that path: what snc convert reads
+    ann_onnx: Optional[Callable[[nn.Module, Path], Path]] = None
 
 
 @dataclass

@@ -122,8 +122,10 @@ class ConvertedModel(nn.Module):
         inputs.update(self.host_tensors(x, t))
         return {k: v.unsqueeze(0).expand(steps, *v.shape) for k, v in inputs.items()}
 
-    def run(self, x: torch.Tensor, t: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, dict]:
-        run = NIRReference(self.graph).run(self.core_inputs(x, t), record=record)
+    def run(self, x: torch.Tensor, t: torch.Tensor, record: bool = False,
+            core: Optional[NIRReference] = None) -> tuple[torch.Tensor, dict]:
+        """The model's output and the core's run; ``core``: its executor (default: the graph's, as it is)."""
+        run = (core or NIRReference(self.graph)).run(self.core_inputs(x, t), record=record)
         return self.decode(run["output"][-1], x, t), run
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

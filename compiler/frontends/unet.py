@@ -167,7 +167,6 @@ class UNetHost(HostProgram):
         return recorded[name]
 
 
-FAMILY = Family(ARCHS, export, UNetHost)
 
 
 class _WithCore(nn.Module):
@@ -208,3 +207,6 @@ def ann_to_onnx(model: SpikingUNet, path: Path, opset: int = 17) -> Path:
                                           "snc.diffusion_steps": str(cfg.diffusion_steps)})
     onnx.save(written, str(path))
     return path
+
+
+FAMILY = Family(ARCHS, export, UNetHost, ann_to_onnx)
