@@ -13,8 +13,8 @@ fixed_pt vs the emulator). JSON on stdout; the models and builds under ``--out``
 
 ``--ship`` copies the quantized ANN's ONNX file to ``models/checkpoints/digits-unet-ann-b2.onnx``;
 ``--reuse`` takes the ANN checkpoints already in ``--out`` instead of training them again.
-About 27 minutes here (two trainings of 3-5 minutes, DDPM sampling of 256 images on the emulator 7-9
-minutes per SNN).
+About 30 minutes here uncontended, 65 beside a test run (two trainings of 3-5 minutes, 1000 fine-tuning steps
+of 0.2-1 s, DDPM sampling of 256 images on the emulator 7-13 minutes per SNN).
 """
 
 from __future__ import annotations
