@@ -41,6 +41,7 @@ from snc.errors import GraphError
 
 from .frontends.onnx_ann import OnnxAnn, torch_module
 from .nir_io import NIR_DT, NearestUpsample2d, SubtractiveIF
+from .nir_reference import NIRReference
 
 ACTIVATIONS = ("Relu", "Clip")
 PASS_THROUGH = ("Identity", "Cast", "Dropout")
@@ -384,6 +385,31 @@ def readout(graph: nir.NIRGraph, run: dict[str, torch.Tensor]) -> torch.Tensor:
     last = next(a for a, b in graph.edges if b == "output")
     worth = torch.as_tensor(np.asarray(graph.nodes[last].v_threshold), dtype=out.dtype)
     return out.sum(0) * worth / len(out)
+
+
+def snn_forward(graph: nir.NIRGraph, core: Optional[NIRReference] = None, dtype: torch.dtype = torch.float64
+                ) -> Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """``f(inputs, record=False) -> (output, run)``: the converted SNN on the model's inputs (the image first,
+    then a diffusion step for a model with host parts, which run around the core in ``dtype``); ``core``: the
+    executor of the graph (default: the graph as it is)."""
+    from .frontends import onnx_host
+
+    core = core or NIRReference(graph)
+    if onnx_host.has_host(graph):
+        model = onnx_host.program(graph).model.to(dtype)
+
+        def with_host(inputs: list[torch.Tensor], record: bool = False) -> tuple[torch.Tensor, dict]:
+            x, *rest = inputs
+            t = rest[0] if rest else torch.zeros(len(x), dtype=torch.long)
+            return model.run(x.to(dtype), t, record=record, core=core)
+        return with_host
+    steps = int(np.asarray(graph.metadata["snc.timestep"]).item())
+
+    def bare(inputs: list[torch.Tensor], record: bool = False) -> tuple[torch.Tensor, dict]:
+        x = inputs[0].to(dtype)
+        run = core.run({"input": x.unsqueeze(0).expand(steps, *x.shape)}, record=record)
+        return readout(graph, run), run
+    return bare
 
 
 def host_metadata(ann: OnnxAnn, host_inputs: dict[str, dict[str, str]]) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import nir
 import numpy as np
@@ -30,8 +30,7 @@ import torch.nn.functional as F
 
 from snc.errors import SncError
 
-from .ann_to_snn import readout
-from .frontends import onnx_host
+from .ann_to_snn import snn_forward
 from .nir_reference import NIRReference
 
 ALPHA = 2.0  # the surrogate's sharpness: its derivative at the threshold is alpha / 2 per threshold
@@ -74,9 +73,7 @@ class Finetuned:
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "lr": self.lr, "batch": self.batch, "examples": self.examples,
-                "loss": self.loss, "loss_before": self.loss_before, "loss_after": self.loss_after,
-                "evaluated": self.evaluated, "seconds": self.seconds}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "graph"}
 
 
 def trainable(graph: nir.NIRGraph) -> dict[str, torch.nn.Parameter]:
@@ -87,23 +84,6 @@ def trainable(graph: nir.NIRGraph) -> dict[str, torch.nn.Parameter]:
             found[f"{name}.{field}"] = torch.nn.Parameter(torch.tensor(np.asarray(getattr(node, field)),
                                                                        dtype=torch.float32))
     return found
-
-
-def _forward(graph: nir.NIRGraph, core: NIRReference) -> Callable[[list[torch.Tensor]], torch.Tensor]:
-    """The SNN's output for the model's inputs (the image first, then a diffusion step for host parts)."""
-    if onnx_host.has_host(graph):
-        model = onnx_host.program(graph).model.float()
-
-        def run_with_host(inputs: list[torch.Tensor]) -> torch.Tensor:
-            x, *rest = inputs
-            return model.run(x, rest[0] if rest else torch.zeros(len(x), dtype=torch.long), core=core)[0]
-        return run_with_host
-    steps = int(np.asarray(graph.metadata["snc.timestep"]).item())
-
-    def run(inputs: list[torch.Tensor]) -> torch.Tensor:
-        x = inputs[0]
-        return readout(graph, core.run({"input": x.unsqueeze(0).expand(steps, *x.shape)}))
-    return run
 
 
 def finetune(graph: nir.NIRGraph, inputs: list[np.ndarray], target: np.ndarray, *, steps: int, lr: float = 1e-4,
@@ -121,14 +101,14 @@ def finetune(graph: nir.NIRGraph, inputs: list[np.ndarray], target: np.ndarray, 
     params = trainable(graph)
     if not params:
         raise SncError("the SNN has no weights to fine-tune")
-    forward = _forward(graph, NIRReference(graph, parameters=params, spike=surrogate_spike))
+    forward = snn_forward(graph, NIRReference(graph, parameters=params, spike=surrogate_spike), torch.float32)
     xs = [torch.from_numpy(np.asarray(x)) for x in inputs]
     xs = [x.float() if x.is_floating_point() else x for x in xs]
     y = torch.from_numpy(np.asarray(target))
     y = y.long() if classes else y.float()
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
-        out = forward([x[index] for x in xs])
+        out, _ = forward([x[index] for x in xs])
         if classes:
             return F.cross_entropy(out.reshape(len(index), -1), y[index])
         return F.mse_loss(out.reshape(y[index].shape), y[index])

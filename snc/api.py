@@ -460,11 +460,9 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
     import onnx
 
     from snc.compiler.ann_to_snn import (ann_macs, calibrate, convert as convert_ann, example_data, quantized_model,
-                                         readout, steps_of)
-    from snc.compiler.snn_finetune import finetune as finetune_snn
-    from snc.compiler.frontends import onnx_host
+                                         snn_forward, steps_of)
     from snc.compiler.frontends.onnx_ann import read_onnx, torch_module
-    from snc.compiler.nir_reference import NIRReference
+    from snc.compiler.snn_finetune import finetune as finetune_snn
 
     path = Path(source)
     if path.suffix not in (".onnx", ".pt"):
@@ -507,15 +505,9 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
         ann_out = ann.module(*ann.examples(some))
     ann_out = (ann_out[0] if isinstance(ann_out, (tuple, list)) else ann_out).double()
     q_out, level_values = outs[0].double(), [o.numpy() for o in outs[1:]]
-    if ann.host is not None:
-        x, *rest = (torch.from_numpy(np.asarray(some[n])) for n in ann.host.inputs)
-        t = rest[0] if rest else torch.zeros(len(x), dtype=torch.long)
-        snn_out, run = onnx_host.program(graph).model.run(x.double(), t, record=True)
-    else:
-        x = some[ann.input_names[0]].astype(np.float32)
-        run = NIRReference(graph).run({"input": torch.from_numpy(np.repeat(x[None], T, axis=0)).double()},
-                                      record=True)
-        snn_out = readout(graph, run)
+    image = ann.host.core_input if ann.host else ann.input_names[0]
+    order = [image] + [n for n in ann.input_names if n != image]  # the image first, as the SNN takes them
+    snn_out, run = snn_forward(graph)([torch.from_numpy(np.asarray(some[n])) for n in order], record=True)
     counts = activation_counts(graph, run)
     count_agreement = {tensor: float((counts[tensor].numpy().reshape(values.shape) == values).mean())
                        for tensor, values in zip(thresholds, level_values)}
@@ -525,8 +517,6 @@ def convert(source: PathLike, *, bits: int, calibration: Union[PathLike, np.ndar
 
     tuned = None
     if finetune:
-        image = ann.host.core_input if ann.host else ann.input_names[0]
-        order = [image] + [n for n in ann.input_names if n != image]  # the image first, as the SNN takes them
         tuned = finetune_snn(graph, [data[n] for n in order], np.asarray(target), steps=finetune, lr=finetune_lr,
                              seed=seed)
         graph = tuned.graph

@@ -33,6 +33,7 @@ import torch
 from snc import api
 from snc.compiler.frontends.unet import ann_to_onnx
 from snc.compiler.nir_io import write_graph
+from snc.compiler.snn_finetune import finetune
 from snc.models.checkpoint import load_checkpoint, save_checkpoint
 from snc.models.data import digits
 from snc.models.diffusion import Schedule, q_sample
@@ -125,16 +126,17 @@ def main() -> None:
     onnx_path = ann_to_onnx(load_checkpoint(quantized).model, out / f"ann-b{BITS}.onnx")
     if args.ship:
         shutil.copyfile(onnx_path, SHIP_TO)
-    np.savez(out / "calibration.npz", **calibration_data(4096, args.seed))
+    data = calibration_data(4096, args.seed)
+    np.savez(out / "calibration.npz", **data)
     converted = api.convert(onnx_path, bits=BITS, calibration=out / "calibration.npz")
     write_graph(out / f"snn-b{BITS}.nir", converted.graph)
     log(f"converted: {converted.neurons} neurons, T = {converted.steps}; first-layer counts = levels: "
         f"{next(iter(converted.count_agreement.values())):.2%}; output rel. error vs the quantized ANN "
         f"{converted.output_rel_error['snn_vs_quantized_ann']:.3e}")
-    tuned = api.convert(onnx_path, bits=BITS, calibration=out / "calibration.npz", finetune=args.finetune,
-                        finetune_lr=args.finetune_lr, seed=args.seed)
+    tuned = finetune(converted.graph, [data["x"], data["t"]], data["target"], steps=args.finetune,
+                     lr=args.finetune_lr, seed=args.seed)  # what snc convert --finetune does after converting
     write_graph(out / f"snn-b{BITS}-ft.nir", tuned.graph)
-    log(f"fine-tuned: {tuned.finetuned}")
+    log(f"fine-tuned: {tuned.as_dict()}")
     snn_build = api.compile(out / f"snn-b{BITS}.nir", target="loihi2", output=out / "build-converted").build
     ft_build = api.compile(out / f"snn-b{BITS}-ft.nir", target="loihi2", output=out / "build-converted-ft").build
     direct_build = api.compile(SHIPPED, target="loihi2", output=out / "build-direct").build
@@ -154,7 +156,7 @@ def main() -> None:
                 "direct": {p: energy(direct_build, p) for p in ("cmos45nm-fp32", "loihi2")}}
     lava = api.verify(snn_build, backends=("lava", "emu"), n=2)
     print(json.dumps({"n": args.n, "seed": args.seed, "bits": BITS, "rows": rows, "energy": energies,
-                      "conversion": converted.as_dict(), "finetuned": tuned.finetuned,
+                      "conversion": converted.as_dict(), "finetuned": tuned.as_dict(),
                       "lava_verify": lava.as_dict(),
                       "onnx": str(onnx_path)}, indent=1, default=str))
 

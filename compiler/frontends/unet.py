@@ -167,8 +167,6 @@ class UNetHost(HostProgram):
         return recorded[name]
 
 
-
-
 class _WithCore(nn.Module):
     """The model's output and, as a second output, its core's: the cut ``snc convert`` reads (``core_output``)."""
 
