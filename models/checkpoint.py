@@ -6,10 +6,11 @@ Layout (format version 1)::
      "config": dict, "state_dict": {name: tensor}, "meta": dict}
 
 ``load_checkpoint(path, arch="sddpm"|"sdm-tsm", config=...)`` reads the
-public code's ``{"net_model", "ema_model", ...}`` files instead (see
-``reference.py``). Loading uses ``torch.load(..., weights_only=True)``: a
-pickle that asks for any global beyond tensors and plain containers is
-refused, never executed.
+public code's ``{"net_model", "ema_model", ...}`` files instead, and
+``arch="spiking-diffusion-vqsvae"|"spiking-diffusion-sdid"`` the public
+Spiking-Diffusion code's bare state dicts (see ``reference.py``). Loading
+uses ``torch.load(..., weights_only=True)``: a pickle that asks for any
+global beyond tensors and plain containers is refused, never executed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 from snc.errors import CheckpointError, SncError
 
 from .presets import Config, build_model, config_from_dict, config_to_dict
-from .reference import REFERENCE_ARCHS, WEIGHTS, reference_config
+from .reference import BARE_STATE_DICT, REFERENCE_ARCHS, WEIGHTS, reference_config
 
 FORMAT = "snc-checkpoint"
 FORMAT_VERSION = 1
@@ -108,6 +109,8 @@ def load_checkpoint(
     ``arch=None``: an snc checkpoint. ``arch="sddpm"|"sdm-tsm"``: a checkpoint of
     the public code, ``config`` its constructor's arguments, ``weights`` "net"
     or "ema" for its ``net_model`` / ``ema_model`` state_dict.
+    ``arch="spiking-diffusion-vqsvae"|"spiking-diffusion-sdid"``: the public
+    Spiking-Diffusion code's bare state dict files (``model.pth``, ``diff_model.pth``).
     """
     if arch is not None:
         return _load_reference(Path(path), arch, config, weights)
@@ -142,17 +145,23 @@ def _load_reference(path: Path, arch: str, config: Optional[Mapping[str, Any]], 
     model_config = reference_config(arch, config)
     if weights not in WEIGHTS:
         raise SncError(f"unknown weights {weights!r}; choose {' or '.join(WEIGHTS)}")
+    if arch in BARE_STATE_DICT and weights != "net":
+        raise SncError(f"a {arch} file is one state dict: it has no {weights} weights")
     raw = read_raw(path)
-    entry = f"{weights}_model"
-    if not isinstance(raw, dict) or entry not in raw:
-        if isinstance(raw, dict) and raw.get("format") == FORMAT:
-            raise CheckpointError(f"{path}: an snc checkpoint, not one of the public code: load it without an arch")
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        raise CheckpointError(f"{path}: an snc checkpoint, not one of the public code: load it without an arch")
+    entry = "state_dict" if arch in BARE_STATE_DICT else f"{weights}_model"
+    if arch in BARE_STATE_DICT:
+        state_dict, source = raw, str(path)
+    elif isinstance(raw, dict) and entry in raw:
+        state_dict, source = raw[entry], f"{path} [{entry}]"
+    else:
         held = ", ".join(map(str, raw)) if isinstance(raw, dict) else f"a {type(raw).__name__}"
         raise CheckpointError(f"{path}: no '{entry}' entry, so not a {arch} checkpoint with {weights} weights "
                               f"(the file holds {held or 'nothing'})")
     snc_arch = REFERENCE_ARCHS[arch]
     model = build_model(snc_arch, model_config)
-    _load_weights(model, raw[entry], f"{path} [{entry}]", entry)
+    _load_weights(model, state_dict, source, entry)
     meta: dict[str, Any] = {"reference_arch": arch, "weights": weights, "reference_config": dict(config)}
     if isinstance(raw.get("step"), int):
         meta["step"] = raw["step"]

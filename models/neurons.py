@@ -82,6 +82,33 @@ class IFNeuron(nn.Module):
         return f"threshold={c.threshold}, decay={c.decay}, fire_at_threshold={c.fire_at_threshold}"
 
 
+class LIFNeuron(nn.Module):
+    """SpikingJelly's ``LIFNode`` at its defaults (the public Spiking-Diffusion code's neuron): the input is
+    decayed with the membrane, ``H = V + (X - V) / tau`` (NIR's LIF with dt = 1, r = 1, v_leak = 0); a
+    spike where ``H >= threshold``; hard reset of ``H`` to 0. Computed in that order, as SpikingJelly
+    does, so that the same floats come out. Multi-step: ``[T, B, ...]`` in and out, v = 0 at every call."""
+
+    def __init__(self, tau: float = 2.0, threshold: float = 1.0, surrogate_alpha: float = 2.0) -> None:
+        super().__init__()
+        if not tau >= 1.0:
+            raise ValueError(f"LIF tau must be >= 1 (a decay in [0, 1)), got {tau}")
+        self.tau = tau
+        self.config = NeuronConfig(threshold=threshold, fire_at_threshold=True, surrogate_alpha=surrogate_alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = torch.zeros_like(x[0])
+        spikes = []
+        for x_t in x:
+            h = v + (x_t - v) / self.tau
+            s = fire(h, self.config)
+            v = h * (1.0 - s)
+            spikes.append(s)
+        return torch.stack(spikes)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, threshold={self.config.threshold}"
+
+
 class SpikeAnd(nn.Module):
     """Logical AND of two spike tensors (broadcasting): for 0/1 spikes their product.
 

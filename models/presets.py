@@ -13,15 +13,20 @@ from snc.errors import SncError
 from .lateral import LateralConfig, SpikingLateralTransformer
 from .mlp import MLPConfig, SpikingMLP
 from .neurons import NeuronConfig
+from .spiking_diffusion import SDID, VQSVAE, SDIDConfig, SpikingDiffusionVQ, SpikingDiffusionVQConfig, VQSVAEConfig
 from .unet import SpikingUNet, SpikingUNetTSM, UNetConfig
 
-Config = Union[UNetConfig, MLPConfig, LateralConfig]
+Config = Union[UNetConfig, MLPConfig, LateralConfig, VQSVAEConfig, SDIDConfig, SpikingDiffusionVQConfig]
 
 ARCHS: dict[str, tuple[type, type[nn.Module]]] = {
     "spiking-unet": (UNetConfig, SpikingUNet),
     "spiking-unet-tsm": (UNetConfig, SpikingUNetTSM),  # SDM's per-step conv scales (paper 004, IV-B)
     "spiking-mlp": (MLPConfig, SpikingMLP),
     "lateral-transformer": (LateralConfig, SpikingLateralTransformer),  # paper 000
+    # paper 003: the VQ-SVAE and the SDID denoiser alone (the public code's files), and both as one model
+    "vq-svae": (VQSVAEConfig, VQSVAE),
+    "sdid": (SDIDConfig, SDID),
+    "spiking-diffusion-vq": (SpikingDiffusionVQConfig, SpikingDiffusionVQ),
 }
 
 PRESETS: dict[str, tuple[str, Config]] = {
@@ -37,6 +42,10 @@ PRESETS: dict[str, tuple[str, Config]] = {
     "cifar10-lateral": ("lateral-transformer", LateralConfig()),
     # 8x8x1 digits: 16 tokens, 4 blocks of D = 64; trains on 2 CPU cores.
     "digits-lateral": ("lateral-transformer", LateralConfig(img_size=8, img_ch=1, hidden=64, depth=4, mlp_ratio=2)),
+    # Paper 003 on 8x8x1 digits: one stride-2 stage (a 4x4 token grid, 16 absorbing steps), T = 16 as there.
+    "digits-vq": ("spiking-diffusion-vq", SpikingDiffusionVQConfig(
+        VQSVAEConfig(img_size=8, num_embeddings=64, channels=(32, 64), strides=(2, 1)),
+        SDIDConfig(num_embeddings=64, channels=(64, 128, 128, 64), latent_size=4, diffusion_steps=16))),
 }
 
 
@@ -48,15 +57,20 @@ def preset(name: str) -> tuple[str, Config]:
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain dict (lists, numbers, strings) that ``torch.load(weights_only=True)`` accepts."""
-    d = dataclasses.asdict(config)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, tuple) else value
+
+    return plain(dataclasses.asdict(config))
 
 
 MAX_TIMESTEP = 4096  # spiking steps per call: per-step tables and call lengths grow with it
 MAX_DIFFUSION_STEPS = 100_000
 # float fields and their open / closed ranges (every float must be finite; every int >= 1)
 FLOAT_RANGES = {"output_decay": (0.0, 1.0), "decay": (0.0, 1.0), "threshold": (0.0, None),
-                "surrogate_alpha": (0.0, None), "attention_threshold": (0.0, None)}
+                "surrogate_alpha": (0.0, None), "attention_threshold": (0.0, None), "tau": (0.0, None),
+                "membrane_decay": (0.0, 1.0), "commitment_cost": (0.0, None), "pixel_scale": (0.0, None)}
 INT_LIMITS = {"timestep": MAX_TIMESTEP, "diffusion_steps": MAX_DIFFUSION_STEPS, "ann_bits": 8}
 
 

@@ -362,11 +362,12 @@ class Trained:
 def train(preset: Optional[str] = None, *, tsm_finetune: Optional[PathLike] = None, steps: Optional[int] = None,
           seed: int = 0, batch_size: Optional[int] = None, lr: Optional[float] = None,
           on_step: Optional[Callable[[int, int, float], None]] = None) -> Trained:
-    """Train a digits denoiser of ``preset`` with DDPM, or fine-tune the TSM scales of an snc U-Net
-    checkpoint (``tsm_finetune``); ``on_step(step, steps, loss)`` after every optimizer step."""
+    """Train a digits model of ``preset`` (a denoiser with DDPM; ``digits-vq``: its VQ-SVAE, then its SDID;
+    ``models.train.TRAINERS``), or fine-tune the TSM scales of an snc U-Net checkpoint (``tsm_finetune``);
+    ``on_step(step, steps, loss)`` after every optimizer step."""
     from snc.models import preset as get_preset
     from snc.models.checkpoint import load_checkpoint
-    from snc.models.train import TSM_FINETUNE_SETTINGS, default_settings, finetune_tsm, train_denoiser
+    from snc.models.train import TRAINERS, TSM_FINETUNE_SETTINGS, default_settings, finetune_tsm, train_denoiser
 
     if (preset is None) == (tsm_finetune is None):
         raise SncError("give --preset NAME to train, or --tsm-finetune CHECKPOINT to fine-tune TSM scales")
@@ -392,11 +393,10 @@ def train(preset: Optional[str] = None, *, tsm_finetune: Optional[PathLike] = No
         raise SncError("--steps and --batch-size must be positive")
     if not (isinstance(settings.lr, (int, float)) and math.isfinite(settings.lr) and settings.lr > 0):
         raise SncError(f"--lr must be a positive finite number, not {settings.lr}")
-    report = None if on_step is None else (lambda step, loss: on_step(step, settings.steps, loss))
     if tsm_finetune is not None:
-        model, meta = finetune_tsm(base.model, settings, report)
+        model, meta = finetune_tsm(base.model, settings, on_step)
     else:
-        model, meta = train_denoiser(arch, config, settings, report)
+        model, meta = TRAINERS.get(arch, train_denoiser)(arch, config, settings, on_step)
     bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
         raise SncError(f"training diverged (final loss {meta.get('final_loss_smoothed')}): {len(bad)} tensors hold "

@@ -119,7 +119,8 @@ def _timeout_option() -> Any:
 
 @app.command()
 def train(
-    preset: Optional[str] = typer.Option(None, "--preset", help="digits-unet | digits-mlp (any preset name)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="digits-unet | digits-mlp | digits-lateral | digits-vq (paper 003: "
+                                          "the VQ-SVAE, then the SDID on its tokens)"),
     tsm_finetune: Optional[Path] = typer.Option(None, "--tsm-finetune", help="instead of --preset: fine-tune SDM's "
                                                 "per-step scales p[t] of this snc U-Net checkpoint (all else "
                                                 "frozen) into a spiking-unet-tsm checkpoint"),
@@ -129,8 +130,9 @@ def train(
     batch_size: int = typer.Option(None, "--batch-size"),
     lr: float = typer.Option(None, "--lr"),
 ) -> None:
-    """Train a denoiser with DDPM (epsilon prediction, 1000 steps) on scikit-learn's digits, or fine-tune
-    the TSM scales of a trained U-Net (--tsm-finetune)."""
+    """Train a denoiser with DDPM (epsilon prediction, 1000 steps) on scikit-learn's digits (digits-vq: the
+    VQ-SVAE, then the absorbing-state SDID on its tokens), or fine-tune the TSM scales of a trained U-Net
+    (--tsm-finetune)."""
     from snc import api
     from snc.models.checkpoint import save_checkpoint
 
@@ -294,7 +296,9 @@ def convert(
     from snc.compiler.nir_io import write_graph
 
     if output.suffix != ".nir":
-        raise SncError(f"{output}: -o must name a .nir file (the converted SNN)")
+        raise SncError(f"{output}: -o must name a .nir file: a converted SNN is a NIR graph of IF populations "
+                       "shaped as its ANN, not one of snc's model families (.pt); snc compile and snc run "
+                       "--backend reference (torch) take the .nir")
     quantized_path = output.with_name(output.stem + ".quantized.onnx")
     inputs_path = output.with_name(output.stem + ".inputs.npy")
     _output_file(output)

@@ -114,6 +114,9 @@ def test_an_unsupported_op_is_one_error_listing_every_such_node(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.count("error:") == 1
     assert "/Tanh (Tanh)" in result.stderr and "/Sigmoid (Sigmoid)" in result.stderr
     assert not (tmp_path / "snn.nir").exists()
+    as_pt = run_snc("convert", str(path), "--bits", "2", "-o", str(tmp_path / "snn.pt"), "--calibrate",
+                    str(tmp_path / "x.npy"))  # the output is a NIR graph, said before anything is read
+    assert as_pt.returncode == 1 and as_pt.stderr.count("error:") == 1 and "-o must name a .nir" in as_pt.stderr
 
 
 def test_what_the_conversion_cannot_map_is_listed(tmp_path):
