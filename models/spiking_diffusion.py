@@ -1,7 +1,7 @@
 """Spiking-Diffusion (paper 003, Liu et al.): the VQ-SVAE and the SDID denoiser.
 
-Key names and inference semantics are those of the public code (``../shared/reference/
-spiking-diffusion-state-dicts.json``), so its bare ``state_dict()`` files load: every spiking layer is
+Key names and inference semantics are those of the public code (github.com/Arktis2022/Spiking-Diffusion,
+``Spiking-Diffusion-release/snn_model``), so its bare ``state_dict()`` files load: every spiking layer is
 SpikingJelly's multi-step ``LIFNode`` (``LIFNeuron``), conv and BatchNorm act on each of the T steps
 alone, and the network state starts from zero at every call. The public code fixes T = 16, a 28x28 input
 with two stride-2 stages (a 7x7 token grid) and a 16-channel ASG; here they are config fields, with the

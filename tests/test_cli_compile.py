@@ -30,15 +30,20 @@ def test_compile_on_the_command_line_writes_a_build(tmp):
 
 
 @pytest.mark.lava
-def test_verify_meets_the_float_agreement_bar(unet_build):
-    report = json.loads(_ok(run_snc("verify", str(unet_build.path), "-n", "4", "--json"), ).stdout)
+def test_verify_meets_the_float_agreement_bar_and_the_emulator_equals_fixed_pt(unet_build):
+    # one verify run serves both bars: Lava's processes are the suite's slowest part
+    report = json.loads(_ok(run_snc("verify", str(unet_build.path), "-n", "4", "--backends", "lava,emu",
+                                    "--json")).stdout)
     assert report["n"] == 4 and len(report["timesteps"]) == 3 and report["runs"] == ["torch", "lava_float",
-                                                                                      "lava_fixed"]
+                                                                                      "lava_fixed", "emu"]
     assert report["agreement"]["lava_float_vs_torch"] >= 0.999
     assert report["output_rel_error"]["lava_float_vs_torch"] <= 1e-3
     assert all(row["lava_float_vs_torch"] >= 0.99 for row in report["layers"])
     assert report["agreement"]["lava_fixed_vs_lava_float"] > 0.9  # reported, not equal by design
-    assert report["readout_identical"] == {} and report["exact"]  # no two runs of the same arithmetic
+    assert report["agreement"]["emu_vs_lava_fixed"] == 1.0  # the emulator's promise: Lava fixed_pt bit for bit
+    assert report["readout_identical"] == {"emu_vs_lava_fixed": True} and report["exact"]
+    assert report["output_rel_error"]["emu_vs_lava_fixed"] == 0.0
+    assert report["agreement"]["emu_vs_torch"] == report["agreement"]["lava_fixed_vs_torch"]
 
 
 @pytest.mark.lava

@@ -302,14 +302,8 @@ def test_bad_netlists_are_one_clear_error():
 
 
 # --- the command line ------------------------------------------------------------------------------
-@pytest.mark.lava
-def test_verify_and_sample_on_emu(unet_build, tmp):
-    report = json.loads(_ok(run_snc("verify", str(unet_build.path), "--backends", "lava,emu", "-n", "1",
-                                    "--json")).stdout)
-    assert report["agreement"]["emu_vs_lava_fixed"] == 1.0
-    assert report["readout_identical"] == {"emu_vs_lava_fixed": True} and report["exact"]
-    assert report["output_rel_error"]["emu_vs_lava_fixed"] == 0.0
-    assert report["agreement"]["emu_vs_torch"] == report["agreement"]["lava_fixed_vs_torch"]
+def test_sample_on_emu(unet_build, tmp):
+    # snc verify --backends lava,emu of this build: tests/test_cli_compile.py
     res = json.loads(_ok(run_snc("sample", str(unet_build.path), "--backend", "emu", "--steps", "3", "-n", "2",
                                  "-o", str(tmp / "emu.png"), "--json")).stdout)
     assert res["backend"] == "emu" and res["mode"] == "fixed" and np.load(tmp / "emu.npy").shape == (2, 1, 8, 8)

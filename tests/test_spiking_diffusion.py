@@ -1,8 +1,8 @@
 """Spiking-Diffusion (paper 003): the public code's files load into snc's VQ-SVAE and SDID and give its outputs.
 
 The check is a functional version of the public inference written here from the state dict alone
-(F.conv2d, F.batch_norm, F.conv_transpose2d and SpikingJelly's LIF equations; semantics as
-../shared/reference/spiking-diffusion-state-dicts.json describes them), run on a state dict in the public
+(F.conv2d, F.batch_norm, F.conv_transpose2d and SpikingJelly's LIF equations; the semantics of the public
+code, github.com/Arktis2022/Spiking-Diffusion), run on a state dict in the public
 code's layout, saved as that code saves it (``torch.save(model.state_dict())``).
 """
 
