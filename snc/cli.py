@@ -119,8 +119,8 @@ def _timeout_option() -> Any:
 
 @app.command()
 def train(
-    preset: Optional[str] = typer.Option(None, "--preset", help="digits-unet | digits-mlp | digits-lateral | digits-vq (paper 003: "
-                                          "the VQ-SVAE, then the SDID on its tokens)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="digits-unet | digits-mlp | digits-lateral | "
+                                         "digits-vq (paper 003: the VQ-SVAE, then the SDID on its tokens)"),
     tsm_finetune: Optional[Path] = typer.Option(None, "--tsm-finetune", help="instead of --preset: fine-tune SDM's "
                                                 "per-step scales p[t] of this snc U-Net checkpoint (all else "
                                                 "frozen) into a spiking-unet-tsm checkpoint"),

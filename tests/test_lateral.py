@@ -316,14 +316,14 @@ def test_lava_runs_the_whole_denoiser_as_torch_and_reprograms_gates_per_call():
     model = _trained_like()
     dep, result = _compiled(model)
     host, net = dep.host, result.build.netlist("fixed")
-    pairs = host.noisy_inputs(2, [100, 800], seed=2)
+    pairs = host.noisy_inputs(1, [100, 800], seed=2)  # one image per call: Lava holds a network copy per image
     calls = []
     for x, t in pairs:
         gates = net.call_gates(t)
         calls.append((gates, netlist_currents(net, host.call_inputs(x, t, gates))))
     assert any(not np.array_equal(calls[0][0][k], calls[1][0][k]) for k in calls[0][0])
     same = total = 0
-    with LavaNetwork(result.build.netlist("float"), batch=2, record=True) as lava:
+    with LavaNetwork(result.build.netlist("float"), batch=1, record=True) as lava:
         for (x, t), (gates, currents) in zip(pairs, calls):
             spikes = lava.call(currents, gates).spikes
             _, expected = host.reference(x.double(), t)
@@ -332,7 +332,7 @@ def test_lava_runs_the_whole_denoiser_as_torch_and_reprograms_gates_per_call():
                     same += int((spikes[name] == reference).sum())
                     total += reference.size
     assert same / total > 0.999, same / total
-    with LavaNetwork(net, batch=2, record=True) as lava, EmuNetwork(net, batch=2, record=True) as emu:
+    with LavaNetwork(net, batch=1, record=True) as lava, EmuNetwork(net, batch=1, record=True) as emu:
         for gates, currents in calls:
             a, b = lava.call(currents, gates), emu.call(currents, gates)
             assert np.array_equal(a.readout, b.readout)

@@ -331,7 +331,7 @@ def test_compile_and_verify_a_reference_checkpoint(tmp, arch, tsm, snc_arch):
     assert res["arch"] == snc_arch and res["calibrated"] and f"{arch} checkpoint" in res["source"]
     host = load_checkpoint(tmp / "b" / "model.pt")  # the build holds the converted snc checkpoint
     assert host.meta["reference_arch"] == arch and host.config.neuron.fire_at_threshold
-    report = json.loads(_ok(run_snc("verify", str(tmp / "b"), "-n", "2", "--backends", "lava:float",
+    report = json.loads(_ok(run_snc("verify", str(tmp / "b"), "-n", "1", "--backends", "lava:float",
                                     "--json")).stdout)
     assert report["agreement"]["lava_float_vs_torch"] >= 0.999
     assert report["output_rel_error"]["lava_float_vs_torch"] <= 1e-3

@@ -185,7 +185,8 @@ def test_every_mismatch_of_a_public_file_is_listed_in_one_error(public_files, tm
     assert "encoder.snn_convs.0.weight (32, 1, 5, 5) (expected (32, 1, 3, 3))" in message
     with pytest.raises(SncError, match=r"conv6.0.weight \(32, 320, 3, 3\) \(expected \(10, 320, 3, 3\)\)"):
         torch.save(sdid, tmp_path / "d.pth")
-        load_checkpoint(tmp_path / "d.pth", arch="spiking-diffusion-sdid", config={"n_channel": 1, "num_embeddings": 10})
+        load_checkpoint(tmp_path / "d.pth", arch="spiking-diffusion-sdid",
+                        config={"n_channel": 1, "num_embeddings": 10})
     with pytest.raises(SncError, match="embedding_dim must be 16"):
         load_checkpoint(tmp_path / "bad.pth", arch="spiking-diffusion-vqsvae", config=config | {"embedding_dim": 8})
     with pytest.raises(SncError, match="unknown keys T.*missing keys num_embeddings"):
@@ -287,7 +288,8 @@ def test_digits_vq_trains_both_stages_deterministically_and_samples(tmp_path):
     from snc import api
 
     reports = []
-    first = api.train("digits-vq", steps=12, seed=3, on_step=lambda step, total, loss: reports.append((step, total, loss)))
+    first = api.train("digits-vq", steps=12, seed=3,
+                      on_step=lambda step, total, loss: reports.append((step, total, loss)))
     assert [r[0] for r in reports] == list(range(36)) and {r[1] for r in reports} == {36}
     vq_losses, sdid_losses = [r[2] for r in reports[:12]], [r[2] for r in reports[12:]]
     assert vq_losses[-1] < vq_losses[0] and all(math.isfinite(v) for v in sdid_losses)  # 12 steps of warm-up

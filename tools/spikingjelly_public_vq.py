@@ -58,7 +58,8 @@ def vqsvae() -> nn.Module:
     decoder = nn.Sequential(*stage(layer.ConvTranspose2d(16, 64, 3, 2, 1, output_padding=1), 64),
                             *stage(layer.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=1), 32),
                             layer.ConvTranspose2d(32, 1, 3, 1, 1, output_padding=0))
-    vq = Holder(memout=Coef(), embeddings=nn.Embedding(K, 16), poisson=nn.Sequential(*stage(layer.Conv2d(16, 16, 1), 16)))
+    vq = Holder(memout=Coef(), embeddings=nn.Embedding(K, 16),
+                poisson=nn.Sequential(*stage(layer.Conv2d(16, 16, 1), 16)))
     vq.alpha = nn.Parameter(torch.tensor(0.3))
     return Holder(encoder=Holder(snn_convs=encoder), vq_layer=vq, decoder=Holder(snn_convs=decoder), memout=Coef())
 
