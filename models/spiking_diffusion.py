@@ -328,7 +328,8 @@ class SpikingDiffusionVQ(nn.Module):
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` in [-1, 1] -> token grids ``[B, 1, h, w]`` (int64)."""
         size = self.config.vqsvae.latent_size
-        return self.vqsvae(images * self.config.pixel_scale)[2].reshape(-1, 1, size, size)
+        z = self.vqsvae.encode(images * self.config.pixel_scale)  # the encoder and the codebook; no decoder
+        return self.vqsvae.quantize(z)[1].reshape(-1, 1, size, size)
 
     def images(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token grids -> images in [-1, 1] (the decoder's tanh output over ``pixel_scale``, clipped)."""
