@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import absorbing
-from .neurons import LIFNeuron
+from .neurons import LIFNeuron, per_step
 
 
 class MultiStep(nn.Sequential):
@@ -35,12 +35,13 @@ class MultiStep(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self:
-            if isinstance(layer, LIFNeuron):
-                x = layer(x)
-            else:
-                y = layer(x.flatten(0, 1))
-                x = y.reshape(*x.shape[:2], *y.shape[1:])
+            x = layer(x) if isinstance(layer, LIFNeuron) else per_step(layer, x)
         return x
+
+
+def repeat_steps(x: torch.Tensor, timestep: int) -> torch.Tensor:
+    """Direct encoding: ``x`` unchanged at each of ``timestep`` steps, ``[T, *x.shape]``."""
+    return x.unsqueeze(0).repeat(timestep, *([1] * x.dim()))
 
 
 class MembraneOutput(nn.Module):
@@ -161,7 +162,7 @@ class VectorQuantizer(nn.Module):
 
     def generate(self, q: torch.Tensor) -> torch.Tensor:
         """The ASG: ``[B, D, h, w]`` repeated over T steps -> spikes ``[T, B, D, h, w]``."""
-        return self.poisson(q.unsqueeze(0).repeat(self.timestep, 1, 1, 1, 1))
+        return self.poisson(repeat_steps(q, self.timestep))
 
 
 class VQSVAE(nn.Module):
@@ -175,13 +176,9 @@ class VQSVAE(nn.Module):
         self.decoder = Decoder(config)
         self.memout = MembraneOutput(config.timestep, config.membrane_decay)
 
-    def repeat(self, x: torch.Tensor) -> torch.Tensor:
-        """Direct encoding: the image, unchanged, at each of the T steps."""
-        return x.unsqueeze(0).repeat(self.config.timestep, 1, 1, 1, 1)
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, C, H, W]`` -> encoder spikes ``[T, B, D, h, w]``."""
-        return self.encoder(self.repeat(x))
+        """Images ``[B, C, H, W]`` (the same at every step) -> encoder spikes ``[T, B, D, h, w]``."""
+        return self.encoder(repeat_steps(x, self.config.timestep))
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder spikes -> ``(features, indices [B*h*w], codebook rows [B, D, h, w])``; in training the
@@ -277,7 +274,7 @@ class SDID(nn.Module):
     def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The input currents of every step: ``[x_t, t-map]`` (raw ids and raw t), ``[T, B, 2n, h, w]``."""
         t_map = torch.ones_like(x_t) * t.to(x_t.dtype).reshape(-1, 1, 1, 1)
-        return torch.cat([x_t, t_map], dim=1).unsqueeze(0).repeat(self.config.timestep, 1, 1, 1, 1)
+        return repeat_steps(torch.cat([x_t, t_map], dim=1), self.config.timestep)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = first = self.conv1(self.inputs(x_t, t))
