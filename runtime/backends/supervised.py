@@ -115,15 +115,24 @@ def _name_shared_memory() -> None:
 
 
 def _unlink_shared_memory(pid: int) -> None:
-    """Unlink the worker ``pid``'s segments left in /dev/shm (through ``SharedMemory``, which also tells this
-    process's resource tracker)."""
+    """Unlink the worker ``pid``'s segments left in /dev/shm. A segment that was registered with this
+    process's resource tracker is unlinked through ``SharedMemory`` (which unregisters it); one whose creator
+    was killed before it had a size (so before it was registered: ``SharedMemory`` registers after the mmap,
+    and an empty segment cannot be mapped) is removed as a file."""
     from multiprocessing import shared_memory
 
     names = [n for n in os.listdir("/dev/shm") if n.startswith(shm_prefix(pid))] if os.path.isdir("/dev/shm") else []
     for name in names:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             segment = shared_memory.SharedMemory(name)
-            segment.close()
+        except ValueError:  # empty: never registered
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join("/dev/shm", name))
+            continue
+        except OSError:  # gone meanwhile
+            continue
+        segment.close()
+        with contextlib.suppress(OSError):
             segment.unlink()
 
 
