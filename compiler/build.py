@@ -12,6 +12,12 @@
       model.pt              host-side parts: the snc checkpoint the build came from (time embedding,
                             stem, tail run on the host); absent when compiled from a .nir file
 
+A model that runs as several cores (``frontends.base.Pipeline``) compiles to
+a **pipeline build**: ``pipeline.json`` (format, arch, target, each stage's
+core arch and the SHA-256 of its build.json, sealed like build.json) and one
+build per stage in a subdirectory of the stage's name, each a build as above
+(``snc run`` / ``export`` take one of them).
+
 A build is written whole or not at all: into a staging directory beside the
 destination, then swapped into place (an interrupted compile leaves the old
 build as it was). ``build.json`` is written last and records the SHA-256 of
@@ -53,6 +59,8 @@ from .ir_io import json_default
 from .netlist import Netlist, load_netlist, save_netlist
 from .nir_io import read_graph, write_graph
 
+PIPELINE_FILE = "pipeline.json"
+PIPELINE_FORMAT = "snc-pipeline"
 FORMAT = "snc-build"
 FORMAT_VERSION = 3  # 3: build.json records the files' digests
 MODEL_FILE = "model.pt"
@@ -179,7 +187,7 @@ def check_destination(directory: Path) -> None:
     if directory.exists():
         if not directory.is_dir():
             raise SncError(f"{directory}: exists and is not a directory")
-        if not (directory / "build.json").is_file() and any(directory.iterdir()):
+        if not any((directory / f).is_file() for f in ("build.json", PIPELINE_FILE)) and any(directory.iterdir()):
             raise SncError(f"{directory}: neither empty nor an snc build directory; refusing to replace it")
     elif not directory.parent.is_dir():
         raise SncError(f"{directory}: no such directory {directory.parent}")
@@ -245,6 +253,9 @@ def _swap_into_place(staging: Path, directory: Path) -> None:
 def read_build(directory: Path) -> Build:
     directory = Path(directory)
     meta_path = directory / "build.json"
+    if (directory / PIPELINE_FILE).is_file():
+        stages = ", ".join(str(directory / name) for name in _pipeline_meta(directory)["stages"])
+        raise SncError(f"{directory}: a pipeline build (several cores); this takes one core's build: {stages}")
     if not meta_path.is_file():
         raise SncError(f"{directory}: not an snc build directory (no build.json); make one with snc compile")
     try:
@@ -259,3 +270,84 @@ def read_build(directory: Path) -> Build:
         raise SncError(f"{meta_path}: changed since the compile (its content does not match its digest); recompile")
     graph = read_graph(checked_file(directory, meta["files"], "graph.nir"))
     return Build(meta, graph, directory, _checked={"graph.nir"})
+
+
+@dataclass
+class PipelineBuild:
+    """A model compiled as several cores run one after another: a ``Build`` per stage (in process order)."""
+
+    meta: dict[str, Any]  # format, arch, target, stages: {name: {arch, digest of its build.json}}
+    stages: dict[str, Build]
+    path: Optional[Path] = None
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+    @property
+    def target(self) -> str:
+        return self.meta["target"]
+
+    def stage(self, name: str) -> Build:
+        if name not in self.stages:
+            raise SncError(f"the {self.arch} build has no stage {name!r} (stages: {', '.join(self.stages)})")
+        return self.stages[name]
+
+
+def write_pipeline(directory: Path, pipeline: PipelineBuild, checkpoint: Optional[Path]) -> PipelineBuild:
+    """Write every stage's build into ``directory/<stage>`` and ``pipeline.json`` last, whole or not at all
+    (staged and swapped into place as ``write_build``)."""
+    directory = Path(directory)
+    check_destination(directory)
+    _remove_abandoned_staging(directory)
+    staging = directory.parent / f".{directory.name}.partial-{os.getpid()}"
+    staging.mkdir()
+    try:
+        stages = {}
+        for name, build in pipeline.stages.items():
+            write_build(staging / name, build, checkpoint)
+            stages[name] = {"arch": build.arch, "digest": file_digest(staging / name / "build.json")}
+        meta = _sealed({**pipeline.meta, "format": PIPELINE_FORMAT, "format_version": FORMAT_VERSION,
+                        "stages": stages})
+        (staging / PIPELINE_FILE).write_text(json.dumps(meta, indent=1))
+        _swap_into_place(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name, build in pipeline.stages.items():
+        build.path = directory / name
+    pipeline.meta, pipeline.path = meta, directory
+    return pipeline
+
+
+def _pipeline_meta(directory: Path) -> dict[str, Any]:
+    path = directory / PIPELINE_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise SncError(f"{path}: corrupt ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != PIPELINE_FORMAT \
+            or meta.get("format_version") != FORMAT_VERSION or not isinstance(meta.get("stages"), dict):
+        raise SncError(f"{path}: not an snc pipeline build of this version ({PIPELINE_FORMAT} v{FORMAT_VERSION}); "
+                       "recompile")
+    if meta.get("digest") != _body_digest(meta):
+        raise SncError(f"{path}: changed since the compile (its content does not match its digest); recompile")
+    return meta
+
+
+def read_pipeline(directory: Path) -> PipelineBuild:
+    directory = Path(directory)
+    meta = _pipeline_meta(directory)
+    stages = {}
+    for name, entry in meta["stages"].items():
+        stage_meta = directory / name / "build.json"
+        if not stage_meta.is_file() or file_digest(stage_meta) != entry.get("digest"):
+            raise SncError(f"{directory}: the build of stage {name!r} is missing or not the one compiled with "
+                           "this pipeline; recompile")
+        stages[name] = read_build(directory / name)
+    return PipelineBuild(meta, stages, directory)
+
+
+def read_any_build(directory: Path) -> Build | PipelineBuild:
+    """A build directory: one core's build, or a pipeline build."""
+    directory = Path(directory)
+    return read_pipeline(directory) if (directory / PIPELINE_FILE).is_file() else read_build(directory)

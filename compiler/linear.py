@@ -8,7 +8,9 @@ lowering expands it to a sparse matrix only for the graphs it runs.
 Kinds:
 - ``identity``: y = x reshaped to ``out_shape`` (same number of elements).
 - ``conv``: y = conv2d(upsample_nearest(x, upsample), weight, stride, padding)
-  (torch's cross-correlation convention; no bias: biases live in the target).
+  (torch's cross-correlation convention; no bias: biases live in the target);
+  with ``zeros`` the input is upsampled by zero insertion instead (each element
+  followed by ``upsample - 1`` zeros along both axes: a transposed conv).
 - ``dense``: y = weight @ x.flatten().
 
 ``compose(outer, inner)`` is exact (float64) for every pair the U-Net and MLP
@@ -41,6 +43,7 @@ class LinearOp:
     stride: int = 1
     padding: int = 0
     upsample: int = 1
+    zeros: bool = False  # upsampled by inserting zeros, not by repeating (nearest)
 
     # --- constructors ----------------------------------------------------------------
     @staticmethod
@@ -51,14 +54,16 @@ class LinearOp:
         return LinearOp("identity", tuple(in_shape), out_shape)
 
     @staticmethod
-    def conv(weight: np.ndarray, in_shape: Shape, stride: int, padding: int, upsample: int = 1) -> "LinearOp":
+    def conv(weight: np.ndarray, in_shape: Shape, stride: int, padding: int, upsample: int = 1,
+             zeros: bool = False) -> "LinearOp":
         c, h, w = in_shape
         k = weight.shape[-1]
         hu, wu = h * upsample, w * upsample
         out = (weight.shape[0], (hu + 2 * padding - k) // stride + 1, (wu + 2 * padding - k) // stride + 1)
         if weight.shape[1] != c or weight.shape[2] != weight.shape[3]:
             raise GraphError(f"conv weight {weight.shape} does not fit input {in_shape}")
-        return LinearOp("conv", tuple(in_shape), out, np.asarray(weight, dtype=np.float64), stride, padding, upsample)
+        return LinearOp("conv", tuple(in_shape), out, np.asarray(weight, dtype=np.float64), stride, padding, upsample,
+                        zeros and upsample > 1)
 
     @staticmethod
     def dense(weight: np.ndarray, in_shape: Shape, out_shape: Shape) -> "LinearOp":
@@ -84,13 +89,14 @@ class LinearOp:
     def geometry(self) -> tuple:
         """What two ops must share for their weights to be added."""
         if self.kind == "conv":
-            return ("conv", self.in_shape, self.out_shape, self.weight.shape, self.stride, self.padding, self.upsample)
+            return ("conv", self.in_shape, self.out_shape, self.weight.shape, self.stride, self.padding, self.upsample,
+                    self.zeros)
         return (self.kind, self.in_shape, self.out_shape)
 
     def describe(self) -> str:
         if self.kind == "conv":
             k = self.weight.shape[-1]
-            up = f" after nearest x{self.upsample}" if self.upsample > 1 else ""
+            up = f" after {'zero insertion' if self.zeros else 'nearest'} x{self.upsample}" if self.upsample > 1 else ""
             return f"conv{k}x{k}/s{self.stride}{up}"
         return self.kind
 
@@ -104,7 +110,8 @@ class LinearOp:
         if self.kind == "dense":
             return (x.reshape(batch, -1) @ w.T).reshape(batch, *self.out_shape)
         if self.upsample > 1:
-            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+            x = zero_insert(x, self.upsample) if self.zeros else F.interpolate(x, scale_factor=self.upsample,
+                                                                               mode="nearest")
         return F.conv2d(x, w, stride=self.stride, padding=self.padding)
 
     def to_csr(self) -> sparse.csr_matrix:
@@ -139,6 +146,12 @@ class LinearOp:
         return _conv_fan(self, side).reshape(-1)
 
     @property
+    def taps_per_synapse(self) -> int:
+        """Along each axis, how many kernel taps one synapse's weight can sum: ``upsample`` after nearest
+        upsampling (one input fills u x u positions), else 1."""
+        return 1 if self.zeros else self.upsample
+
+    @property
     def moves_only(self) -> bool:
         """True when the op does no arithmetic: a reshape, or a nearest upsampling of every channel."""
         if self.kind == "identity":
@@ -170,6 +183,8 @@ def _conv_csr(op: LinearOp) -> sparse.csr_matrix:
     yu = oy * s - p + ky  # row in the upsampled input
     xu = ox * s - p + kx
     inside = (yu >= 0) & (yu < h * u) & (xu >= 0) & (xu < w * u)
+    if op.zeros:  # only every u-th row and column holds an input
+        inside &= (yu % u == 0) & (xu % u == 0)
     rows = ((oc * ho + oy) * wo + ox)[inside]
     cols = (ic[inside] * h + yu[inside] // u) * w + xu[inside] // u
     vals = op.weight[oc[inside], ic[inside], ky[inside], kx[inside]]
@@ -181,7 +196,8 @@ def _conv_csr(op: LinearOp) -> sparse.csr_matrix:
     return m
 
 
-def _axis_links(n_out: int, n_in: int, k: int, stride: int, padding: int, upsample: int) -> tuple[list, list]:
+def _axis_links(n_out: int, n_in: int, k: int, stride: int, padding: int, upsample: int,
+                zeros: bool = False) -> tuple[list, list]:
     """Along one axis: (out, in, group) for every connected pair, and the groups of kernel taps.
 
     An output reads its valid kernel taps; after nearest upsampling several
@@ -194,7 +210,7 @@ def _axis_links(n_out: int, n_in: int, k: int, stride: int, padding: int, upsamp
         by_input: dict[int, list[int]] = {}
         for tap in range(k):
             pos = o * stride - padding + tap
-            if 0 <= pos < n_in * upsample:
+            if 0 <= pos < n_in * upsample and not (zeros and pos % upsample):
                 by_input.setdefault(pos // upsample, []).append(tap)
         for i, taps in by_input.items():
             links.append((o, i, groups.setdefault(tuple(taps), len(groups))))
@@ -211,8 +227,8 @@ def _conv_fan(op: LinearOp, side: str) -> np.ndarray:
     cin, h, w = op.in_shape
     cout, ho, wo = op.out_shape
     k, s, p, u = op.weight.shape[-1], op.stride, op.padding, op.upsample
-    links_y, groups_y = _axis_links(ho, h, k, s, p, u)
-    links_x, groups_x = _axis_links(wo, w, k, s, p, u)
+    links_y, groups_y = _axis_links(ho, h, k, s, p, u, op.zeros)
+    links_x, groups_x = _axis_links(wo, w, k, s, p, u, op.zeros)
     block = np.zeros((cout, cin, len(groups_y), len(groups_x)), dtype=bool)
     for gy, ty in enumerate(groups_y):
         for gx, tx in enumerate(groups_x):
@@ -249,9 +265,9 @@ def compose(outer: LinearOp, inner: LinearOp) -> LinearOp:
         return replace(inner, out_shape=outer.out_shape, weight=kernel)
     if outer.kind == "conv" and outer.upsample == 1 and inner.kind == "conv" and inner.weight.shape[-1] == 1 \
             and inner.stride == 1 and inner.padding == 0:
-        # a 1x1 map commutes with nearest upsampling: fold it into the outer kernel
+        # a 1x1 map commutes with nearest upsampling and with zero insertion: fold it into the outer kernel
         kernel = np.tensordot(outer.weight, inner.weight[:, :, 0, 0], axes=([1], [0])).transpose(0, 3, 1, 2)
-        return replace(outer, in_shape=inner.in_shape, weight=kernel, upsample=inner.upsample)
+        return replace(outer, in_shape=inner.in_shape, weight=kernel, upsample=inner.upsample, zeros=inner.zeros)
     if outer.kind == "dense" and inner.kind == "dense":
         return LinearOp.dense(outer.weight @ inner.weight, inner.in_shape, outer.out_shape)
     return _dense_compose(outer, inner)
@@ -270,18 +286,26 @@ def _dense_compose(outer: LinearOp, inner: LinearOp) -> LinearOp:
 def op_to_dict(op: LinearOp) -> dict:
     """The op's geometry as JSON (its weights go to an array file)."""
     return {"kind": op.kind, "in_shape": list(op.in_shape), "out_shape": list(op.out_shape),
-            "stride": op.stride, "padding": op.padding, "upsample": op.upsample}
+            "stride": op.stride, "padding": op.padding, "upsample": op.upsample, "zeros": op.zeros}
 
 
 def op_from_dict(d: dict, weight: np.ndarray | None) -> LinearOp:
     return LinearOp(d["kind"], tuple(d["in_shape"]), tuple(d["out_shape"]), weight, d["stride"], d["padding"],
-                    d["upsample"])
+                    d["upsample"], bool(d.get("zeros", False)))
 
 
-def upsample_op(in_shape: Shape, scale: int) -> LinearOp:
-    """Nearest upsampling as a conv with an identity 1x1 kernel after upsampling."""
+def upsample_op(in_shape: Shape, scale: int, zeros: bool = False) -> LinearOp:
+    """Nearest upsampling (or zero insertion) as a conv with an identity 1x1 kernel after upsampling."""
     c = in_shape[0]
-    return LinearOp.conv(np.eye(c).reshape(c, c, 1, 1), in_shape, stride=1, padding=0, upsample=scale)
+    return LinearOp.conv(np.eye(c).reshape(c, c, 1, 1), in_shape, stride=1, padding=0, upsample=scale, zeros=zeros)
+
+
+def zero_insert(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, s*H, s*W]: each element followed by ``scale - 1`` zeros along both axes."""
+    b, c, h, w = x.shape
+    out = x.new_zeros((b, c, h * scale, w * scale))
+    out[:, :, ::scale, ::scale] = x
+    return out
 
 
 def add_ops(a: LinearOp, b: LinearOp) -> LinearOp | None:

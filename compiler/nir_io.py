@@ -12,6 +12,13 @@ Extension nodes:
     ``y[c, i, j] = x[c, i // s, j // s]``: output (C, s*H, s*W). Linear and
     stateless, like a Conv2d; the U-Net's ``F.interpolate(mode='nearest')``.
 
+``snc.ZeroInsert2d(input_shape=(C, H, W), scale=s)``
+    ``y[c, s*i, s*j] = x[c, i, j]``, every other element 0: output (C, s*H, s*W)
+    (each input followed by s - 1 zeros along both axes). With a stride-1
+    Conv2d of the flipped, transposed kernel and padding k - 1 - p after it,
+    torch's ``ConvTranspose2d(k, stride=s, padding=p, output_padding=s - 1)``
+    (the fractionally-strided conv of the Spiking-Diffusion decoder).
+
 ``snc.StepScale(input_shape, scale=p[T], bias=b)``
     ``y_t = p[t] * x_t + b`` at spiking step t (0-based within a denoiser
     call of T steps), ``b`` full-shape and constant. SDM's temporal-wise
@@ -83,13 +90,11 @@ class _Extension:
 
 
 @dataclass(eq=False)
-class NearestUpsample2d(_Extension, nir.NIRNode):
-    """snc extension: nearest-neighbour upsampling of a (C, H, W) signal."""
+class Upsample2d(_Extension, nir.NIRNode):
+    """What snc's two upsamplings of a (C, H, W) signal by a whole factor share (shapes, the file form)."""
 
     input_shape: np.ndarray  # (C, H, W)
     scale: int
-
-    TYPE = "snc.NearestUpsample2d"
 
     def __post_init__(self) -> None:
         self.input_shape = np.asarray(self.input_shape, dtype=np.int64)
@@ -102,6 +107,20 @@ class NearestUpsample2d(_Extension, nir.NIRNode):
         ret = super().to_dict()
         ret["scale"] = np.int64(self.scale)
         return ret
+
+
+@dataclass(eq=False)
+class NearestUpsample2d(Upsample2d):
+    """snc extension: nearest-neighbour upsampling of a (C, H, W) signal."""
+
+    TYPE = "snc.NearestUpsample2d"
+
+
+@dataclass(eq=False)
+class ZeroInsert2d(Upsample2d):
+    """snc extension: each element of a (C, H, W) signal followed by ``scale - 1`` zeros along both axes."""
+
+    TYPE = "snc.ZeroInsert2d"
 
 
 @dataclass(eq=False)
@@ -160,8 +179,8 @@ class SubtractiveIF(_Extension, nir.IF):
                              f"{np.shape(self.v_threshold)}")
 
 
-EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d, StepScale.TYPE: StepScale, Gate.TYPE: Gate,
-                               SubtractiveIF.TYPE: SubtractiveIF}
+EXTENSIONS: dict[str, type] = {NearestUpsample2d.TYPE: NearestUpsample2d, ZeroInsert2d.TYPE: ZeroInsert2d,
+                               StepScale.TYPE: StepScale, Gate.TYPE: Gate, SubtractiveIF.TYPE: SubtractiveIF}
 
 
 def fix_grouped_conv_type(node: nir.NIRNode) -> nir.NIRNode:

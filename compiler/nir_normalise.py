@@ -50,7 +50,7 @@ import numpy as np
 
 from snc.errors import GraphError
 
-from .nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, SubtractiveIF
+from .nir_io import NIR_DT, Gate, StepScale, SubtractiveIF, Upsample2d
 
 CONVENTIONS = ("nir", "norse")
 SPIKING = (nir.IF, nir.LIF, nir.CubaLIF, nir.Threshold)
@@ -58,7 +58,7 @@ NON_SPIKING = (nir.LI, nir.CubaLI, nir.I)
 NEURONS = SPIKING + NON_SPIKING
 SAME_SHAPE = NEURONS + (nir.Scale, nir.Delay, Gate, StepScale)
 LINEAR = (nir.Affine, nir.Linear, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d, nir.Flatten,
-          nir.Delay, Gate, StepScale, NearestUpsample2d)
+          nir.Delay, Gate, StepScale, Upsample2d)
 SUPPORTED = NEURONS + LINEAR + (nir.Input, nir.Output)
 # the parameters of each neuron kind that have one value per neuron
 NEURON_PARAMS = {
@@ -262,7 +262,7 @@ def _expected_input(node: nir.NIRNode) -> Optional[tuple[int, ...]]:
         shapes = {np.shape(getattr(node, k)) for k in NEURON_PARAMS[type(node)]}
         big = [s for s in shapes if int(np.prod(s)) > 1]
         return tuple(big[0]) if len(big) == 1 else None
-    if isinstance(node, (Gate, StepScale, NearestUpsample2d)):
+    if isinstance(node, (Gate, StepScale, Upsample2d)):
         return _declared(node.input_type, "input")
     return None
 
@@ -315,7 +315,7 @@ def _out_shape(name: str, node: nir.NIRNode, shape: tuple[int, ...]) -> tuple[in
         start = int(node.start_dim) % rank
         end = int(node.end_dim) % rank
         return (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
-    if isinstance(node, NearestUpsample2d):
+    if isinstance(node, Upsample2d):
         return _declared(node.output_type, "output")
     return shape
 

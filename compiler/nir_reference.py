@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snc.compiler.nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, SubtractiveIF
+from snc.compiler.linear import zero_insert
+from snc.compiler.nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, SubtractiveIF, ZeroInsert2d
 from snc.compiler.nir_normalise import conv_padding, pairs
 from snc.errors import GraphError
 
@@ -76,6 +77,8 @@ def _stateless(node: nir.NIRNode, field: Optional[Field] = None) -> Callable[[to
         return lambda x: (x > _t(node.threshold, x)).to(x.dtype)
     if isinstance(node, NearestUpsample2d):
         return lambda x: F.interpolate(x, scale_factor=node.scale, mode="nearest")
+    if isinstance(node, ZeroInsert2d):
+        return lambda x: zero_insert(x, node.scale)
     return None
 
 

@@ -125,7 +125,7 @@ def scale_thresholds(model: nn.Module, factor: float) -> nn.Module:
     if not 0 < factor < float("inf"):
         raise ValueError(f"threshold scale must be a positive finite number, got {factor}")
     for module in model.modules():
-        if isinstance(module, IFNeuron):
+        if isinstance(module, (IFNeuron, LIFNeuron)):
             module.config = replace(module.config, threshold=module.config.threshold * factor)
     return model
 

@@ -59,6 +59,20 @@ class VerifyReport:
                 "layers": self.layers}
 
 
+@dataclass
+class PipelineVerifyReport:
+    """The reports of every core of a pipeline build, by stage."""
+
+    stages: dict[str, VerifyReport]
+
+    @property
+    def exact(self) -> bool:
+        return all(r.exact for r in self.stages.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"exact": self.exact, "stages": {name: r.as_dict() for name, r in self.stages.items()}}
+
+
 def parse_runs(backends: Sequence[str]) -> list[tuple[str, str, str]]:
     """(label, backend, mode) of every run: the torch reference, then each backend in each of its modes
     (or the ``backend:mode`` given)."""
@@ -111,8 +125,8 @@ def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 
     net = build.netlist()
     _check_records_fit(net, n, len(fractions) * len(runs_spec))
     host = build.host
-    timesteps = [int(host.config.diffusion_steps * f) for f in fractions]
-    pairs = host.noisy_inputs(n, timesteps, seed)
+    pairs = host.call_pairs(n, fractions, seed)
+    timesteps = [int(t[0]) for _, t in pairs]
     results: dict[str, list[tuple[torch.Tensor, CallResult]]] = {}
     semantics: dict[str, str] = {}
     batches: dict[str, int] = {}

@@ -31,9 +31,10 @@ import torch
 
 from snc.compiler import frontends
 from snc.compiler.frontends import GraphOptions, nir_file
-from snc.compiler.build import MODEL_FILE, Build, check_destination, read_build, write_build
+from snc.compiler.build import (MODEL_FILE, Build, PipelineBuild, check_destination, read_any_build, read_build,
+                               write_build, write_pipeline)
 from snc.compiler.driver import CompileResult, compile_deployable
-from snc.compiler.frontends.base import Deployable
+from snc.compiler.frontends.base import Deployable, Pipeline
 from snc.compiler.ir_io import save_graph
 from snc.compiler.netx_export import write_netx
 from snc.compiler.nir_export import for_reader
@@ -43,8 +44,8 @@ from snc.errors import SncError
 from snc.hw_profiles import load_profile
 from snc.models.diffusion import Schedule
 from snc.runtime.backends import BACKENDS, get_backend
-from snc.runtime.energy import (EnergyReport, LoweredCount, NirLevelCount, NirModel, calibration_pairs, energy_report,
-                                tally_calls)
+from snc.runtime.energy import (EnergyReport, LoweredCount, NirLevelCount, NirModel, PipelineEnergyReport,
+                                calibration_pairs, energy_report, tally_calls)
 from snc.runtime.energy.graph import GraphEnergyReport, graph_energy
 from snc.runtime.graph_run import GraphRun, run_graph
 from snc.memory import available_mb
@@ -52,7 +53,7 @@ from snc.runtime.moments import cached_moments
 from snc.runtime.samplers import check_options as check_sampler_options
 from snc.runtime.samplers import timesteps_for
 from snc.runtime.samplers import sample as run_sampler
-from snc.runtime.verify import VerifyReport, verify_build
+from snc.runtime.verify import PipelineVerifyReport, VerifyReport, verify_build
 
 PathLike = Union[str, Path]
 Status = Callable[[str], ContextManager]  # a context shown while a step runs (the CLI: a spinner)
@@ -64,7 +65,7 @@ def _quiet(_: str) -> ContextManager:
 
 def load(source: Union[PathLike, nir.NIRGraph, None] = None, *, preset: Optional[str] = None,
          arch: Optional[str] = None, config: Optional[Union[PathLike, Mapping[str, Any]]] = None, weights: str = "net",
-         seed: int = 0, graph: Optional[GraphOptions] = None) -> Deployable:
+         seed: int = 0, graph: Optional[GraphOptions] = None) -> Union[Deployable, Pipeline]:
     """A checkpoint (snc's, or the public SDDPM / SDM code's with ``arch``), a ``.nir`` file or an
     in-memory NIR graph (e.g. a framework exporter's result; read with ``graph``'s dt, convention, T and
     calibration input), or a preset, ready to compile and run."""
@@ -95,12 +96,24 @@ def load_array(path: PathLike, what: str = "input", named: bool = False) -> Unio
     return x
 
 
-def open_source(source: Union[PathLike, Build, Deployable]) -> Union[Build, Deployable]:
-    """A build (a build directory) or a deployable (a checkpoint or ``.nir`` file), as given or read."""
-    if isinstance(source, (Build, Deployable)):
+Source = Union[Build, Deployable, PipelineBuild, Pipeline]
+
+
+def open_source(source: Union[PathLike, Source]) -> Source:
+    """A build (a build directory, one core's or a pipeline's) or a deployable (a checkpoint or ``.nir``
+    file), as given or read."""
+    if isinstance(source, (Build, Deployable, PipelineBuild, Pipeline)):
         return source
     path = Path(source)
-    return read_build(path) if path.is_dir() else load(path)
+    return read_any_build(path) if path.is_dir() else load(path)
+
+
+def _one_core(source: Source, what: str) -> Union[Build, Deployable]:
+    if isinstance(source, (PipelineBuild, Pipeline)):
+        stages = ", ".join(source.stages)
+        raise SncError(f"{what} takes one core; a {source.arch} model has several ({stages}): give one core's "
+                       "build (BUILD/<stage>)")
+    return source
 
 
 def export(source: Union[PathLike, Deployable, Build, None] = None, *, preset: Optional[str] = None, seed: int = 0,
@@ -113,7 +126,8 @@ def export(source: Union[PathLike, Deployable, Build, None] = None, *, preset: O
     elif source is not None and not isinstance(source, Deployable) and Path(source).is_dir():
         return export(read_build(Path(source)), convention=convention, at_step=at_step)
     else:
-        d = source if isinstance(source, Deployable) else load(source, preset=preset, seed=seed)
+        d = _one_core(source if isinstance(source, Deployable) else load(source, preset=preset, seed=seed),
+                      "export")
         graph, host = d.nir_graph, d.host
     constants = None
     if at_step is not None:
@@ -146,6 +160,16 @@ def _step_constants(host, step: int) -> dict[str, Any]:
 
 
 @dataclass
+class CompiledPipeline:
+    """Every core of a pipeline model compiled (``stages``: each core's ``Compiled``, in process order)."""
+
+    stages: dict[str, "Compiled"]
+    output: Optional[Path]
+    seconds: float
+    build: PipelineBuild
+
+
+@dataclass
 class Compiled:
     result: CompileResult
     output: Optional[Path]
@@ -166,18 +190,25 @@ def compile(source: Union[PathLike, Deployable, nir.NIRGraph, None] = None, *, p
             calibration: int = 4, seed: int = 0, dump_ir: Optional[PathLike] = None, verify: bool = True,
             allow_oversize: bool = False, threshold_scale: float = 1.0, stop_after: Optional[str] = None,
             from_ir: Optional[PathLike] = None, modes: Optional[Sequence[str]] = None,
-            observe: Optional[Callable[[str, Any], None]] = None, graph: Optional[GraphOptions] = None) -> Compiled:
+            observe: Optional[Callable[[str, Any], None]] = None,
+            graph: Optional[GraphOptions] = None) -> Union[Compiled, CompiledPipeline]:
     """Compile a source for ``target``; with ``output`` write the build there (or, when ``stop_after``
     ends the pipeline early, the IR after that pass, reloadable with ``from_ir``). ``modes``: the
     arithmetic modes to lower (default: all of the target's); ``observe(pass, graph)`` after each pass;
-    ``graph``: how to read a NIR source (dt, convention, T, calibration input)."""
+    ``graph``: how to read a NIR source (dt, convention, T, calibration input). A model of several cores
+    (a pipeline) compiles each core, into a pipeline build."""
     start = time.perf_counter()
     if output is not None and stop_after is None:
         check_destination(Path(output))  # before the compile, not after
-    deployable = source if isinstance(source, Deployable) else load(source, preset=preset, arch=arch, config=config,
-                                                                    weights=weights, seed=seed, graph=graph)
+    deployable = source if isinstance(source, (Deployable, Pipeline)) else \
+        load(source, preset=preset, arch=arch, config=config, weights=weights, seed=seed, graph=graph)
     options = CompileOptions(allow_oversize=allow_oversize, threshold_scale=threshold_scale, verify=verify,
                              modes=tuple(modes) if modes is not None else None)
+    if isinstance(deployable, Pipeline):
+        if stop_after or dump_ir or from_ir:
+            raise SncError(f"--stop-after, --dump-ir and --from-ir work on one graph; a {deployable.arch} model "
+                           f"compiles {len(deployable.stages)} cores")
+        return _compile_pipeline(deployable, target, mode, options, calibration, seed, output, observe, start)
     result = compile_deployable(deployable, target, mode, options, calibration, seed, stop_after,
                                 Path(dump_ir) if dump_ir is not None else None,
                                 Path(from_ir) if from_ir is not None else None, observe)
@@ -190,6 +221,24 @@ def compile(source: Union[PathLike, Deployable, nir.NIRGraph, None] = None, *, p
             graph = result.graph
             save_graph(graph, out / f"{len(graph.passes):02d}-{graph.passes[-1]}")
     return Compiled(result, out, time.perf_counter() - start)
+
+
+def _compile_pipeline(pipeline: Pipeline, target: str, mode: Optional[str], options: CompileOptions,
+                      calibration: int, seed: int, output: Optional[PathLike],
+                      observe: Optional[Callable[[str, Any], None]], start: float) -> CompiledPipeline:
+    stages = {}
+    for name, deployable in pipeline.stages.items():
+        began = time.perf_counter()
+        result = compile_deployable(deployable, target, mode, options, calibration, seed, None, None, None, observe)
+        stages[name] = Compiled(result, None, time.perf_counter() - began)
+    meta = {"arch": pipeline.arch, "target": target, "source": pipeline.source}
+    built = PipelineBuild(meta, {name: c.build for name, c in stages.items()})
+    out = Path(output) if output is not None else None
+    if out is not None:
+        write_pipeline(out, built, pipeline.checkpoint)
+        for name, c in stages.items():
+            c.output = out / name
+    return CompiledPipeline(stages, out, time.perf_counter() - start, built)
 
 
 @dataclass
@@ -205,17 +254,18 @@ class SampleResult:
     batch: int
     seed: int
     seconds: float  # the sampling loop
+    temperature: Optional[float] = None  # a pipeline's token sampler
 
 
 def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch", mode: Optional[str] = None,
-           sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0,
+           sampler: Optional[str] = None, steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0,
            n: int = 16, batch: Optional[int] = None, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None,
            status: Status = _quiet, timeout: Optional[float] = None, order: int = 3,
-           spacing: Optional[str] = None) -> SampleResult:
+           spacing: Optional[str] = None, temperature: float = 1.0) -> SampleResult:
     """Images from a diffusion sampler driving the denoiser on ``backend`` (chip backends need a build);
     ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take; ``order``: DPM-Solver's;
-    ``spacing``: of the sampler's steps, ``time`` or ``logsnr`` (default: the sampler's own)."""
-    check_sampler_options(sampler, eta, order, spacing)
+    ``spacing``: of the sampler's steps, ``time`` or ``logsnr`` (default: the sampler's own). A model of several
+    cores runs its own process (``runtime/pipelines.py``; ``temperature``: its token sampler's)."""
     if n < 1 or (batch is not None and not 1 <= batch <= n):
         raise SncError("-n must be at least 1 and --batch in 1..n")
     if steps is not None and steps < 1:
@@ -224,6 +274,11 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
         raise SncError("--threshold-scale must be a positive finite number")
     chosen = get_backend(backend)
     src = open_source(source)
+    if isinstance(src, (Pipeline, PipelineBuild)):
+        return _sample_pipeline(src, chosen, mode, sampler, steps, threshold_scale, n, batch, seed, on_step, timeout,
+                                temperature)
+    sampler = sampler or "ddim"
+    check_sampler_options(sampler, eta, order, spacing)
     with chosen.open(src, mode, batch=batch or n, threshold_scale=threshold_scale, auto_batch=batch is None,
                      **chosen.call_options(timeout)) as runner:
         host = runner.host  # moments: the model as the runner holds it, without its own guidance
@@ -245,6 +300,25 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
                         getattr(runner, "batch", batch or n), seed, seconds)
 
 
+def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional[str], sampler: Optional[str],
+                     steps: Optional[int], threshold_scale: float, n: int, batch: Optional[int], seed: int,
+                     on_step: Optional[Callable[[int, int], None]], timeout: Optional[float],
+                     temperature: float) -> SampleResult:
+    from snc.runtime.pipelines import process_for
+
+    process = process_for(src.arch, sampler, sampling=True)
+
+    def open_stage(name: str):
+        return chosen.open(src.stage(name), mode, batch=batch or n, threshold_scale=threshold_scale,
+                           auto_batch=batch is None, **chosen.call_options(timeout))
+
+    start = time.perf_counter()
+    result = process.run(open_stage, n, steps, temperature, torch.Generator().manual_seed(seed), on_step)
+    seconds = time.perf_counter() - start
+    return SampleResult(result.images.float(), chosen.name, result.mode, process.sampler, result.calls["sdid"],
+                        0.0, threshold_scale, n, result.batch, seed, seconds, temperature)
+
+
 SAMPLER_COPIES = 6  # float64 tensors of all images a sampler step holds (x, x0, eps, mean, noise, output)
 
 
@@ -257,23 +331,30 @@ def _check_images_fit(n: int, values_per_image: int) -> None:
                        f"{max(available, 0) / 1024:.1f} GB is available; sample fewer images per command")
 
 
-def verify(source: Union[PathLike, Build], *, backends: Sequence[str] = ("lava",), n: int = 8,
-           batch: Optional[int] = None, seed: int = 0, timeout: Optional[float] = None) -> VerifyReport:
+def verify(source: Union[PathLike, Build, PipelineBuild], *, backends: Sequence[str] = ("lava",), n: int = 8,
+           batch: Optional[int] = None, seed: int = 0,
+           timeout: Optional[float] = None) -> Union[VerifyReport, PipelineVerifyReport]:
     """One denoiser call per diffusion step (0.1, 0.5, 0.9 of the schedule) on the torch model and each
-    backend; every pair compared (``VerifyReport.exact``: the same arithmetic agreed bit for bit)."""
+    backend; every pair compared (``VerifyReport.exact``: the same arithmetic agreed bit for bit). A pipeline
+    build: every core, each on its own calls."""
     if n < 1:
         raise SncError("-n must be at least 1")
-    build = source if isinstance(source, Build) else read_build(Path(source))
+    build = source if isinstance(source, (Build, PipelineBuild)) else read_any_build(Path(source))
+    if isinstance(build, PipelineBuild):
+        return PipelineVerifyReport({name: verify_build(stage, n=n, seed=seed, backends=tuple(backends), batch=batch,
+                                                        timeout=timeout) for name, stage in build.stages.items()})
     return verify_build(build, n=n, seed=seed, backends=tuple(backends), batch=batch, timeout=timeout)
 
 
-def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: Optional[str] = None,
+def energy(source: Union[PathLike, Source, None] = None, *, preset: Optional[str] = None,
            profile: Optional[str] = None, target: str = "loihi2", backends: Sequence[str] = ("torch",),
            mode: str = "fixed", steps: Optional[int] = None, n: int = 4, seed: int = 0, specialised: bool = True,
-           nir_level: bool = False, status: Status = _quiet, timeout: Optional[float] = None) -> EnergyReport:
+           nir_level: bool = False, status: Status = _quiet,
+           timeout: Optional[float] = None) -> Union[EnergyReport, PipelineEnergyReport]:
     """Energy, SOPs and resources per layer of a build (or of a checkpoint / preset compiled in memory for
     ``target``, or with ``nir_level`` counted on its NIR graph), spike counts from ``backends[0]`` (the
-    others compared), priced on ``profile`` (default: the build's target)."""
+    others compared), priced on ``profile`` (default: the build's target). A model of several cores: one
+    sample, every core's calls (``steps``: the sampling steps)."""
     if not backends or len(set(backends)) != len(backends) or not set(backends) <= set(BACKENDS):
         raise SncError(f"--backend takes {' / '.join(BACKENDS)} or a comma list of them, got {','.join(backends)!r}")
     if n < 1 or (steps is not None and steps < 1):
@@ -282,11 +363,19 @@ def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: O
         raise SncError(f"--mode must be {' or '.join(get_target(target).modes)}")
     if (source is None) == (preset is None):
         raise SncError("give a build directory or checkpoint, or --preset NAME (not both)")
-    src = open_source(source) if source is not None else None
+    src = open_source(source) if source is not None else load(preset=preset, seed=seed)
+    if isinstance(src, (Pipeline, PipelineBuild)):
+        from snc.runtime.pipelines import process_for
+
+        calls = process_for(src.arch).calls(steps, lambda name: src.stage(name).host)
+        return PipelineEnergyReport(src.arch, {
+            name: energy(src.stage(name), profile=profile, target=target, backends=backends, mode=mode, steps=count,
+                         n=n, seed=seed, specialised=specialised, nir_level=nir_level, status=status, timeout=timeout)
+            for name, count in calls.items()})
     if nir_level:
         if list(backends) != ["torch"] or isinstance(src, Build) or (isinstance(src, Deployable) and src.host is None):
             raise SncError("--nir-level counts a checkpoint (.pt) or --preset with torch spikes (--backend torch)")
-        deployable = src if src is not None else load(preset=preset, seed=seed)
+        deployable = src
         price = load_profile(profile or target)
         with status("counting on the NIR graph with torch spikes"):
             model = NirModel(deployable.nir_graph, deployable.timestep, deployable.arch, keep_graph=True)
@@ -302,7 +391,7 @@ def energy(source: Union[PathLike, Build, Deployable, None] = None, *, preset: O
     else:
         if isinstance(src, Deployable) and src.host is None:
             raise SncError(f"{source}: a NIR file has no host parts to run; compile the checkpoint it came from")
-        deployable = src if src is not None else load(preset=preset, seed=seed)
+        deployable = src
 
         def papers_layers(name: str, graph: Any) -> None:  # the compile's own import, as the papers count it
             nonlocal model

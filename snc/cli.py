@@ -158,14 +158,17 @@ def sample(
                                 help=f"{BACKEND_NAMES} (torch: the model; the others run a build's netlist)"),
     mode: Optional[str] = typer.Option(None, "--mode", help="lava: fixed | float (default: the build's); emu: fixed; "
                                                             "torch: float32 | float64"),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddpm | ddim | analytic (Analytic-DPM) | dpm-solver "
-                                "(multistep DPM-Solver)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm | ddim | analytic (Analytic-DPM) | "
+                                          "dpm-solver (multistep DPM-Solver); default ddim; a spiking-diffusion-vq "
+                                          "model: absorbing (its own)"),
     steps: Optional[int] = typer.Option(None, "--steps", help="sampler steps (ddim, analytic, dpm-solver; ddpm always "
                                         "runs all)"),
     order: int = typer.Option(3, "--order", help="DPM-Solver's order: 1 (DDIM), 2 or 3"),
     spacing: Optional[str] = typer.Option(None, "--spacing", help="the sampler's steps evenly in time | logsnr "
                                           "(default: logsnr for dpm-solver, time for the others)"),
     eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0: deterministic)"),
+    temperature: float = typer.Option(1.0, "--temperature", help="a spiking-diffusion-vq model: its token "
+                                      "sampler's softmax temperature"),
     threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
                                           "threshold x S (e.g. 0.997)"),
     n: int = typer.Option(16, "-n", help="number of images"),
@@ -180,16 +183,18 @@ def sample(
     from snc.runtime.images import save_grid
 
     _output_file(output)
-    with _StepBar(f"{sampler} on {backend}" + (f" ({mode})" if mode else "")) as bar:
+    with _StepBar(f"{sampler or 'sampling'} on {backend}" + (f" ({mode})" if mode else "")) as bar:
         result = api.sample(model, backend=backend, mode=mode, sampler=sampler, steps=steps, eta=eta,
                             threshold_scale=threshold_scale, n=n, batch=batch, seed=seed, on_step=bar,
-                            status=console.status, timeout=timeout, order=order, spacing=spacing)
+                            status=console.status, timeout=timeout, order=order, spacing=spacing,
+                            temperature=temperature)
     save_grid(result.images, output)
     npy = output.with_suffix(".npy")
     np.save(npy, result.images.numpy())
     summary = {
-        "model": str(model), "backend": result.backend, "mode": result.mode, "sampler": sampler, "steps": steps,
-        "order": order if sampler == "dpm-solver" else None, "spacing": spacing,
+        "model": str(model), "backend": result.backend, "mode": result.mode, "sampler": result.sampler,
+        "steps": result.steps, "order": order if result.sampler == "dpm-solver" else None, "spacing": spacing,
+        "temperature": result.temperature,
         "eta": eta, "threshold_scale": threshold_scale, "n": n, "batch": result.batch, "seed": seed,
         "seconds": round(result.seconds, 2), "png": str(output), "npy": str(npy),
     }
@@ -381,13 +386,24 @@ def compile_cmd(
                            target=target, output=output, mode=mode, calibration=calibration, seed=seed,
                            dump_ir=dump_ir, verify=verify, allow_oversize=allow_oversize,
                            threshold_scale=threshold_scale, stop_after=stop_after, from_ir=from_ir, graph=graph)
+    if isinstance(compiled, api.CompiledPipeline):  # a model of several cores: a build per core
+        if as_json:
+            print(json.dumps({"build": str(output), "seconds_with_writing": round(compiled.seconds, 2),
+                              "stages": {name: _compile_summary(c.report, c.output, c.seconds)
+                                         for name, c in compiled.stages.items()}}, indent=2, default=str))
+            return
+        for name, c in compiled.stages.items():
+            console.rule(f"{name}: {c.build.arch}")
+            _warn(c.report.warnings)
+            render.passes(console, c.report)
+            render.compile_report(console, c.report, c.output, c.seconds)
+        console.print(f"wrote the pipeline build {output} ({', '.join(compiled.stages)}) in {compiled.seconds:.1f} s",
+                      highlight=False)
+        return
     report = compiled.report
     if not as_json:
-        for warning in report.warnings:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    result = {k: v for k, v in report.as_dict().items() if k != "resources"} | {
-        "build": str(output), "cores": report.resources.get("cores"), "chips": report.resources.get("chips"),
-        "violations": report.resources.get("violations", []), "seconds_with_writing": round(compiled.seconds, 2)}
+        _warn(report.warnings)
+    result = _compile_summary(report, output, compiled.seconds)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -398,6 +414,17 @@ def compile_cmd(
                       f"({len(graph.passes):02d}-{graph.passes[-1]}.json; resume with --from-ir)", highlight=False)
         return
     render.compile_report(console, report, output, compiled.seconds)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+def _compile_summary(report, output: Path, seconds: float) -> dict:
+    return {k: v for k, v in report.as_dict().items() if k != "resources"} | {
+        "build": str(output), "cores": report.resources.get("cores"), "chips": report.resources.get("chips"),
+        "violations": report.resources.get("violations", []), "seconds_with_writing": round(seconds, 2)}
 
 
 @app.command("run")
@@ -459,6 +486,10 @@ def verify(
     result = report.as_dict() | {"seconds": round(time.perf_counter() - start, 1)}
     if as_json:
         print(json.dumps(result, indent=2))
+    elif hasattr(report, "stages"):  # a pipeline build: every core
+        for name, stage in report.stages.items():
+            console.rule(name)
+            render.verify_report(console, stage, result["seconds"])
     else:
         render.verify_report(console, report, result["seconds"])
     if not report.exact:
@@ -514,17 +545,23 @@ def energy(
     report = api.energy(source, preset=preset, profile=profile_name, target=target, backends=chosen, mode=mode,
                         steps=steps, n=n, seed=seed, specialised=not all_experts, nir_level=nir_level,
                         status=console.status, timeout=timeout)
+    stages = getattr(report, "stages", None)  # a model of several cores: a report per core, in one sample
     try:
         if csv_path is not None:
-            _write_csv(csv_path, report.layers)
+            _write_csv(csv_path, [{"stage": name} | row for name, r in stages.items() for row in r.layers]
+                       if stages else report.layers)
         if plot is not None:
-            render.energy_plot(report, plot)
+            for name, r in (stages or {"": report}).items():
+                render.energy_plot(r, plot.with_stem(f"{plot.stem}-{name}") if name else plot)
     except OSError as exc:
         raise SncError(f"cannot write the report: {exc}") from None
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return
-    render.energy_report(console, report, chosen, ann)
+    if stages:
+        render.pipeline_energy_report(console, report, chosen, ann)
+    else:
+        render.energy_report(console, report, chosen, ann)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

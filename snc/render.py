@@ -176,6 +176,19 @@ def energy_report(console: Console, report, backends: list[str], ann: bool) -> N
         console.print(line, highlight=False)
 
 
+def pipeline_energy_report(console: Console, report, backends: list[str], ann: bool) -> None:
+    """Every core's report (its per-sample line counts its calls per sample), then the sample's total."""
+    for name, stage in report.stages.items():
+        console.rule(f"{name}: {stage.steps_per_sample} call(s) per sample")
+        energy_report(console, stage, backends, ann)
+    total = report.per_sample
+    first = next(iter(report.stages.values()))
+    calls = " + ".join(f"{r.steps_per_sample} {name}" for name, r in report.stages.items())
+    console.print(f"per sample of {report.arch} ({calls} calls): exact {total['energy_exact_mj']:.4g} mJ | papers "
+                  f"{total['energy_papers_mj']:.4g} mJ | ANN twin {total['ann_energy_mj']:.4g} mJ"
+                  + (" (ESTIMATES)" if first.estimate else ""), highlight=False)
+
+
 def graph_energy_report(console: Console, report) -> None:
     table = Table(title=f"energy per layer, per input sequence of {report.steps} steps, on {report.profile}"
                         + (" (ESTIMATE)" if report.estimate else ""))

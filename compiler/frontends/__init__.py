@@ -23,10 +23,11 @@ from snc.models import build_model
 from snc.models import preset as get_preset
 from snc.models.checkpoint import load_checkpoint
 
-from . import lateral, mlp, netx, nir_file, reference, unet
-from .base import Deployable, Family, HostProgram
+from . import lateral, mlp, netx, nir_file, reference, spiking_diffusion, unet
+from .base import Deployable, Family, HostProgram, Pipeline, PipelineFamily
 
 FAMILIES: dict[str, Family] = {}
+PIPELINES: dict[str, PipelineFamily] = {}
 NETX_SUFFIXES = (".net", ".h5", ".hdf5")  # lava-dl netx networks
 
 
@@ -47,15 +48,25 @@ def register(family: Family) -> None:
         FAMILIES[arch] = family
 
 
+def register_pipeline(pipeline: PipelineFamily) -> None:
+    for arch in pipeline.archs:
+        PIPELINES[arch] = pipeline
+
+
 register(unet.FAMILY)
 register(mlp.FAMILY)
 register(lateral.FAMILY)
 register(lateral.SELECTION)
+register(spiking_diffusion.SDID_CORE)
+register(spiking_diffusion.DECODER_CORE)
+register(spiking_diffusion.ENCODER_CORE)
+register_pipeline(spiking_diffusion.PIPELINE)
+register_pipeline(spiking_diffusion.AUTOENCODER)
 
 
 def family_of(arch: str) -> Family:
     if arch not in FAMILIES:
-        raise SncError(f"no frontend for architecture {arch!r}; frontends: {', '.join(FAMILIES)}")
+        raise SncError(f"no frontend for architecture {arch!r}; frontends: {', '.join([*FAMILIES, *PIPELINES])}")
     return FAMILIES[arch]
 
 
@@ -77,18 +88,21 @@ def host_program(arch: str, model: nn.Module, nir_graph) -> HostProgram:
 
 
 def deployable(model: nn.Module, arch: str, source: str = "", checkpoint: Optional[Path] = None,
-               meta: Optional[dict[str, Any]] = None) -> Deployable:
+               meta: Optional[dict[str, Any]] = None) -> Union[Deployable, Pipeline]:
     """Export ``model`` (eval mode; the graph in its parameters' dtype) and give it its host program, which
-    keeps a float64 copy of the model (the host's arithmetic)."""
+    keeps a float64 copy of the model (the host's arithmetic); a pipeline's model, each of its cores."""
+    if arch in PIPELINES:
+        return Pipeline(arch, {stage: deployable(model, core, f"{source} ({stage})", checkpoint, meta)
+                               for stage, core in PIPELINES[arch].stages}, source, checkpoint, dict(meta or {}))
     family = family_of(arch)
     graph = family.export(model, arch)
     host = family.host(copy.deepcopy(model).double().eval(), graph, arch)
-    return Deployable(arch, graph, model.config.timestep, host, source, checkpoint, dict(meta or {}))
+    return Deployable(arch, graph, host.config.timestep, host, source, checkpoint, dict(meta or {}))
 
 
 def load(path: Optional[Path] = None, *, preset: Optional[str] = None, reference_arch: Optional[str] = None,
          reference_config: Optional[Union[Path, Mapping[str, Any]]] = None, weights: str = "net",
-         seed: int = 0, graph: Optional[GraphOptions] = None) -> Deployable:
+         seed: int = 0, graph: Optional[GraphOptions] = None) -> Union[Deployable, Pipeline]:
     """The deployable of a checkpoint (``.pt``: snc's, or the public code's with ``reference_arch``), a
     ``.nir`` file (read with ``graph``'s options) or a preset (random init under ``seed``). Any problem is
     one SncError."""
@@ -121,5 +135,6 @@ def load(path: Optional[Path] = None, *, preset: Optional[str] = None, reference
     return deployable(ckpt.model, ckpt.arch, str(path), checkpoint=path)
 
 
-__all__ = ["Deployable", "FAMILIES", "Family", "GraphOptions", "HostProgram", "deployable", "family_of",
-           "host_program", "lateral", "load", "register"]
+__all__ = ["Deployable", "FAMILIES", "Family", "GraphOptions", "HostProgram", "PIPELINES", "Pipeline",
+           "PipelineFamily", "deployable", "family_of", "host_program", "lateral", "load", "register",
+           "register_pipeline"]

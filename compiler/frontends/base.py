@@ -23,17 +23,18 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import nir
 import numpy as np
 import torch
 from torch import nn
 
+from snc.errors import SncError
 from snc.models import ann_twin, build_model
 from snc.models.data import digits
 from snc.models.diffusion import Schedule, q_sample
-from snc.models.neurons import IFNeuron, SpikeAnd, scale_thresholds
+from snc.models.neurons import IFNeuron, LIFNeuron, SpikeAnd, scale_thresholds
 
 from ..gates import Gates, GateTable
 from ..nir_io import NIR_DT
@@ -76,6 +77,10 @@ class HostProgram:
         at steps t (a converted model's tail may read them; snc's families do not)."""
         return self.model.decode(readout)
 
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the torch model computes for a call (the chip's decoded output): by default ``model(x, t)``."""
+        return self.model(x, t)
+
     def population_spikes(self, name: str, recorded: dict[str, torch.Tensor]) -> torch.Tensor:
         """The spikes [T, B, ...] of the NIR neuron node ``name`` among the model's recorded neuron outputs
         (by module path): by default the module of the same name."""
@@ -94,6 +99,11 @@ class HostProgram:
         h = torch.zeros((cfg.timestep, 1, *self.output_shape), dtype=dtype)
         return {"stem": lambda: self.model.encode(x), "time embedding": lambda: self.model.time_biases(t),
                 "tail": lambda: self.decode(h, x, t)}
+
+    @property
+    def calls_per_sample(self) -> int:
+        """This core's calls per generated sample by default (a denoiser: one per diffusion step)."""
+        return self.config.diffusion_steps
 
     # --- shared -------------------------------------------------------------------------------------
     @property
@@ -118,9 +128,9 @@ class HostProgram:
         """eps of the torch model and the spikes [T, B, *shape] (bool) of every population of the graph."""
         recorded: dict[str, torch.Tensor] = {}
         hooks = [module.register_forward_hook(lambda m, i, out, name=name: recorded.__setitem__(name, out))
-                 for name, module in self.model.named_modules() if isinstance(module, (IFNeuron, SpikeAnd))]
+                 for name, module in self.model.named_modules() if isinstance(module, (IFNeuron, LIFNeuron, SpikeAnd))]
         try:
-            eps = self.model(x, t)
+            eps = self.forward(x, t)
         finally:
             for h in hooks:
                 h.remove()
@@ -155,10 +165,15 @@ class HostProgram:
             pairs.append((q_sample(schedule, x0, tt, torch.randn(x0.shape, generator=g)), tt))
         return pairs
 
+    def call_pairs(self, n: int, fractions: Sequence[float], seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (x, t) of the calls calibration, verification and energy counts run: ``n`` inputs at each
+        fraction of the diffusion steps (by default ``noisy_inputs``)."""
+        steps = self.config.diffusion_steps
+        return self.noisy_inputs(n, [int(steps * f) for f in fractions], seed)
+
     def calibration(self, n: int = 4, seed: int = 0) -> list[CalibrationCall]:
         """Calls on ``n`` images at diffusion steps spread over the schedule, for threshold folding."""
-        steps = self.config.diffusion_steps
-        pairs = self.noisy_inputs(n, [int(steps * f) for f in CALIBRATION_FRACTIONS], seed)
+        pairs = self.call_pairs(n, CALIBRATION_FRACTIONS, seed)
         return [CalibrationCall(int(t[0]), lambda gates, x=x, t=t: self.call_inputs(x, t, gates)) for x, t in pairs]
 
     def with_model(self, model: nn.Module) -> "HostProgram":
@@ -193,6 +208,16 @@ class Family:
     ann_onnx: Optional[Callable[[nn.Module, Path], Path]] = None
 
 
+@dataclass(frozen=True)
+class PipelineFamily:
+    """A model that runs as several cores one after another, each its own graph, build and host program (the
+    Spiking-Diffusion VQ model: encoder, SDID, decoder): the archs it handles and its stages, (stage name,
+    the core's arch) in the order a process runs them. Each core's arch is a ``Family`` of its own."""
+
+    archs: tuple[str, ...]
+    stages: tuple[tuple[str, str], ...]
+
+
 @dataclass
 class Deployable:
     """A source made ready to compile and run: one spiking step as NIR and, for a model, its host program."""
@@ -220,3 +245,23 @@ class Deployable:
 
     def gate_table(self) -> Optional[GateTable]:
         return self.host.gate_table() if self.host is not None else None
+
+
+@dataclass
+class Pipeline:
+    """A source made ready to compile and run as several cores: a ``Deployable`` per stage."""
+
+    arch: str
+    stages: dict[str, Deployable]
+    source: str
+    checkpoint: Optional[Path] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def random_init(self) -> bool:
+        return bool(self.meta.get("random_init"))
+
+    def stage(self, name: str) -> Deployable:
+        if name not in self.stages:
+            raise SncError(f"a {self.arch} model has no stage {name!r} (stages: {', '.join(self.stages)})")
+        return self.stages[name]

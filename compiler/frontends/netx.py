@@ -54,6 +54,7 @@ output is the last layer's spikes, read through an identity synapse.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 import io
 from pathlib import Path
 from typing import Any, Optional
@@ -167,8 +168,7 @@ def _full_kernel(weight: np.ndarray, groups: int, dilation: int) -> np.ndarray:
 
 def _int_op(op: LinearOp, weight: np.ndarray) -> LinearOp:
     """``op`` carrying the integer weights (LinearOp's constructors store float64)."""
-    return LinearOp(op.kind, op.in_shape, op.out_shape, np.asarray(weight, np.int64), op.stride, op.padding,
-                    op.upsample)
+    return replace(op, weight=np.asarray(weight, np.int64))
 
 
 def _square(v: np.ndarray, what: str, name: str, problems: list[str]) -> int:
@@ -206,9 +206,7 @@ class _Builder:
                 delay: int = 0, nir_node: Optional[nir.NIRNode] = None) -> None:
         self.synapses["fixed"].append(Synapse(name, src, dst, kind, op, weight_exp, bits, delay))
         effective = op.weight.astype(np.float64) * (2.0 ** weight_exp if kind != "conv" else 1.0)
-        self.synapses["float"].append(Synapse(name, src, dst, kind, LinearOp(op.kind, op.in_shape, op.out_shape,
-                                                                                effective, op.stride, op.padding,
-                                                                                op.upsample), 0, bits, delay))
+        self.synapses["float"].append(Synapse(name, src, dst, kind, replace(op, weight=effective), 0, bits, delay))
         if nir_node is not None:
             self.nir_nodes[name] = nir_node
             self.nir_edges += [(src, name), (name, dst)]

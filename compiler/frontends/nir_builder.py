@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from snc.errors import SncError
-from snc.models.neurons import IFNeuron, NeuronConfig
+from snc.models.neurons import IFNeuron, LIFNeuron, NeuronConfig
 
 from ..nir_io import NIR_DT
 
@@ -51,16 +51,30 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
     return as_array(w.to(dtype)), as_array(b.to(dtype))
 
 
+def _threshold(config: NeuronConfig, dtype: np.dtype) -> np.ndarray:
+    """NIR's threshold (it fires at ``v > thr``) for ``config``'s test: ``v >= thr`` neurons get the largest
+    value below their threshold in ``dtype``."""
+    thr = np.array(config.threshold, dtype=dtype)
+    return np.nextafter(thr, np.array(-np.inf, dtype=dtype)) if config.fire_at_threshold else thr
+
+
 def neuron_node(config: NeuronConfig, shape: tuple[int, ...], dtype: np.dtype) -> nir.NIRNode:
     """NIR IF / LIF equal, under Euler steps of NIR_DT, to ``IFNeuron(config)``."""
-    thr = np.array(config.threshold, dtype=dtype)
-    if config.fire_at_threshold:
-        thr = np.nextafter(thr, np.array(-np.inf, dtype=dtype))
+    thr = _threshold(config, dtype)
     full = lambda v: np.full(shape, v, dtype=dtype)  # noqa: E731
     if config.decay == 1.0:
         return nir.IF(r=full(1.0 / NIR_DT), v_threshold=full(thr), v_reset=full(0.0))
     tau = NIR_DT / (1.0 - config.decay)
     return nir.LIF(tau=full(tau), r=full(tau / NIR_DT), v_leak=full(0.0), v_threshold=full(thr), v_reset=full(0.0))
+
+
+def lif_node(neuron: LIFNeuron, shape: tuple[int, ...], dtype: np.dtype) -> nir.LIF:
+    """SpikingJelly's LIF (``H = V + (X - V) / tau``, a spike at ``H >= thr``, hard reset to 0) as NIR's LIF:
+    under Euler steps of NIR_DT, ``v += dt/tau' (v_leak - v + r x)`` is that charge with ``tau' = tau dt``,
+    ``r = 1``, ``v_leak = 0``."""
+    full = lambda v: np.full(shape, v, dtype=dtype)  # noqa: E731
+    return nir.LIF(tau=full(neuron.tau * NIR_DT), r=full(1.0), v_leak=full(0.0),
+                   v_threshold=full(_threshold(neuron.config, dtype)), v_reset=full(0.0))
 
 
 def conv_out(conv: nn.Conv2d, shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -92,6 +106,8 @@ class GraphBuilder:
                                          bias=bias), *sources)
 
     def neuron(self, name: str, module: nn.Module, shape, *sources: str) -> str:
+        if isinstance(module, LIFNeuron):
+            return self.add(name, lif_node(module, tuple(shape), self.dtype), *sources)
         if not isinstance(module, IFNeuron):
             raise SncError("only spiking models export to NIR (this one is an ANN twin)")
         return self.add(name, neuron_node(module.config, tuple(shape), self.dtype), *sources)

@@ -83,7 +83,7 @@ def fold(graph: Graph, rules: FixedPoint, peaks: Optional[dict[str, float]]) -> 
         if isinstance(node, Population) and bias > 0:  # bias_mant << bias_exp must hold bias * scale << 6
             bound = min(bound, bias_limit / (bias * 2 ** rules.activation_shift))
         # the largest synapse weight (upsampled convs sum up to u*u taps) must fit 8 bits << weight_exp_max
-        weight = max((float(np.abs(e.op.weight).max()) * e.op.upsample**2 if e.op.weight is not None else 1.0
+        weight = max((float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
                       for e in graph.into(node.name) if isinstance(graph.nodes[e.src], Population)), default=0.0)
         if weight > 0:
             bound = min(bound, weight_limit / weight)

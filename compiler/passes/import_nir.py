@@ -40,7 +40,7 @@ from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Linear, Node, Population, Readout
 from ..linear import MAX_DENSE_ENTRIES, LinearOp, upsample_op
-from ..nir_io import NIR_DT, Gate, NearestUpsample2d, StepScale, SubtractiveIF, check_finite, digest
+from ..nir_io import NIR_DT, Gate, StepScale, SubtractiveIF, Upsample2d, ZeroInsert2d, check_finite, digest
 from ..nir_normalise import NEURON_PARAMS, NON_SPIKING, SPIKING, conv_padding, pairs
 from ..pass_manager import CompileContext, Pass
 from ..readout import ReadoutFilter
@@ -347,8 +347,8 @@ def _linear(name: str, node: nir.NIRNode, in_shape: tuple, timestep: int, dt: fl
         return Linear(name, LinearOp.identity(in_shape, out), np.zeros(out))
     if isinstance(node, Gate):
         return Linear(name, LinearOp.identity(in_shape), np.zeros(in_shape), gain=np.ones(timestep), gate=node.key)
-    if isinstance(node, NearestUpsample2d):
-        op = upsample_op(in_shape, node.scale)
+    if isinstance(node, Upsample2d):
+        op = upsample_op(in_shape, node.scale, zeros=isinstance(node, ZeroInsert2d))
         return Linear(name, op, np.zeros(op.out_shape))
     if isinstance(node, nir.Delay):
         steps = np.asarray(node.delay, dtype=np.float64) / dt

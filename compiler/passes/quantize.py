@@ -145,7 +145,7 @@ def quantize(graph: Graph, rules: FixedPoint, target: str = "the target") -> Gra
         if isinstance(graph.nodes[e.src], HostInput):
             continue
         dst = graph.nodes[e.dst]
-        w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale, rules, e.op.upsample)
+        w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale, rules, e.op.taps_per_synapse)
         if exp > rules.weight_exp_max:
             problems.append(f"{e.name}: weights need exponent {exp} > {rules.weight_exp_max}")
         # stored at the width a backend is handed (int16 on Loihi 2), not int64: the weights of a CIFAR model
@@ -183,7 +183,7 @@ def verify(graph: Graph, ctx: CompileContext) -> None:
                 continue
             if (e.gain is None) != ("gain" not in e.fixed):
                 problems.append(f"{e.name}: per-step gain and its fixed-point form do not match")
-            lo, hi = synapse_range(w, e.op.upsample)
+            lo, hi = synapse_range(w, e.op.taps_per_synapse)
             lowest, highest = rules.weight_range(mixed=True)[0], rules.weight_range(mixed=False)[1]
             if lo < lowest or hi > highest:
                 problems.append(f"{e.name}: synapse weights {lo}..{hi} outside {lowest}..{highest}")

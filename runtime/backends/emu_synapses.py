@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from snc.compiler.linear import zero_insert
 from snc.compiler.netlist import Netlist, Synapse, gain_schedule, synapse_matrix
 
 FLOAT32_EXACT = 1 << 24  # integers below this are exact in float32
@@ -160,7 +161,7 @@ def make_term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) 
         bound = int(np.abs(w).sum(axis=(1, 2, 3)).max(initial=0))
         return Term(src, s.dst, delay, "conv", w, _conv_geometry(op), bound,
                      wrap_bits=24 if bound >= 1 << 23 else 0)
-    if op.kind == "conv" and _lava_leaves_conv_alone(op.weight, s.num_weight_bits, op.upsample):
+    if op.kind == "conv" and _lava_leaves_conv_alone(op.weight, s.num_weight_bits, op.taps_per_synapse):
         w = op.weight.astype(np.float64)
         kind, geometry, bound = "conv", _conv_geometry(op), int(np.abs(w).sum(axis=(1, 2, 3)).max(initial=0))
     elif op.kind == "dense":
@@ -189,7 +190,7 @@ def make_term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) 
 
 
 def _conv_geometry(op) -> tuple:
-    return ("conv", op.in_shape, op.weight.shape[1:], op.stride, op.padding, op.upsample)
+    return ("conv", op.in_shape, op.weight.shape[1:], op.stride, op.padding, op.upsample, op.zeros)
 
 
 def merge_terms(terms: list[Term]) -> list[Term]:
@@ -244,7 +245,7 @@ class Bundle:
         if first.kind in ("conv", "dense"):
             self.weight = torch.as_tensor(np.concatenate([t.weight for t in blocks]), dtype=self.dtype)
             if first.kind == "conv":
-                _, self.in_shape, _, self.stride, self.padding, self.upsample = first.geometry
+                _, self.in_shape, _, self.stride, self.padding, self.upsample, self.zeros = first.geometry
         elif first.kind == "identity":
             self.weight = first.weight
         else:
@@ -259,7 +260,8 @@ class Bundle:
         if self.kind == "conv":
             x = x.reshape(rows, *self.in_shape)
             if self.upsample > 1:
-                x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+                x = zero_insert(x, self.upsample) if self.zeros else F.interpolate(x, scale_factor=self.upsample,
+                                                                                   mode="nearest")
             return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding).reshape(rows, -1)
         if self.kind == "dense":
             return x @ self.weight.T
@@ -276,7 +278,7 @@ def _same_weights(a: Term, b: Term) -> bool:
 
 def _out_size(t: Term, n_src: int) -> int:
     if t.kind == "conv":
-        _, (c, h, w), _, s, p, u = t.geometry
+        _, (c, h, w), _, s, p, u, _ = t.geometry
         k = t.weight.shape[-1]
         return t.weight.shape[0] * ((h * u + 2 * p - k) // s + 1) * ((w * u + 2 * p - k) // s + 1)
     if t.kind == "identity":

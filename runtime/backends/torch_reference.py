@@ -42,7 +42,7 @@ class TorchRunner:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)  # the sampler's float32 images into a float64 model
         if not self.record:
-            return self.program.model(x, t)
+            return self.program.forward(x, t)
         eps, spikes = self.program.reference(x, t)
         self.last = CallResult(None, spikes)
         return eps

@@ -7,9 +7,10 @@ with a hardware profile.
 """
 
 from .counted import LoweredCount, NirLayer, NirLevelCount, NirModel, nir_layers
-from .report import ENERGY_KEYS, EnergyReport, energy_model, energy_report, host_work_macs, module_macs
+from .report import (ENERGY_KEYS, EnergyReport, PipelineEnergyReport, energy_model, energy_report, host_work_macs,
+                     module_macs)
 from .spikes import CALIBRATION_FRACTIONS, SpikeCounts, calibration_pairs, exact_sops, layer_sops, tally_calls
 
 __all__ = ["CALIBRATION_FRACTIONS", "ENERGY_KEYS", "EnergyReport", "LoweredCount", "NirLayer", "NirLevelCount",
-           "NirModel", "SpikeCounts", "calibration_pairs", "energy_model", "energy_report", "exact_sops",
+           "NirModel", "PipelineEnergyReport", "SpikeCounts", "calibration_pairs", "energy_model", "energy_report", "exact_sops",
            "host_work_macs", "layer_sops", "module_macs", "nir_layers", "tally_calls"]

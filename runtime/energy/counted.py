@@ -81,7 +81,7 @@ def nir_layers(graph: Graph) -> list[NirLayer]:
                 reads, source, note = ("host" if all(v[0] == "host" for v in inputs) else "real"), "", ""
             if node.op.moves_only:
                 if node.op.kind == "conv" and node.op.upsample > 1:
-                    note = f" after nearest x{node.op.upsample}"
+                    note = f" after {'zero insertion' if node.op.zeros else 'nearest'} x{node.op.upsample}"
                 value[name] = (reads, source, note)
                 continue
             layers.append(NirLayer(name, node.op.describe() + note, node.op.dense_macs(), reads, source,

@@ -144,7 +144,7 @@ def energy_report(host: HostProgram, counted: Counted, model: NirModel, profile:
     T = counted.timestep
     lowered = counted.lowered
     call_steps = counted.depth + T
-    steps = steps_per_sample or host.config.diffusion_steps
+    steps = steps_per_sample or host.calls_per_sample
     main = counts[0]
     report = EnergyReport(profile["name"], bool(profile["energy"].get("estimate", True)),
                           str(profile["energy"].get("basis", "")), [c.backend for c in counts], main.timesteps,
@@ -289,3 +289,23 @@ def _totals(rows: list[dict], kinds: list[dict], steps: int, pj: dict[str, float
     return {"per_call": call, "per_sample": per_sample, "steps_per_sample": steps,
             "snn_vs_ann_exact": call["energy_exact_pj"] / call["ann_energy_pj"] if call["ann_energy_pj"] else None,
             "snn_vs_ann_papers": call["energy_papers_pj"] / call["ann_energy_pj"] if call["ann_energy_pj"] else None}
+
+
+@dataclass
+class PipelineEnergyReport:
+    """One sample of a model that runs as several cores: each core's report, its ``steps_per_sample`` being
+    its calls per sample (``runtime/pipelines.py``), and their sum."""
+
+    arch: str
+    stages: dict[str, EnergyReport]
+
+    @property
+    def per_sample(self) -> dict[str, float]:
+        """Every per-sample total (mJ) summed over the cores."""
+        keys = next(iter(self.stages.values())).totals["per_sample"]
+        return {k: float(sum(r.totals["per_sample"][k] for r in self.stages.values())) for k in keys}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "per_sample": self.per_sample,
+                "calls_per_sample": {name: r.steps_per_sample for name, r in self.stages.items()},
+                "stages": {name: r.as_dict() for name, r in self.stages.items()}}

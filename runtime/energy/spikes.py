@@ -53,7 +53,7 @@ class SpikeCounts:
 
 def calibration_pairs(host: HostProgram, n: int, seed: int,
                       fractions: tuple[float, ...] = CALIBRATION_FRACTIONS) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return host.noisy_inputs(n, [int(host.config.diffusion_steps * f) for f in fractions], seed)
+    return host.call_pairs(n, fractions, seed)
 
 
 def exact_sops(fan_out: dict[str, np.ndarray], per_neuron: dict[str, np.ndarray]) -> dict[str, float]:
