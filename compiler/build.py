@@ -44,7 +44,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import nir
 import torch
@@ -67,8 +67,22 @@ MODEL_FILE = "model.pt"
 AT_FDCWD, RENAME_EXCHANGE = -100, 2  # linux/fcntl.h, linux/fs.h
 
 
+class _Described:
+    """What a build's ``meta`` says of every kind of build."""
+
+    meta: dict[str, Any]
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+    @property
+    def target(self) -> str:
+        return self.meta["target"]
+
+
 @dataclass
-class Build:
+class Build(_Described):
     meta: dict[str, Any]
     nir_graph: nir.NIRGraph
     path: Optional[Path] = None  # None: in memory only
@@ -82,14 +96,6 @@ class Build:
                   host: Optional[HostProgram]) -> "Build":
         """A build a compile just made: every netlist and the host program (its model unguided) held."""
         return cls(meta, nir_graph, None, dict(netlists), host)
-
-    @property
-    def arch(self) -> str:
-        return self.meta["arch"]
-
-    @property
-    def target(self) -> str:
-        return self.meta["target"]
 
     @property
     def modes(self) -> list[str]:
@@ -202,11 +208,7 @@ def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Bu
     as checkpoints hold it; unguided: the build's factor applies on loading), unless there are no host parts.
     """
     directory = Path(directory)
-    check_destination(directory)
-    _remove_abandoned_staging(directory)
-    staging = directory.parent / f".{directory.name}.partial-{os.getpid()}"
-    staging.mkdir()
-    try:
+    with _written_whole(directory) as staging:
         write_graph(staging / "graph.nir", build.nir_graph)
         for mode in build.modes:
             save_netlist(build.netlist(mode), staging / f"netlist-{mode}")
@@ -219,11 +221,23 @@ def write_build(directory: Path, build: Build, checkpoint: Optional[Path]) -> Bu
                             dtype=torch.float32)
         meta = _sealed({**build.meta, "files": {f.name: file_digest(f) for f in sorted(staging.iterdir())}})
         (staging / "build.json").write_text(json.dumps(meta, indent=1))
+    build.meta, build.path, build._checked = meta, directory, set(meta["files"])
+    return build
+
+
+@contextlib.contextmanager
+def _written_whole(directory: Path) -> Iterator[Path]:
+    """A staging directory beside ``directory`` to write into; when the block ends without an error it takes
+    the place of ``directory`` (which must be new, empty or a build: ``check_destination``)."""
+    check_destination(directory)
+    _remove_abandoned_staging(directory)
+    staging = directory.parent / f".{directory.name}.partial-{os.getpid()}"
+    staging.mkdir()
+    try:
+        yield staging
         _swap_into_place(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the old build, after an exchange
-    build.meta, build.path, build._checked = meta, directory, set(meta["files"])
-    return build
 
 
 def _remove_abandoned_staging(directory: Path) -> None:
@@ -273,20 +287,12 @@ def read_build(directory: Path) -> Build:
 
 
 @dataclass
-class PipelineBuild:
+class PipelineBuild(_Described):
     """A model compiled as several cores run one after another: a ``Build`` per stage (in process order)."""
 
     meta: dict[str, Any]  # format, arch, target, stages: {name: {arch, digest of its build.json}}
     stages: dict[str, Build]
     path: Optional[Path] = None
-
-    @property
-    def arch(self) -> str:
-        return self.meta["arch"]
-
-    @property
-    def target(self) -> str:
-        return self.meta["target"]
 
     def stage(self, name: str) -> Build:
         if name not in self.stages:
@@ -298,11 +304,7 @@ def write_pipeline(directory: Path, pipeline: PipelineBuild, checkpoint: Optiona
     """Write every stage's build into ``directory/<stage>`` and ``pipeline.json`` last, whole or not at all
     (staged and swapped into place as ``write_build``)."""
     directory = Path(directory)
-    check_destination(directory)
-    _remove_abandoned_staging(directory)
-    staging = directory.parent / f".{directory.name}.partial-{os.getpid()}"
-    staging.mkdir()
-    try:
+    with _written_whole(directory) as staging:
         stages = {}
         for name, build in pipeline.stages.items():
             write_build(staging / name, build, checkpoint)
@@ -310,9 +312,6 @@ def write_pipeline(directory: Path, pipeline: PipelineBuild, checkpoint: Optiona
         meta = _sealed({**pipeline.meta, "format": PIPELINE_FORMAT, "format_version": FORMAT_VERSION,
                         "stages": stages})
         (staging / PIPELINE_FILE).write_text(json.dumps(meta, indent=1))
-        _swap_into_place(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for name, build in pipeline.stages.items():
         build.path = directory / name
     pipeline.meta, pipeline.path = meta, directory

@@ -41,6 +41,7 @@ class CompileReport:
     depth: Optional[int] = None  # after lowering
     call_steps: Optional[int] = None
     host_ops: list[str] = field(default_factory=list)
+    host_parts: list[str] = field(default_factory=list)  # the host program's own work (time embedding, tail, ...)
     synapses_before_reassociation: Optional[int] = None
     synapses: Optional[int] = None  # on chip, into populations (the readout's are in resources)
     rewritten_edges: int = 0
@@ -95,7 +96,8 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
     graph = run.graph
     report = CompileReport(deployable.arch, target, mode, deployable.timestep, deployable.source, calls is not None,
                            options.threshold_scale, run.records, run.complete, dt=deployable.dt,
-                           warnings=list(deployable.warnings))
+                           warnings=list(deployable.warnings),
+                           host_parts=list(deployable.host.host_work()) if deployable.host is not None else [])
     _summarise(report, graph, tgt)
     report.compile_seconds = round(time.perf_counter() - start, 2)
     report.peak_rss_mb = round(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]

@@ -48,7 +48,7 @@ def compile_report(console: Console, report, output: Path, seconds: float) -> No
     guidance = (f"threshold guidance x{report.threshold_scale}: x{report.guidance[0]:.5f}..{report.guidance[1]:.5f} "
                 "after vth rounding\n") if report.guidance else ""
     console.print(
-        f"host: {', '.join(report.host_ops + (['time embedding', 'tail'] if report.arch else [])) or 'nothing'}\n"
+        f"host: {', '.join(report.host_ops + report.host_parts) or 'nothing'}\n"
         f"synapses: {report.synapses:,} on chip (the NIR graph's ops had {report.synapses_before_reassociation:,}; "
         f"{report.rewritten_edges} edges re-associated, relays included)\n"
         "w bits / w exp: weight magnitude bits and exponents of the synapses in; w err: their largest relative L2 "

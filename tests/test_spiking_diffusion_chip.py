@@ -165,3 +165,13 @@ def test_lava_runs_every_core_as_torch_and_the_emulator_as_lava_fixed(vq_build, 
         assert result.returncode == 0, result.stderr
         samples[backend] = np.load(tmp_path / f"{backend}.npy")
     assert np.array_equal(samples["lava"], samples["emu"])
+
+
+def test_a_transposed_conv_snc_cannot_lower_is_one_error(shipped):
+    import copy
+
+    model = copy.deepcopy(shipped.model).eval()
+    model.vqsvae.decoder.snn_convs[3] = torch.nn.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=0)
+    with pytest.raises(SncError, match="decoder.snn_convs.3: snc lowers square ConvTranspose2d with "
+                                       "output_padding = stride - 1"):
+        deployable(model, "vq-svae-decoder")

@@ -82,8 +82,9 @@ def _conv(b: GraphBuilder, name: str, conv: nn.Module, bn: Optional[nn.BatchNorm
     weight, bias = conv.weight, conv.bias
     if isinstance(conv, nn.ConvTranspose2d):
         k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-        if conv.output_padding[0] != s - 1 or conv.groups != 1 or conv.dilation[0] != 1 \
-                or len({*conv.kernel_size, *conv.stride, *conv.padding, *conv.output_padding}) > 4:
+        square = all(len(set(pair)) == 1 for pair in (conv.kernel_size, conv.stride, conv.padding,
+                                                      conv.output_padding, conv.dilation))
+        if not square or conv.output_padding[0] != s - 1 or conv.groups != 1 or conv.dilation[0] != 1:
             raise SncError(f"{name}: snc lowers square ConvTranspose2d with output_padding = stride - 1, groups 1 "
                            "and dilation 1")
         weight = conv.weight.flip(-1, -2).transpose(0, 1)
@@ -106,13 +107,17 @@ def _conv(b: GraphBuilder, name: str, conv: nn.Module, bn: Optional[nn.BatchNorm
     return node, conv_out(geometry, (w.shape[1], *shape[1:]))
 
 
+def _begin(model: nn.Module, arch: str, input_shape: Callable[[Any], tuple[int, int, int]]):
+    """The core's module, its path prefix, a builder and the graph's Input ``input`` of ``input_shape(config)``."""
+    part, prefix = part_of(model, arch)
+    b = builder_for(part)
+    shape = input_shape(part.config)
+    return part, prefix, b, b.add("input", nir.Input(input_type=np.array(shape))), shape
+
+
 @torch.no_grad()
 def export_sdid(model: nn.Module, arch: str) -> nir.NIRGraph:
-    sdid, prefix = part_of(model, arch)
-    b = builder_for(sdid)
-    cfg = sdid.config
-    shape = (2 * cfg.n_channel, cfg.latent_size, cfg.latent_size)
-    prev = b.add("input", nir.Input(input_type=np.array(shape)))
+    sdid, prefix, b, prev, shape = _begin(model, arch, lambda c: (2 * c.n_channel, c.latent_size, c.latent_size))
     first = None
     for i in range(1, sdid.stages + 1):
         prev, shape = _conv_bn_lif(b, f"{prefix}conv{i}", getattr(sdid, f"conv{i}"), 0, shape, prev)
@@ -126,16 +131,12 @@ def export_sdid(model: nn.Module, arch: str) -> nir.NIRGraph:
                     channels=slice(last_c, None), with_bias=False)
     total = b.junction(name, out_shape, main, skip)
     b.add("output", nir.Output(output_type=np.array(out_shape)), total)
-    return b.graph(arch, cfg.timestep, INPUTS[arch], **{"snc.layout": "tensor"})
+    return b.graph(arch, sdid.config.timestep, INPUTS[arch], **{"snc.layout": "tensor"})
 
 
 @torch.no_grad()
 def export_decoder(model: nn.Module, arch: str) -> nir.NIRGraph:
-    vq, prefix = part_of(model, arch)
-    b = builder_for(vq)
-    cfg = vq.config
-    shape = (cfg.embedding_dim, cfg.latent_size, cfg.latent_size)
-    prev = b.add("input", nir.Input(input_type=np.array(shape)))
+    vq, prefix, b, prev, shape = _begin(model, arch, lambda c: (c.embedding_dim, c.latent_size, c.latent_size))
     prev, shape = _conv_bn_lif(b, f"{prefix}vq_layer.poisson", vq.vq_layer.poisson, 0, shape, prev)
     layers = vq.decoder.snn_convs
     path = f"{prefix}decoder.snn_convs"
@@ -144,7 +145,7 @@ def export_decoder(model: nn.Module, arch: str) -> nir.NIRGraph:
     last, shape = _conv(b, f"{path}.{len(layers) - 1}", layers[-1], None, shape, prev)
     readout = b.add(f"{prefix}memout", _membrane_readout(vq.memout, shape, b.dtype), last)
     b.add("output", nir.Output(output_type=np.array(shape)), readout)
-    return b.graph(arch, cfg.timestep, INPUTS[arch], **{"snc.layout": "tensor"})
+    return b.graph(arch, vq.config.timestep, INPUTS[arch], **{"snc.layout": "tensor"})
 
 
 def _membrane_readout(memout: MembraneOutput, shape: tuple[int, ...], dtype: np.dtype) -> nir.LI:
@@ -159,16 +160,12 @@ def _membrane_readout(memout: MembraneOutput, shape: tuple[int, ...], dtype: np.
 
 @torch.no_grad()
 def export_encoder(model: nn.Module, arch: str) -> nir.NIRGraph:
-    vq, prefix = part_of(model, arch)
-    b = builder_for(vq)
-    cfg = vq.config
-    shape = (cfg.in_dim, cfg.img_size, cfg.img_size)
-    prev = b.add("input", nir.Input(input_type=np.array(shape)))
+    vq, prefix, b, prev, shape = _begin(model, arch, lambda c: (c.in_dim, c.img_size, c.img_size))
     layers = vq.encoder.snn_convs
     for start in range(0, len(layers), 3):
         prev, shape = _conv_bn_lif(b, f"{prefix}encoder.snn_convs", layers, start, shape, prev)
     b.add("output", nir.Output(output_type=np.array(shape)), prev)
-    return b.graph(arch, cfg.timestep, INPUTS[arch], **{"snc.layout": "tensor"})
+    return b.graph(arch, vq.config.timestep, INPUTS[arch], **{"snc.layout": "tensor"})
 
 
 def export(model: nn.Module, arch: str) -> nir.NIRGraph:
@@ -210,6 +207,7 @@ class _StageHost(HostProgram):
             size = self.config.latent_size
             return torch.randint(0, self.config.num_embeddings, (n, 1, size, size), generator=g).to(dtype)
         size = vq.config.latent_size
+        # a VQ-SVAE alone takes the public code's [-0.5, 0.5], which is snc's [-1, 1] times 0.5
         scale = self.model.config.pixel_scale if isinstance(self.model, SpikingDiffusionVQ) else 0.5
         with torch.no_grad():
             _, indices, _ = vq.quantize(vq.encode(_heldout_images(n, seed).to(dtype) * scale))
