@@ -108,27 +108,24 @@ def open_source(source: Union[PathLike, Source]) -> Source:
     return read_any_build(path) if path.is_dir() else load(path)
 
 
-def _one_core(source: Source, what: str) -> Union[Build, Deployable]:
-    if isinstance(source, (PipelineBuild, Pipeline)):
-        stages = ", ".join(source.stages)
-        raise SncError(f"{what} takes one core; a {source.arch} model has several ({stages}): give one core's "
-                       "build (BUILD/<stage>)")
-    return source
-
-
-def export(source: Union[PathLike, Deployable, Build, None] = None, *, preset: Optional[str] = None, seed: int = 0,
-           convention: str = "snc", at_step: Optional[int] = None) -> nir.NIRGraph:
+def export(source: Union[PathLike, Source, None] = None, *, preset: Optional[str] = None, seed: int = 0,
+           convention: str = "snc", at_step: Optional[int] = None) -> Union[nir.NIRGraph, dict[str, nir.NIRGraph]]:
     """The NIR graph of one spiking step of a model's core (a checkpoint, preset or build), written for a
     reader's ``convention`` (``compiler/nir_export.py``); ``at_step``: a denoiser at that diffusion step, its
-    inputs that do not depend on the image (the time embedding) folded into biases."""
+    inputs that do not depend on the image (the time embedding) folded into biases. A model of several
+    cores: each core's graph, by stage."""
+    if source is not None and not isinstance(source, (Build, Deployable, PipelineBuild, Pipeline)):
+        source = read_any_build(Path(source)) if Path(source).is_dir() else load(source, preset=preset, seed=seed)
+    elif source is None:
+        source = load(preset=preset, seed=seed)
+    if isinstance(source, (PipelineBuild, Pipeline)):
+        if at_step is not None:
+            raise SncError(f"--at-step folds a denoiser's time embedding; a {source.arch} model has none")
+        return {name: export(stage, convention=convention) for name, stage in source.stages.items()}
     if isinstance(source, Build):
         graph, host = source.nir_graph, source.host if source.has_host else None
-    elif source is not None and not isinstance(source, Deployable) and Path(source).is_dir():
-        return export(read_build(Path(source)), convention=convention, at_step=at_step)
     else:
-        d = _one_core(source if isinstance(source, Deployable) else load(source, preset=preset, seed=seed),
-                      "export")
-        graph, host = d.nir_graph, d.host
+        graph, host = source.nir_graph, source.host
     constants = None
     if at_step is not None:
         if host is None:

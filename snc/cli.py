@@ -253,7 +253,16 @@ def export(
         api.export_netx(model, output)
         _emit({"build": str(model), "netx": str(output)}, as_json, [f"wrote {output} (lava-dl netx)"])
         return
-    graph = api.export(model, preset=preset, seed=seed, convention=nir_convention, at_step=at_step)
+    exported = api.export(model, preset=preset, seed=seed, convention=nir_convention, at_step=at_step)
+    if isinstance(exported, dict):  # a model of several cores: a file per core
+        files = {name: output.with_stem(f"{output.stem}-{name}") for name in exported}
+        for name, graph in exported.items():
+            write_graph(files[name], graph)
+        _emit({"model": str(model or preset), "convention": nir_convention,
+               "nir": {name: str(f) for name, f in files.items()}}, as_json,
+              [f"wrote {len(files)} cores: " + ", ".join(f"{name} {f}" for name, f in files.items())])
+        return
+    graph = exported
     write_graph(output, graph)
     kinds = Counter(getattr(n, "TYPE", type(n).__name__) for n in graph.nodes.values())
     result = {
