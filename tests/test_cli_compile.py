@@ -32,9 +32,9 @@ def test_compile_on_the_command_line_writes_a_build(tmp):
 @pytest.mark.lava
 def test_verify_meets_the_float_agreement_bar_and_the_emulator_equals_fixed_pt(unet_build):
     # one verify run serves both bars: Lava's processes are the suite's slowest part
-    report = json.loads(_ok(run_snc("verify", str(unet_build.path), "-n", "4", "--backends", "lava,emu",
+    report = json.loads(_ok(run_snc("verify", str(unet_build.path), "-n", "2", "--backends", "lava,emu",
                                     "--json")).stdout)
-    assert report["n"] == 4 and len(report["timesteps"]) == 3 and report["runs"] == ["torch", "lava_float",
+    assert report["n"] == 2 and len(report["timesteps"]) == 3 and report["runs"] == ["torch", "lava_float",
                                                                                       "lava_fixed", "emu"]
     assert report["agreement"]["lava_float_vs_torch"] >= 0.999
     assert report["output_rel_error"]["lava_float_vs_torch"] <= 1e-3

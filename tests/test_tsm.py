@@ -165,11 +165,7 @@ def test_lava_fixed_pt_equals_the_emulator_at_every_step_across_calls(tiny):
     emu = EmuNetwork(net, 1, record=True).trace(steps, first)
     with LavaNetwork(net, 1, record=True) as lava:
         _assert_same_trace(lava.trace(steps, first), emu, net)
-    windowed = EmuNetwork(net, 2, record=True, windows_only=True).call(currents)
-    with LavaNetwork(net, 2, record=True) as lava:
-        called = lava.call(currents)
-    assert np.array_equal(windowed.readout, called.readout)
-    assert all(np.array_equal(windowed.spikes[n], called.spikes[n]) for n in net.groups)
+    # (the emulator's windowed calls equal Lava's on batches: test_emulator.py, snc verify)
 
 
 def test_step_scales_of_the_wrong_length_are_one_clear_error(tiny):
