@@ -144,6 +144,8 @@ def export_netx(build: Union[PathLike, Build], path: PathLike) -> Path:
 @torch.no_grad()
 def _step_constants(host, step: int) -> dict[str, Any]:
     """The host inputs of a call at diffusion step ``step`` that do not depend on the image, one step's value."""
+    if not hasattr(host.config, "diffusion_steps") or not hasattr(host.config, "img_ch"):
+        raise SncError("--at-step needs a denoiser of images; this core has no time embedding")
     if not 0 <= step < host.config.diffusion_steps:
         raise SncError(f"--at-step must be in 0..{host.config.diffusion_steps - 1}")
     shape = (1, host.config.img_ch, host.config.img_size, host.config.img_size)
@@ -276,6 +278,7 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
                                 temperature)
     sampler = sampler or "ddim"
     check_sampler_options(sampler, eta, order, spacing)
+    _check_image_denoiser(src)
     with chosen.open(src, mode, batch=batch or n, threshold_scale=threshold_scale, auto_batch=batch is None,
                      **chosen.call_options(timeout)) as runner:
         host = runner.host  # moments: the model as the runner holds it, without its own guidance
@@ -314,6 +317,15 @@ def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional
     seconds = time.perf_counter() - start
     return SampleResult(result.images.float(), chosen.name, result.mode, process.sampler, result.calls["sdid"],
                         0.0, threshold_scale, n, result.batch, seed, seconds, temperature)
+
+
+def _check_image_denoiser(src: Union[Build, Deployable]) -> None:
+    """Refuse a core that is not an image denoiser (one core of a model of several: it samples only within
+    its pipeline) before any backend opens."""
+    cfg = src.host.config if src.host is not None else None
+    if cfg is not None and not all(hasattr(cfg, k) for k in ("img_ch", "img_size", "diffusion_steps")):
+        raise SncError(f"a {src.arch} core is not an image denoiser: it samples within its model's pipeline "
+                       "(compile the whole model and sample that build)")
 
 
 SAMPLER_COPIES = 6  # float64 tensors of all images a sampler step holds (x, x0, eps, mean, noise, output)

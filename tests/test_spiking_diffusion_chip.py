@@ -142,6 +142,8 @@ def test_a_pipeline_refuses_what_it_does_not_run(vq_build, tmp_path):
     result = run_snc("compile", str(shipped_checkpoint("digits-vq")), "--stop-after", "quantize", "-o",
                      str(tmp_path / "b"))
     assert result.returncode == 1 and "compiles 3 cores" in result.stderr
+    result = run_snc("sample", str(vq_build / "sdid"), "-n", "2", "-o", str(tmp_path / "s.png"))  # one core
+    assert result.returncode == 1 and "not an image denoiser" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_public_sdid_file_compiles_and_runs_on_the_emulator(public_files, tmp_path):  # noqa: F811

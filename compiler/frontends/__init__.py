@@ -66,7 +66,9 @@ register_pipeline(spiking_diffusion.AUTOENCODER)
 
 def family_of(arch: str) -> Family:
     if arch not in FAMILIES:
-        raise SncError(f"no frontend for architecture {arch!r}; frontends: {', '.join([*FAMILIES, *PIPELINES])}")
+        what = f"{arch!r} is a model of several cores ({', '.join(s for s, _ in PIPELINES[arch].stages)})" \
+            if arch in PIPELINES else f"no frontend for architecture {arch!r}"
+        raise SncError(f"{what}; single-graph frontends: {', '.join(FAMILIES)}")
     return FAMILIES[arch]
 
 
