@@ -257,10 +257,6 @@ class Pipeline:
     checkpoint: Optional[Path] = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def random_init(self) -> bool:
-        return bool(self.meta.get("random_init"))
-
     def stage(self, name: str) -> Deployable:
         if name not in self.stages:
             raise SncError(f"a {self.arch} model has no stage {name!r} (stages: {', '.join(self.stages)})")

@@ -185,7 +185,7 @@ class _StageHost(HostProgram):
     of held-out digits to run on (the whole model's VQ-SVAE makes them; an SDID alone gets uniform tokens)."""
 
     def __init__(self, model: nn.Module, nir_graph: nir.NIRGraph, arch: str) -> None:
-        self.part, self.prefix = part_of(model, arch)
+        self.part, _ = part_of(model, arch)
         super().__init__(model, nir_graph, arch)
         self.config = self.part.config
 
