@@ -42,6 +42,8 @@ class CompileReport:
     call_steps: Optional[int] = None
     host_ops: list[str] = field(default_factory=list)
     host_parts: list[str] = field(default_factory=list)  # the host program's own work (time embedding, tail, ...)
+    residual: str = ""  # how real-valued tensors read twice were lowered (reassociate | graded)
+    graded_populations: int = 0  # sum populations sending graded spikes (--residual graded)
     synapses_before_reassociation: Optional[int] = None
     synapses: Optional[int] = None  # on chip, into populations (the readout's are in resources)
     rewritten_edges: int = 0
@@ -155,6 +157,8 @@ def _summarise(report: CompileReport, graph: Graph, target) -> None:
     if reassociated:
         report.synapses_before_reassociation = reassociated["synapses_before"]
         report.rewritten_edges = len(reassociated["rewritten"])
+        report.residual = reassociated["residual"]
+        report.graded_populations = len(reassociated["graded"])
     guided = _log(graph, "guide_thresholds")
     if guided and guided["populations"]:
         factors = [r["effective_scale"] for r in guided["populations"]]

@@ -11,7 +11,11 @@ Nodes (all carry a ``name`` that traces to the NIR node and torch module):
   step t its input of step t - k (0 before). After ``reassociate`` no Linear
   node is left.
 - ``Population``: spiking neurons (IF/LIF/CubaLIF: threshold, voltage decay,
-  current decay, a bias) or a ``relay`` inserted by ``balance_delays``.
+  current decay, a bias) or a ``relay`` inserted by ``balance_delays``; with
+  role ``graded`` a *sum population* (``reassociate`` with
+  ``--residual graded``): each step its value is the sum of its inputs plus
+  its bias, sent as a graded spike (a real value; in fixed point an integer
+  payload), no threshold and no state from one step to the next.
 - ``Readout``: the graph's output, read by the host every step; its
   ``filters`` (NIR's non-spiking LI / I / CubaLI output neurons) integrate
   what it reads on the host (``netlist.ReadoutFilter``).
@@ -87,12 +91,22 @@ class Population:
     threshold: float
     decay: float  # v <- decay * v + u + bias; 1.0 is integrate-and-fire
     bias: np.ndarray  # full shape, added every step, or [T, *shape] per logical step
-    role: str = "neuron"  # neuron | relay | and (a spike AND: memoryless, threshold 1.5 on unit inputs)
+    role: str = "neuron"  # neuron | relay | and (a spike AND: memoryless, threshold 1.5 on unit inputs) | graded
     depth: int = -1  # steps after the call's first step at which logical step 0 is integrated
     scale: float = 1.0  # fold_thresholds: integer units per unit of model current
     fixed: dict[str, Any] = field(default_factory=dict)  # quantize: vth, du, dv, bias_mant, bias_exp
     current_decay: float = 0.0  # u <- current_decay * u + input (CubaLIF's synaptic current); 0: u is the input
     subtractive_reset: bool = False  # a spike subtracts the threshold from v (else v = 0): ANN-to-SNN conversion
+    payload_shift: int = 0  # graded: fold_thresholds' right shift from the value's scale to its payload's
+
+    @property
+    def graded(self) -> bool:
+        return self.role == "graded"
+
+    @property
+    def payload_scale(self) -> float:
+        """Integer units per model unit of what the population sends: 1 for spikes, its payload's for graded."""
+        return self.scale / 2**self.payload_shift if self.graded else 1.0
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Runs logical spiking steps with same-step semantics (no pipeline delays: a
 population at step t reads step t of its sources), which is what the model
-computes; relays pass their source's spikes through; per-step gains and
+computes; relays pass their source's spikes through, a graded population
+its value (``spikes`` records it); per-step gains and
 biases (TSM) are taken at the logical step, a gated edge's current is
 also multiplied by the call's gate value at the step; a recurrent edge (lag k) reads
 its source's spikes of step t - k (nothing before step 0). A population with a
@@ -31,7 +32,7 @@ from .readout import apply_filters
 @dataclass
 class IRRun:
     readout: torch.Tensor  # [T, B, *shape], bias included
-    spikes: dict[str, torch.Tensor] = field(default_factory=dict)  # [T, B, *shape] per population
+    spikes: dict[str, torch.Tensor] = field(default_factory=dict)  # [T, B, *shape] per population (graded: values)
     peak_v: dict[str, float] = field(default_factory=dict)  # max |v| before the spike test
     peak_input: dict[str, float] = field(default_factory=dict)  # max |input current|
 
@@ -94,6 +95,13 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
             if isinstance(node, Readout):
                 out.peak_input[name] = max(out.peak_input.get(name, 0.0), float(chip.abs().max()))
                 readouts.append(x + bias)
+                continue
+            if node.graded:  # a sum population sends its value; it keeps nothing
+                value = x + bias
+                out.peak_v[name] = max(out.peak_v.get(name, 0.0), float(value.abs().max()))
+                out.peak_input[name] = out.peak_v[name]
+                now[name] = value
+                spikes[name].append(value)
                 continue
             if node.current_decay:  # CubaLIF: the synaptic current u keeps a fraction of itself
                 x = node.current_decay * u.get(name, torch.zeros(shape, dtype=dtype)) + x

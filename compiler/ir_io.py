@@ -21,7 +21,7 @@ from .linear import op_from_dict, op_to_dict
 from .netlist import load_netlist, save_netlist, stem_file
 
 FORMAT = "snc-ir"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: graded populations (payload_shift)
 
 
 def _scalars(fixed: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _node_doc(n: Node, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         d.update(depth=n.depth, scale=n.scale)
     if isinstance(n, Population):
         d.update(threshold=n.threshold, decay=n.decay, current_decay=n.current_decay, role=n.role,
-                 subtractive_reset=n.subtractive_reset, fixed=_scalars(n.fixed))
+                 subtractive_reset=n.subtractive_reset, payload_shift=n.payload_shift, fixed=_scalars(n.fixed))
         _arrays(n.fixed, key, arrays)
     if isinstance(n, Readout):
         d["filters"] = [f.as_dict() for f in n.filters]
@@ -123,7 +123,8 @@ def _graph(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Graph:
         elif d["kind"] == "Population":
             nodes[name] = Population(name, tuple(d["shape"]), d["threshold"], d["decay"], arrays[f"{key}/bias"],
                                      d["role"], d["depth"], d["scale"], _fixed(d["fixed"], key, arrays),
-                                     d["current_decay"], bool(d.get("subtractive_reset", False)))
+                                     d["current_decay"], bool(d.get("subtractive_reset", False)),
+                                     int(d["payload_shift"]))
         else:
             raise GraphError(f"unknown IR node kind {d['kind']!r}")
     edges = [Edge(d["src"], d["dst"], op_from_dict(d["op"], arrays.get(f"edge/{i}/weight")), d["delay"],

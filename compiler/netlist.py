@@ -15,10 +15,18 @@ Lava's process library, which is what Loihi 2 runs:
   model unit (float mode: ``vth == threshold``, ``scale == 1``). A group with
   ``subtractive_reset`` (snc's ``StepBiasLIFReset`` with reset by subtraction,
   the ANN-to-SNN conversion's IF neuron) subtracts the threshold from v on a
-  spike instead of setting v to 0;
+  spike instead of setting v to 0. A ``graded`` group (snc's ``GradedSum``,
+  the sum population of ``--residual graded``) has no threshold and no
+  state: each step its value is its summed input plus its bias
+  (``bias_mant << bias_exp``, in the input's units: no shift by 6), and it
+  sends ``graded_payload``: its value shifted right by ``payload_shift``,
+  rounded half up, saturated at the target's payload bits (fixed; Loihi 2's
+  graded spikes carry 24 bits), or the value itself (float);
 - **synapses** from a group to a group (any group: a synapse into its own
   source or into an earlier group is a recurrent connection) or to the
-  readout:
+  readout; a synapse from a graded group multiplies its weights by the
+  payload (``(W . payload) << weight_exp``, Lava's graded mat-vec, its sum
+  an int32 that wraps before the shift), from any other group by 0/1 spikes:
 
   - ``sparse``: a sparse matrix (Lava ``Sparse``; ``DelaySparse`` when
     ``delay > 0``);
@@ -90,9 +98,9 @@ from .readout import ReadoutFilter
 
 MODES = ("fixed", "float")
 SYNAPSE_KINDS = ("sparse", "dense", "conv")
-ROLES = ("neuron", "relay", "and")
+ROLES = ("neuron", "relay", "and", "graded")
 FORMAT = "snc-netlist"
-FORMAT_VERSION = 3  # 3: subtractive_reset
+FORMAT_VERSION = 4  # 3: subtractive_reset; 4: graded groups (payload_shift)
 
 
 def logical_steps(time_steps: np.ndarray, depth: int, timestep: int, call_steps: int) -> np.ndarray:
@@ -122,10 +130,15 @@ class NeuronGroup:
     scale: float = 1.0  # integer units per model unit (fixed mode)
     threshold: float = 0.0  # model units: what vth encodes at scale
     subtractive_reset: bool = False  # a spike subtracts vth from v (snc's StepBiasLIFReset), else v = 0 (LIF's)
+    payload_shift: int = 0  # graded, fixed mode: the payload is the value >> payload_shift
 
     @property
     def n(self) -> int:
         return int(np.prod(self.shape))
+
+    @property
+    def graded(self) -> bool:
+        return self.role == "graded"
 
     @property
     def per_step(self) -> bool:
@@ -321,10 +334,14 @@ def _group_problems(g: NeuronGroup, timestep: int) -> list[str]:
     if g.bias_mant.shape not in ((g.n,), (timestep, g.n)) or g.bias_exp.shape != g.bias_mant.shape:
         out.append(f"{g.name}: bias arrays must have shape ({g.n},) or ({timestep}, {g.n})")
         return out
-    if g.per_step and g.reset_interval == 0:
+    if g.per_step and g.reset_interval == 0 and not g.graded:
         out.append(f"{g.name}: a per-step bias needs a LIFReset group (the step is counted within a call)")
     if g.subtractive_reset and (g.reset_interval == 0 or g.role != "neuron"):
         out.append(f"{g.name}: a reset by subtraction is for a neuron that starts every call afresh (LIFReset)")
+    if g.graded and (g.reset_interval or g.subtractive_reset or g.payload_shift < 0):
+        out.append(f"{g.name}: a graded group keeps no state (no reset) and shifts its payload right (>= 0)")
+    if not g.graded and g.payload_shift:
+        out.append(f"{g.name}: only a graded group has a payload shift")
     if not 0 <= g.reset_offset < max(g.reset_interval, 1):
         out.append(f"{g.name}: reset_offset {g.reset_offset} outside 0..reset_interval-1")
     if g.role not in ROLES:
@@ -351,6 +368,8 @@ def _synapse_problems(s: Synapse, net: Netlist) -> list[str]:
         out.append(f"{s.name}: a conv synapse needs a conv op without upsampling")
     if s.delay and s.kind != "sparse":
         out.append(f"{s.name}: only sparse synapses have delays")
+    if net.groups[s.src].graded and s.kind != "sparse":
+        out.append(f"{s.name}: a graded group's payloads go through sparse synapses (Lava's graded mat-vec)")
     if s.delay < 0:
         out.append(f"{s.name}: negative delay {s.delay}")
     if s.scheduled:
@@ -406,6 +425,15 @@ def gain_schedule(s: Synapse, net: Netlist, gates: Optional[Gates] = None) -> np
     return table
 
 
+def graded_payload(value: np.ndarray, shift: int, limit: int) -> np.ndarray:
+    """What a fixed-mode graded group sends for its integer values: ``value >> shift`` rounded half up
+    (``(value + 2^(shift - 1)) >> shift``), saturated at +-``limit`` (the target's ``payload_limit``), int32."""
+    value = np.asarray(value, dtype=np.int64)
+    if shift:
+        value = (value + (1 << (shift - 1))) >> shift
+    return np.clip(value, -limit, limit).astype(np.int32)
+
+
 def synapse_matrix(s: Synapse) -> sparse.csr_matrix:
     """The synapse's matrix [n_dst, n_src] over C-order flattened tensors, with the netlist's weights.
 
@@ -454,7 +482,7 @@ def save_netlist(net: Netlist, stem: Path) -> None:
         groups.append({"name": g.name, "shape": list(g.shape), "du": _scalar(g.du), "dv": _scalar(g.dv),
                        "vth": _scalar(g.vth), "reset_interval": g.reset_interval, "reset_offset": g.reset_offset,
                        "depth": g.depth, "role": g.role, "scale": g.scale, "threshold": g.threshold,
-                       "subtractive_reset": g.subtractive_reset})
+                       "subtractive_reset": g.subtractive_reset, "payload_shift": g.payload_shift})
     synapses = []
     for i, s in enumerate(net.synapses):
         arrays[f"s/{i}/weight"] = s.op.weight
@@ -497,7 +525,8 @@ def load_netlist(stem: Path) -> Netlist:
         name = d["name"]
         groups[name] = NeuronGroup(name, tuple(d["shape"]), d["du"], d["dv"], d["vth"], arrays[f"g/{name}/bias_mant"],
                                    arrays[f"g/{name}/bias_exp"], d["reset_interval"], d["reset_offset"], d["depth"],
-                                   d["role"], d["scale"], d["threshold"], bool(d["subtractive_reset"]))
+                                   d["role"], d["scale"], d["threshold"], bool(d["subtractive_reset"]),
+                                   int(d["payload_shift"]))
     synapses = [Synapse(d["name"], d["src"], d["dst"], d["kind"], op_from_dict(d["op"], arrays[f"s/{i}/weight"]),
                         d["weight_exp"], d["num_weight_bits"], d["delay"], arrays.get(f"s/{i}/gain"), d["gain_shift"],
                         d["lag"], d["gate"], tuple(d["origin"]))

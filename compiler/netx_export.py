@@ -15,7 +15,7 @@ netx re-optimizes (``optimize_weight_bits``) to the same sums. A netlist
 outside that subset is refused, naming what netx cannot hold: a weight that is
 not an integer after its exponent or does not fit netx's 8 bits, a bias that
 is not a whole multiple of 64 in Lava's units, per-step values, relays of
-delay balancing, branches.
+delay balancing or graded groups (``--residual graded``), branches.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def write_netx(net: Netlist, path: Path) -> None:
         rec = [s for s in into if s.src == g.name]
         other = [s.name for s in into if s not in feed and s not in rec]
         if other or any(s.scheduled for s in into) or g.role != "neuron" or g.reset_interval:
-            problems.append(f"{g.name}: netx layers take one input layer, no per-step gains, no relays, no resets"
+            problems.append(f"{g.name}: netx layers take one input layer, no per-step gains, no relays, no graded "
+                            "groups, no resets"
                             + (f" (also from {', '.join(other)})" if other else ""))
             continue
         layer = {"shape": np.array(g.shape), "neuron": _neuron(g), "bias": _layer_bias(g, problems)}

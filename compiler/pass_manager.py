@@ -51,12 +51,16 @@ class CalibrationCall:
     inputs: Callable[[Optional[Gates]], dict[str, torch.Tensor]]
 
 
+RESIDUALS = ("reassociate", "graded")  # how real-valued tensors read twice reach the chip (``reassociate`` pass)
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     allow_oversize: bool = False  # keep a graph that does not fit the target (the violations are reported)
     threshold_scale: float = 1.0  # threshold guidance factor S
     verify: bool = True  # run each pass's verifier
     modes: Optional[tuple[str, ...]] = None  # the arithmetic modes to lower (None: every mode of the target)
+    residual: str = "reassociate"  # real-valued tensors read twice: reassociate (copies) | graded (sum populations)
 
 
 @dataclass

@@ -367,6 +367,9 @@ def compile_cmd(
                                         "the target (the violations are listed)"),
     threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
                                           "threshold x S (refused where vth cannot express it)"),
+    residual: str = typer.Option("reassociate", "--residual", help="real-valued tensors read twice (SDDPM's "
+                                 "residual stream, skips): reassociate (each reader gets a copy of the convs "
+                                 "behind it) | graded (a sum population sends the value as graded spikes)"),
     reference_arch: Optional[str] = typer.Option(None, "--arch", help="the model is a checkpoint of the public "
                                                  "code: sddpm (Spk_UNet) | sdm-tsm (Spk_UNet_TSM)"),
     reference_config: Optional[Path] = typer.Option(None, "--config", help="with --arch: JSON of the reference "
@@ -394,7 +397,8 @@ def compile_cmd(
     compiled = api.compile(model, preset=preset, arch=reference_arch, config=reference_config, weights=weights,
                            target=target, output=output, mode=mode, calibration=calibration, seed=seed,
                            dump_ir=dump_ir, verify=verify, allow_oversize=allow_oversize,
-                           threshold_scale=threshold_scale, stop_after=stop_after, from_ir=from_ir, graph=graph)
+                           threshold_scale=threshold_scale, stop_after=stop_after, from_ir=from_ir, graph=graph,
+                           residual=residual)
     if isinstance(compiled, api.CompiledPipeline):  # a model of several cores: a build per core
         if as_json:
             print(json.dumps({"build": str(output), "seconds_with_writing": round(compiled.seconds, 2),

@@ -115,8 +115,9 @@ def energy_report(console: Console, report, backends: list[str], ann: bool) -> N
     main = backends[0]
     table = Table(title=f"energy per layer, per image and denoiser call, on {report.profile}"
                         + (" (ESTIMATE)" if report.estimate else ""))
-    cols = ["layer", "role", "neurons", f"rate {main}", "synapses out", "SOPs exact", "SOPs papers", "MACs exact",
-            "MACs papers", "nJ exact", "nJ papers"]
+    graded = any(r.get("graded_ops_exact") for r in report.layers)
+    cols = ["layer", "role", "neurons", f"rate {main}", "synapses out", "SOPs exact"] + (["graded ops"] if graded else [])
+    cols += ["SOPs papers", "MACs exact", "MACs papers", "nJ exact", "nJ papers"]
     cols += [f"spikes {b} vs {main}" for b in backends[1:]]
     for col in cols:
         table.add_column(col, justify="left" if col in ("layer", "role") else "right")
@@ -127,7 +128,8 @@ def energy_report(console: Console, report, backends: list[str], ann: bool) -> N
     for r in report.layers:
         row = [r["layer"], r["role"].split(" (")[0], num(r["neurons"]),
                f"{r[f'rate[{main}]']:.3f}" if f"rate[{main}]" in r else "-", num(r["synapses_out"]),
-               num(r["sops_exact"]), num(r["sops_papers"]), num(r["macs_exact"]), num(r["macs_papers"]),
+               num(r["sops_exact"]), *([num(r["graded_ops_exact"])] if graded else []), num(r["sops_papers"]),
+               num(r["macs_exact"]), num(r["macs_papers"]),
                f"{r['energy_exact_pj'] / 1e3:,.1f}", f"{r['energy_papers_pj'] / 1e3:,.1f}"]
         for b in backends[1:]:
             ref, other = r.get(f"spikes[{main}]"), r.get(f"spikes[{b}]")
@@ -158,7 +160,9 @@ def energy_report(console: Console, report, backends: list[str], ann: bool) -> N
         ]
     else:
         lines = [
-            f"per call: SOPs exact {call['sops_exact']:,.0f} | papers {call['sops_papers']:,.0f}; MACs exact "
+            f"per call: SOPs exact {call['sops_exact']:,.0f} | papers {call['sops_papers']:,.0f}; "
+            + (f"graded ops (payload x weight) {call['graded_ops_exact']:,.0f}; " if call["graded_ops_exact"] else "")
+            + f"MACs exact "
             f"{call['macs_exact']:,.0f} (host, TSM gains) | papers {call['macs_papers']:,.0f}; neuron updates "
             f"{call['neuron_updates']:,.0f}; ANN twin MACs {call['ann_macs']:,.0f}",
             f"per sample ({report.steps_per_sample} steps): exact {sample['energy_exact_mj']:.4g} mJ | papers "

@@ -71,8 +71,8 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
     """A small random netlist, its batch (1 with a Lava Conv), steps and host currents.
 
     Every netlist has the same skeleton, so that every example exercises each
-    feature: g0 (C, H, W) -conv-> g1 -identity-> g2 (a delay line or a neuron)
-    -dense-> g3, an optional second conv g0 -> g1 (like split_signs' halves),
+    feature: g0 (C, H, W) -conv-> g1 -identity-> g2 (a delay line, a neuron or
+    a graded group, whose payloads its synapses multiply) -dense-> g3, an optional second conv g0 -> g1 (like split_signs' halves),
     0-2 recurrent synapses (into the source itself or an earlier group) and a
     readout. Hypothesis draws every kind, geometry and parameter; arrays come
     from a numpy generator it seeds, mixing ordinary values with extremes
@@ -85,12 +85,17 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
     synapses: list[Synapse] = []
     T, readout_depth = draw(st.integers(1, 3)), draw(st.integers(0, 2))
 
-    def group(shape, relay: bool = False) -> NeuronGroup:
+    def group(shape, kind: str = "neuron") -> NeuronGroup:
         n = int(np.prod(shape))
         name = f"g{len(groups)}"
-        if relay:  # the shape of balance_delays' relays: a delay line
+        if kind == "relay":  # the shape of balance_delays' relays: a delay line
             return NeuronGroup(name, shape, 4095, draw(st.sampled_from([0, 4095])), 1, np.zeros(n, np.int64),
                                np.zeros(n, np.int64))
+        if kind == "graded":  # a sum population: payloads into its synapses, maybe a bias per step
+            rows = (T, n) if draw(st.booleans()) else (n,)
+            return NeuronGroup(name, shape, 0, 0, 0, rng.integers(-4096, 4096, rows), rng.integers(0, 8, rows),
+                               depth=draw(st.integers(0, readout_depth)), role="graded",
+                               payload_shift=draw(st.sampled_from([0, 12]) | st.integers(0, 12)))
         du = draw(st.sampled_from([4095, 0, 1, 2048]) | st.integers(0, 4095))
         dv = draw(st.sampled_from([0, 4095, 1]) | st.integers(0, 4095))
         vth = draw(st.sampled_from([0, 1, 2**17 - 1]) | st.integers(0, 3000))
@@ -140,7 +145,7 @@ def netlists(draw) -> tuple[Netlist, int, int, dict[str, np.ndarray]]:
     synapses.append(synapse(g0, g1.name, conv, conv_kind))
     if draw(st.booleans()):  # a second synapse with the same geometry, as split_signs makes
         synapses.append(synapse(g0, g1.name, replace(conv, weight=weights(conv.weight.shape)), conv_kind))
-    g2 = group(g1.shape, relay=draw(st.booleans()))
+    g2 = group(g1.shape, draw(st.sampled_from(["neuron", "relay", "graded"])))
     groups.append(g2)
     synapses.append(synapse(g1, g2.name, LinearOp("identity", g1.shape, g1.shape, weights((1,)))))
     g3 = group(draw(st.sampled_from([(5,), (1, 2, 3)])))
@@ -225,6 +230,37 @@ def test_extreme_values_wrap_and_saturate_like_lava():
     assert emu.u["narrow"][-1, 0, 0] == a_in * 64 - 2**24  # the one-step 24-bit wrap of u
     with LavaNetwork(net, 1, record=True) as lava:
         _assert_same_trace(lava.trace(12, {}), emu, net)
+
+
+@pytest.mark.lava
+def test_graded_payloads_round_saturate_and_wrap_like_lava():
+    """Graded groups at the edges: a payload rounded half up, one saturated at 24 bits, a graded mat-vec whose
+    int32 sum wraps before its floor shift, a graded group fed by a graded group, and its per-step bias."""
+    n = 600
+    drive = NeuronGroup("drive", (n,), 4095, 0, 0, full(n, 4095), full(n, 7))  # spikes every step from step 1
+    big = NeuronGroup("big", (3,), 0, 0, 0, np.array([0, 0, 1]), full(3, 0), role="graded", payload_shift=1)
+    chained = NeuronGroup("chained", (3,), 0, 0, 0, np.array([[5, -7, 4095], [-4096, 3, 1]]), full((2, 3), 7),
+                          role="graded", payload_shift=3)
+    target = NeuronGroup("target", (2,), 4095, 0, 2**17 - 1, full(2, 0), full(2, 0), reset_interval=5)
+    w = np.stack([full(n, 255), full(n, -256), full(n, 3) * (np.arange(n) % 2)])
+    synapses = [
+        Synapse("drive-big", "drive", "big", "sparse", LinearOp("dense", (n,), (3,), w), weight_exp=7),
+        Synapse("big-chained", "big", "chained", "sparse", LinearOp("identity", (3,), (3,), np.array([255])),
+                weight_exp=-3, delay=1),
+        Synapse("wraps", "big", "target", "sparse", LinearOp("dense", (3,), (2,), np.array([[255, -256, 1],
+                                                                                          [-256, 2, 0]])),
+                weight_exp=-8),
+        Synapse("chained-out", "chained", "out", "sparse", LinearOp("dense", (3,), (2,), full((2, 3), 200))),
+    ]
+    net = Netlist("fixed", {g.name: g for g in (drive, big, chained, target)}, synapses, ReadoutPort("out", (2,), 1.0, 0),
+                  timestep=2, inputs={"chained": 1.0})
+    net.check()
+    currents = {"chained": np.array([[[3.0, -5.0, 2**17 - 1]]]).repeat(2, axis=0)}
+    emu = EmuNetwork(net, record=True).trace(9, currents)
+    assert np.abs(emu.spikes["big"]).max() == 2**23 - 1  # saturated
+    assert emu.spikes["big"][-1, 0, 2] == 38401  # (300 spikes x 2 (Lava's even mixed-sign 3) << 7) + 1, halved up
+    with LavaNetwork(net, 1, record=True) as lava:
+        _assert_same_trace(lava.trace(9, currents), emu, net)
 
 
 # --- compiled models ---------------------------------------------------------------------------------

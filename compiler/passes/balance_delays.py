@@ -9,7 +9,8 @@ shallower population must be delayed by ``depth(p) - depth(q) - 1`` steps.
 
 The delay is put on the source side, shared by all consumers: a relay
 population ``<q>.delay<d>`` (memoryless neurons that fire exactly when q
-fired) fed by an identity synapse with ``d - 1`` extra steps (Lava
+fired; for a graded population's value, a graded population of that one
+input) fed by an identity synapse with ``d - 1`` extra steps (Lava
 DelaySparse). The expensive weight map then stays a plain synapse; the
 delayed synapse carries one connection per neuron.
 
@@ -82,8 +83,10 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
         key = (e.src, d)
         if key not in relays:
             name = f"{e.src}.delay{d}"
-            graph.nodes[name] = Population(name, src.shape, threshold=RELAY_THRESHOLD, decay=0.0,
-                                           bias=np.zeros(src.shape), role="relay", depth=depth[e.src] + d)
+            # a graded source's relay is a sum population of one input: it repeats the value
+            graph.nodes[name] = Population(name, src.shape, threshold=0.0 if src.graded else RELAY_THRESHOLD,
+                                           decay=0.0, bias=np.zeros(src.shape),
+                                           role="graded" if src.graded else "relay", depth=depth[e.src] + d)
             edges.append(Edge(e.src, name, LinearOp.identity(src.shape), delay=d - 1, origin=(e.src,)))
             relays[key] = name
             inserted.append({"relay": name, "delay": d, "neurons": int(np.prod(src.shape))})
@@ -103,7 +106,7 @@ def verify(graph: Graph, ctx: CompileContext) -> None:
             continue
         if dst.depth != src.depth + 1 + e.delay - e.lag:
             problems.append(f"{e.name}: depth {src.depth} -> {dst.depth} with delay {e.delay}, lag {e.lag}")
-        if e.delay and (e.op.kind != "identity" or getattr(dst, "role", "") != "relay"):
+        if e.delay and (e.op.kind != "identity" or getattr(dst, "role", "") not in ("relay", "graded")):
             problems.append(f"{e.name}: a delay outside a relay edge")
         if e.delay > max_delay:
             problems.append(f"{e.name}: delay {e.delay} exceeds the target's maximum {max_delay}")

@@ -18,8 +18,16 @@ spread over t, each run with the graph's gates of its step). Without
 calibration the peak is assumed to be 16x the threshold (or 16, if the threshold
 is below 1).
 
+A graded (sum) population's scale keeps its calibrated value inside an
+int32 with the margin, its bias and its input weights inside their ranges; it
+sends ``value >> payload_shift``, the shift the smallest for which the
+payload's peak fits ``payload_bits`` and every reader's weights (relative to
+the payload: reader scale / payload scale) reach the top of their mantissa
+at an exponent no lower than ``weight_exp_min`` (full weight precision).
+
 Requires: balanced delays. Guarantees: every Population and the Readout has a
-power-of-two ``scale`` > 0; the log lists each population's scale, vth, peak.
+power-of-two ``scale`` > 0, a graded population a ``payload_shift`` >= 0
+(0 for the others); the log lists each population's scale, vth, peak.
 """
 
 from __future__ import annotations
@@ -65,8 +73,10 @@ def fold(graph: Graph, rules: FixedPoint, peaks: Optional[dict[str, float]]) -> 
     vth_limit = float(rules.vth_limit - 1)
     bias_limit = float(rules.bias_mant_limit - 1) * 2.0 ** rules.bias_exp_max
     weight_limit = rules.weight_limit  # the mixed-sign mantissa: a bound whatever the synapse's signs
+    mantissa = rules.weight_range(mixed=True)[1]
     rows = []
-    for node in list(graph.of_type(Population)) + [graph.readout]:
+    graded = [name for name in graph.topological() if getattr(graph.nodes[name], "graded", False)]
+    for node in [p for p in graph.of_type(Population) if not p.graded] + [graph.readout]:
         thr = node.threshold if isinstance(node, Population) else 0.0
         if isinstance(node, Population) and node.role == "relay":
             # unit weight, threshold 0.5: scale 2 gives weight 2 and vth 1, exact and tiny
@@ -83,15 +93,53 @@ def fold(graph: Graph, rules: FixedPoint, peaks: Optional[dict[str, float]]) -> 
         if isinstance(node, Population) and bias > 0:  # bias_mant << bias_exp must hold bias * scale << 6
             bound = min(bound, bias_limit / (bias * 2 ** rules.activation_shift))
         # the largest synapse weight (upsampled convs sum up to u*u taps) must fit 8 bits << weight_exp_max
-        weight = max((float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
-                      for e in graph.into(node.name) if isinstance(graph.nodes[e.src], Population)), default=0.0)
+        weight = _largest_spike_weight(graph, node.name)
         if weight > 0:
             bound = min(bound, weight_limit / weight)
         node.scale = 2.0 ** math.floor(math.log2(bound))
         rows.append({"node": node.name, "scale": node.scale, "peak": peak / MARGIN,
                      "vth": thr * node.scale if isinstance(node, Population) else None})
+    leaving = graph.edges_from()
+    payloads: dict[str, float] = {}
+    for name in reversed(graded):  # its readers' scales first: they bound its payload's
+        node = graph.nodes[name]
+        peak = max(peaks.get(name, 0.0) if peaks is not None else UNCALIBRATED_PEAK, 1e-12) * MARGIN
+        bound = rules.accumulator_limit / peak  # the value: an int32 sum of int32 channels and the bias
+        bias = float(np.abs(node.bias).max(initial=0.0))
+        if bias > 0:  # bias_mant << bias_exp holds bias * scale (a value: no activation shift)
+            bound = min(bound, bias_limit / bias)
+        weight = _largest_spike_weight(graph, name)
+        if weight > 0:
+            bound = min(bound, weight_limit / weight)
+        node.scale = 2.0 ** math.floor(math.log2(bound))
+        # the payload: inside its bits, and fine enough that every reader's weights keep their mantissa above
+        # the smallest exponent (reader scale / payload scale * w fills the mantissa at an exponent >= min)
+        payload = min(node.scale, rules.payload_limit / peak)
+        for e in leaving.get(name, []):
+            w = float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
+            payload = min(payload, w * graph.nodes[e.dst].scale * 2.0 ** -rules.weight_exp_min / mantissa)
+        payloads[name] = payload
+        rows.append({"node": name, "scale": node.scale, "peak": peak / MARGIN, "vth": None})
+    for name in graded:  # its graded sources' payloads are final: its weights from them must fit too
+        node = graph.nodes[name]
+        for e in graph.into(name):
+            src = graph.nodes[e.src]
+            if isinstance(src, Population) and src.graded:
+                w = float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
+                node.scale = min(node.scale, 2.0 ** math.floor(math.log2(weight_limit * src.payload_scale / w)))
+        node.payload_shift = max(0, math.ceil(math.log2(node.scale / payloads[name])))
+        row = next(r for r in rows if r["node"] == name)
+        row.update(scale=node.scale, payload_shift=node.payload_shift)
     graph.log.append({"pass": "fold_thresholds", "calibrated": peaks is not None, "populations": rows})
     return graph
+
+
+def _largest_spike_weight(graph: Graph, name: str) -> float:
+    """The largest synapse weight into ``name`` from spiking populations (upsampled convs sum up to u*u taps).
+    A graded source's weights are relative to its payload, which ``fold`` fits to its readers instead."""
+    return max((float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
+                for e in graph.into(name) if isinstance(graph.nodes[e.src], Population)
+                and not graph.nodes[e.src].graded), default=0.0)
 
 
 def verify(graph: Graph, ctx: CompileContext) -> None:
@@ -100,6 +148,8 @@ def verify(graph: Graph, ctx: CompileContext) -> None:
     if bad:
         raise GraphError(f"fold_thresholds left populations without a scale: {', '.join(bad)}")
     odd = [n.name for n in list(graph.of_type(Population)) + [graph.readout] if math.frexp(n.scale)[0] != 0.5]
+    odd += [f"{p.name} (payload shift {p.payload_shift})" for p in graph.of_type(Population)
+            if p.payload_shift < 0 or (p.payload_shift and not p.graded)]
     if odd:
         raise GraphError(f"fold_thresholds gave populations a scale that is not a power of two: {', '.join(odd)}")
 

@@ -9,7 +9,11 @@ Per population p with scale s (from ``fold_thresholds``), in Lava's units:
   integrate-and-fire; 4096 = 2^decay_bits);
 - static bias ``b * s * 64 = bias_mant << bias_exp`` per neuron, the smallest
   exponent that fits the mantissa;
+- a graded (sum) population: its bias ``b * s = bias_mant << bias_exp`` (a
+  value's units: no shift by 6); no threshold, no decays;
 - each synapse into p: ``W * s = w_int << weight_exp`` with an 8-bit ``w_int``
+  (from a graded population ``W * s / payload scale``, the exponent down to
+  ``weight_exp_min``: the sum of weights times payloads is shifted right)
   (``FixedPoint.weight_range``: with both signs Lava drops the low bit) and the
   smallest exponent that fits; for a conv after nearest upsampling the synapse
   weight is a sum of kernel taps, and that sum must fit;
@@ -59,13 +63,15 @@ def synapse_range(w_int: np.ndarray, upsample: int = 1) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def quantize_weights(w: np.ndarray, scale: float, rules: FixedPoint,
-                     upsample: int = 1) -> tuple[np.ndarray, int, float]:
+def quantize_weights(w: np.ndarray, scale: float, rules: FixedPoint, upsample: int = 1,
+                     lowest_exp: int = 0) -> tuple[np.ndarray, int, float]:
     """(w_int, weight_exp, relative error) for real weights ``w`` at ``scale``.
 
     The synapse weights must lie in ``rules.weight_range`` (Loihi 2: [0, 255]
     or [-255, 0] for one sign, [-256, 254] in steps of 2 for mixed signs). The
-    exponent is the smallest for which every synapse weight fits.
+    exponent is the smallest, not below ``lowest_exp``, for which every synapse
+    weight fits (a negative exponent shifts the sum right: for graded payloads,
+    whose units are finer than the target's).
     """
     x = np.asarray(w, dtype=np.float64) * scale
     mixed = x.min() < 0 < x.max()
@@ -79,7 +85,7 @@ def quantize_weights(w: np.ndarray, scale: float, rules: FixedPoint,
         return lo >= lowest and hi <= highest
 
     peak = float(np.abs(x).max())
-    exp = max(0, math.ceil(math.log2(peak / highest)) - 1) if peak > 0 else 0  # one below the guess
+    exp = max(lowest_exp, math.ceil(math.log2(peak / highest)) - 1) if peak > 0 else 0  # one below the guess
     while not fits(exp) and exp <= rules.weight_exp_max:
         exp += 1
     w_int = quantized(exp)
@@ -99,6 +105,18 @@ def quantize_gain(gain: np.ndarray, rules: FixedPoint) -> tuple[np.ndarray, int,
     return mant, shift, float(np.abs(mant / 2**shift - gain).max(initial=0.0))
 
 
+def _bias_mantissas(b: np.ndarray, rules: FixedPoint) -> tuple[np.ndarray, np.ndarray]:
+    """``b ~ mant << exp`` per neuron with the smallest exponent whose mantissa fits."""
+    mant_lim = rules.bias_mant_limit
+    exp = np.zeros(b.shape, dtype=np.int64)
+    mags = np.abs(b)
+    need = mags > mant_lim - 1
+    exp[need] = np.ceil(np.log2(mags[need] / (mant_lim - 0.5))).astype(np.int64)
+    mant = np.round(b / 2.0**exp).astype(np.int64)
+    exp = np.where(np.abs(mant) > mant_lim - 1, exp + 1, exp)
+    return np.round(b / 2.0**exp).astype(np.int64), exp
+
+
 def _edge_weights(e: Edge) -> np.ndarray:
     return np.ones(1) if e.op.kind == "identity" else e.op.weight
 
@@ -110,21 +128,22 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
 def quantize(graph: Graph, rules: FixedPoint, target: str = "the target") -> Graph:
     problems: list[str] = []
     shift = rules.activation_shift
-    mant_lim = rules.bias_mant_limit
     rows = []
     for p in graph.of_type(Population):
+        if p.graded:
+            mant, exp = _bias_mantissas(p.bias * p.scale, rules)  # a value's units: no activation shift
+            if exp.max(initial=0) > rules.bias_exp_max:
+                problems.append(f"{p.name}: bias needs exponent {int(exp.max())} > {rules.bias_exp_max}")
+            p.fixed = {"vth": 0, "du": 0, "dv": 0, "bias_mant": mant, "bias_exp": exp}
+            rows.append({"population": p.name, "payload_shift": p.payload_shift,
+                         "bias_max_abs_error": float(np.abs(mant * 2.0**exp - p.bias * p.scale).max() / p.scale)})
+            continue
         vth = int(round(p.threshold * p.scale))
         dv = int(round(rules.decay_unity * (1.0 - p.decay)))
         if dv > rules.decay_max:  # a memoryless neuron: 4095 leaves v/4096 (< 1 unit for |v| < 4096) behind
             dv = rules.decay_max
         b = p.bias * p.scale * 2**shift
-        exp = np.zeros(b.shape, dtype=np.int64)
-        mags = np.abs(b)
-        need = mags > mant_lim - 1
-        exp[need] = np.ceil(np.log2(mags[need] / (mant_lim - 0.5))).astype(np.int64)
-        mant = np.round(b / 2.0**exp).astype(np.int64)
-        exp = np.where(np.abs(mant) > mant_lim - 1, exp + 1, exp)
-        mant = np.round(b / 2.0**exp).astype(np.int64)
+        mant, exp = _bias_mantissas(b, rules)
         if not 0 <= vth < rules.vth_limit:
             problems.append(f"{p.name}: vth {vth} outside {rules.vth_bits} bits")
         elif p.threshold > 0 and vth == 0:
@@ -144,8 +163,9 @@ def quantize(graph: Graph, rules: FixedPoint, target: str = "the target") -> Gra
     for e in graph.edges:
         if isinstance(graph.nodes[e.src], HostInput):
             continue
-        dst = graph.nodes[e.dst]
-        w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale, rules, e.op.taps_per_synapse)
+        src, dst = graph.nodes[e.src], graph.nodes[e.dst]
+        w_int, exp, err = quantize_weights(_edge_weights(e), dst.scale / src.payload_scale, rules,
+                                           e.op.taps_per_synapse, rules.weight_exp_min if src.graded else 0)
         if exp > rules.weight_exp_max:
             problems.append(f"{e.name}: weights need exponent {exp} > {rules.weight_exp_max}")
         # stored at the width a backend is handed (int16 on Loihi 2), not int64: the weights of a CIFAR model

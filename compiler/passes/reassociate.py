@@ -24,9 +24,19 @@ A lagged op (NIR Delay) adds its lag to every term through it: the edge
 reads its source's spikes of earlier steps (a recurrent synapse). Its inputs
 must be spikes: a delayed real value would need state on the chip.
 
+With ``--residual graded`` (``CompileOptions.residual``) a real-valued node
+on chip that is read more than once, and whose value depends on spikes,
+becomes a *sum population* instead (``Population`` role ``graded``, the
+node's name): its terms are its input synapses, and its readers get one
+identity term on it, a graded synapse carrying its value every step. Each
+op is then stored and computed once (a U-Net block's convs are not copied
+into every later block that reads the residual stream), at the price of a
+pipeline step per sum population and of a graded payload's rounding.
+
 Requires: ``partition_host`` placements.
 Guarantees: no Linear node is left. Every edge goes from a Population (an
-on-chip synapse whose input is binary spikes) or from a HostInput (a current
+on-chip synapse whose input is binary spikes, or a graded population's
+value) or from a HostInput (a current
 the host computes per call, charged as MACs) into a Population or the
 Readout; each edge's ``origin`` lists the NIR ops composed into it and its
 ``gain`` the product of their per-step gains. Biases of the removed ops,
@@ -50,7 +60,7 @@ from snc.errors import GraphError
 
 from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
 from ..linear import LinearOp, add_ops, compose
-from ..pass_manager import CompileContext, Pass
+from ..pass_manager import RESIDUALS, CompileContext, Pass
 
 
 @dataclass
@@ -129,10 +139,28 @@ def _bias_source(name: str, node: Population, bias: np.ndarray) -> Population:
     return Population(f"{name}.input_bias", (1,), threshold=0.5, decay=0.0, bias=np.ones(1))
 
 
+def _read_twice_from_chip(node: Linear, form: _Form, readers: dict[str, int], nodes: dict) -> bool:
+    """A chip node read by more than one edge whose value depends on the chip's populations (``nodes``: those
+    made so far, sum populations included)."""
+    return node.placement == "chip" and readers.get(node.name, 0) > 1 and \
+        any(isinstance(nodes.get(t.source), Population) for t in form.terms)
+
+
 def run(graph: Graph, ctx: CompileContext) -> Graph:
+    return reassociate(graph, ctx.options.residual)
+
+
+def reassociate(graph: Graph, residual: str = "reassociate") -> Graph:
+    """The pass; ``residual`` graded keeps every real-valued node read twice as a sum population."""
+    if residual not in RESIDUALS:
+        raise GraphError(f"unknown residual lowering {residual!r}; use {' or '.join(RESIDUALS)}")
     forms: dict[str, _Form] = {}
     new_edges: list[Edge] = []
     nodes = {}
+    graded: list[str] = []
+    readers: dict[str, int] = {}
+    for e in graph.edges:
+        readers[e.src] = readers.get(e.src, 0) + 1
     before = sum(n.op.synapse_count() for n in graph.of_type(Linear) if n.placement == "chip")
 
     def form_of(name: str) -> _Form:
@@ -143,6 +171,24 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
 
     def inputs_of(name: str, shape: tuple) -> _Form:
         return _sum([_through(form_of(e.src), e.op, None) for e in graph.into(name)], shape)
+
+    def terms_into(name: str, node: Population | Readout, form: _Form) -> None:
+        """The node's input edges, one per term of ``form``, and its bias plus the form's."""
+        if isinstance(node, Population) and node.current_decay and np.any(form.bias != 0):
+            source = _bias_source(name, node, form.bias)
+            nodes[source.name] = source
+            form = _Form(form.terms + [_Term(source.name, LinearOp.dense(form.bias.reshape(-1, 1), (1,),
+                                                                         node.shape), ("bias",))],
+                         np.zeros_like(form.bias))
+        bias = np.asarray(node.bias, dtype=np.float64).reshape(-1, *node.shape) + form.bias
+        node.bias = bias[0] if len(bias) == 1 else bias
+        seen: dict[str, int] = {}
+        for term in form.terms:  # same source twice only when geometries or gains differ
+            seen[term.source] = seen.get(term.source, 0) + 1
+            tag = f"#{seen[term.source]}" if seen[term.source] > 1 else ""
+            new_edges.append(Edge(term.source, name, term.op, origin=term.origin, part=tag, gain=term.gain,
+                                  lag=term.lag, gate=term.gate))
+        nodes[name] = node
 
     for name in graph.topological():
         node = graph.nodes[name]
@@ -155,29 +201,23 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
             pre = inputs_of(name, node.op.in_shape)
             out = _through(pre, node.op, name, node.gain, node.lag, node.gate)
             forms[name] = _Form(out.terms, out.bias + node.bias.reshape(1, *node.op.out_shape))
-            continue
-        if isinstance(node, (Population, Readout)):
-            form = inputs_of(name, node.shape)
-            if isinstance(node, Population) and node.current_decay and np.any(form.bias != 0):
-                source = _bias_source(name, node, form.bias)
-                nodes[source.name] = source
-                form = _Form(form.terms + [_Term(source.name, LinearOp.dense(form.bias.reshape(-1, 1), (1,),
-                                                                             node.shape), ("bias",))],
-                             np.zeros_like(form.bias))
-            bias = np.asarray(node.bias, dtype=np.float64).reshape(-1, *node.shape) + form.bias
-            node.bias = bias[0] if len(bias) == 1 else bias
-            seen: dict[str, int] = {}
-            for term in form.terms:  # same source twice only when geometries or gains differ
-                seen[term.source] = seen.get(term.source, 0) + 1
-                tag = f"#{seen[term.source]}" if seen[term.source] > 1 else ""
-                new_edges.append(Edge(term.source, name, term.op, origin=term.origin, part=tag, gain=term.gain,
-                                      lag=term.lag, gate=term.gate))
-        nodes[name] = node
+            if residual == "graded" and _read_twice_from_chip(node, forms[name], readers, nodes):
+                shape = node.op.out_shape
+                terms_into(name, Population(name, shape, threshold=0.0, decay=0.0, bias=np.zeros(shape),
+                                            role="graded"), forms[name])
+                forms[name] = _Form([_Term(name, LinearOp.identity(shape), ())], np.zeros((1, *shape)))
+                graded.append(name)
+        elif isinstance(node, (Population, Readout)):
+            terms_into(name, node, inputs_of(name, node.shape))
+        else:
+            nodes[name] = node
     graph.nodes = nodes
     graph.edges = new_edges
     after = sum(e.op.synapse_count() for e in new_edges if isinstance(nodes[e.src], Population))
     graph.log.append({
         "pass": "reassociate",
+        "residual": residual,
+        "graded": graded,
         "synapses_before": before,
         "synapses_after": after,
         "rewritten": [
@@ -193,7 +233,7 @@ def verify(graph: Graph, ctx: CompileContext) -> None:
     problems = [f"{n.name}: Linear node left" for n in graph.of_type(Linear)]
     for e in graph.edges:
         if not isinstance(graph.nodes[e.src], (Population, HostInput)):
-            problems.append(f"edge {e.name}: source is not spikes or a host input")
+            problems.append(f"edge {e.name}: source is not a population (spikes, a graded value) or a host input")
         if e.gate and not isinstance(graph.nodes[e.src], Population):
             problems.append(f"edge {e.name}: a host current through gate {e.gate} (gate its source on the host)")
         if not isinstance(graph.nodes[e.dst], (Population, Readout)):

@@ -30,6 +30,7 @@ class FixedPoint:
     max_delay: int  # synaptic delay steps
     gain_mant_bits: int  # signed per-step gain mantissa (TSM, gates)
     gain_shift_max: int  # gain = mantissa >> shift, 0 <= shift <= gain_shift_max
+    payload_bits: int  # signed bits of a graded spike's payload (a graded group saturates it)
 
     @classmethod
     def from_profile(cls, profile: dict[str, Any]) -> "FixedPoint":
@@ -71,6 +72,11 @@ class FixedPoint:
     def current_limit(self) -> int:
         """|input current| below this keeps ``a_in << activation_shift`` inside the neuron state."""
         return 1 << (self.state_bits - 1 - self.activation_shift)
+
+    @property
+    def payload_limit(self) -> int:
+        """The largest graded payload magnitude (a graded group saturates at it)."""
+        return (1 << (self.payload_bits - 1)) - 1
 
     @property
     def handed_weight_limit(self) -> int:

@@ -11,7 +11,8 @@ Its rules are ``hw_profiles/loihi2.toml`` (``[fixed_point]``, read into
   the core mapping / DRC on the fixed netlist (``map_cores``);
 - the lowering of a compiled graph: each population becomes a neuron group
   (``LIFReset`` with the offset of its pipeline depth, a plain ``LIF`` for a
-  relay), each chip edge a ``sparse`` synapse with its quantized integers,
+  relay, a stateless ``graded`` group for a sum population), each chip edge
+  a ``sparse`` synapse with its quantized integers,
   each host edge a host op;
 - the range check of a netlist (``problems``: every parameter Lava's process
   models represent; Lava does not check them);
@@ -68,12 +69,13 @@ class Loihi2(Target):
                 bias = bias.reshape((-1, n) if bias.size > n else (n,))  # per logical step: [T, n]
                 params = dict(du=1.0 - p.current_decay, dv=1.0 - p.decay, vth=float(p.threshold), bias_mant=bias,
                               bias_exp=np.zeros(bias.shape, np.int64))
-            # relays keep no state worth resetting; every other population starts each call from zero
-            reset = (0, 0) if p.role == "relay" else window_reset(p.depth, length)
+            # relays and graded groups keep no state worth resetting; every other population starts each call
+            # from zero
+            reset = (0, 0) if p.role in ("relay", "graded") else window_reset(p.depth, length)
             groups[p.name] = NeuronGroup(p.name, tuple(p.shape), reset_interval=reset[0], reset_offset=reset[1],
                                          depth=p.depth, role=p.role, scale=float(p.scale) if fixed else 1.0,
                                          threshold=float(p.threshold), subtractive_reset=p.subtractive_reset,
-                                         **params)
+                                         payload_shift=p.payload_shift if fixed else 0, **params)
         synapses, host_ops = [], []
         inputs: dict[str, float] = {}
         for e in graph.edges:
@@ -133,6 +135,8 @@ class Loihi2(Target):
             out.append(f"{g.name}: bias_mant outside {-limit}..{limit - 1}")
         if g.bias_exp.min(initial=0) < 0 or g.bias_exp.max(initial=0) > rules.bias_exp_max:
             out.append(f"{g.name}: bias_exp outside 0..{rules.bias_exp_max}")
+        if not 0 <= g.payload_shift < rules.accumulator_bits:
+            out.append(f"{g.name}: payload_shift {g.payload_shift} outside 0..{rules.accumulator_bits - 1}")
         return out
 
     def _synapse_problems(self, s: Synapse) -> list[str]:

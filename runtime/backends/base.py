@@ -53,7 +53,8 @@ class CallResult:
 
 @dataclass
 class Trace:
-    """Every step of a run: spikes (bool), u and v after the step, and the readout in integer units."""
+    """Every step of a run: spikes (bool; a graded group's payloads), u and v after the step (a graded group:
+    its summed input and its value), and the readout in integer units."""
     spikes: dict[str, np.ndarray]  # [steps, B, n]
     u: dict[str, np.ndarray]  # [steps, B, n]
     v: dict[str, np.ndarray]  # [steps, B, n]

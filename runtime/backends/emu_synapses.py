@@ -22,10 +22,14 @@ import torch.nn.functional as F
 
 from snc.compiler.linear import zero_insert
 from snc.compiler.netlist import Netlist, Synapse, gain_schedule, synapse_matrix
+from snc.compiler.targets import get_target
+from snc.errors import SncError
 
 FLOAT32_EXACT = 1 << 24  # integers below this are exact in float32
+FLOAT64_EXACT = 1 << 53
 V_LIMIT = (1 << 23) - 1
 DECAY_UNITY = 4096
+PAYLOAD_LIMIT = get_target("loihi2").rules.payload_limit  # snc's GradedSum saturates its payload here (the profile's)
 
 
 # --- Lava's fixed-point arithmetic (lava/proc/lif/models.py, conv/utils.py) ---------------------
@@ -92,16 +96,18 @@ class Term:
     exp: int = 0  # remaining right shift (negative weight_exp): floor(y * 2^exp)
     wrap_bits: int = 0  # per-synapse wrap (24: Lava Conv; 32: an int32 channel into the readout)
     gain: Optional["Gain"] = None
+    sum_wraps: bool = False  # graded payloads: Lava's int32 mat-vec sum can wrap before the shift
 
     @property
     def mergeable(self) -> bool:
-        return self.exp == 0 and self.wrap_bits == 0 and self.gain is None
+        return self.exp == 0 and self.wrap_bits == 0 and self.gain is None and not self.sum_wraps
 
     @property
     def out_bound(self) -> int:
         if self.wrap_bits:
             return 1 << (self.wrap_bits - 1)
-        bound = -(-self.bound >> -self.exp) if self.exp < 0 else self.bound
+        bound = 1 << 31 if self.sum_wraps else self.bound
+        bound = -(-bound >> -self.exp) if self.exp < 0 else bound
         if self.gain is not None:
             bound = -(-bound * int(np.abs(self.gain.schedule).max()) >> self.gain.shift)
         return bound
@@ -178,9 +184,15 @@ def make_term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) 
         kind, geometry = "csr", ("csr", op.n_in)
         bound = int(abs(w).sum(axis=1).max()) if w.nnz else 0
     exp = s.weight_exp
-    if exp > 0:  # a left shift is an exact product: fold it into the weights
+    if exp > 0:  # a left shift is an exact product (modulo 2^32 as Lava's int32): fold it into the weights
         w, bound, exp = w * float(1 << exp), bound << exp, 0
-    term = Term(src, s.dst, delay, kind, w, geometry, bound, exp)
+    graded = net.groups[s.src].graded
+    if graded:  # payloads, not 0/1 spikes: every partial sum is below sum |w| times the largest payload
+        bound *= PAYLOAD_LIMIT
+        if bound >= FLOAT64_EXACT:
+            raise SncError(f"{s.name}: its graded sums can reach {bound:.3g}, beyond float64's exact integers: "
+                           "the emulator cannot promise Lava's numbers")
+    term = Term(src, s.dst, delay, kind, w, geometry, bound, exp, sum_wraps=graded and bound >= 1 << 31)
     if s.scheduled:
         term.gain = Gain(gain_schedule(s, net).astype(np.int64), s.gain_shift, delay - 1 - s.delay, s.lag > 0,
                           term.out_bound >= 1 << 31, s if s.gate else None)
@@ -255,7 +267,7 @@ class Bundle:
             self.weight = torch.sparse_coo_tensor(indices, torch.as_tensor(m.data, dtype=self.dtype), m.shape)
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs [rows, n_out] for source spikes [rows, n_src] (0/1 in self.dtype)."""
+        """Outputs [rows, n_out] for source spikes or payloads [rows, n_src] (in self.dtype)."""
         rows = x.shape[0]
         if self.kind == "conv":
             x = x.reshape(rows, *self.in_shape)
@@ -287,8 +299,10 @@ def _out_size(t: Term, n_src: int) -> int:
 
 
 def post_process(y: torch.Tensor, term: Term, factors: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """A term's own post-processing: the floor of a right shift, the floor of a per-step gain
-    (``factors`` per row of y, from ``Gain.rows``), a per-synapse wrap."""
+    """A term's own post-processing: the int32 wrap of a graded sum, the floor of a right shift, the floor
+    of a per-step gain (``factors`` per row of y, from ``Gain.rows``), a per-synapse wrap."""
+    if term.sum_wraps:
+        y = float_wrap(y.double(), 32)
     if term.exp < 0:
         y = torch.floor(y * 2.0 ** term.exp)
     if factors is not None:
@@ -316,7 +330,7 @@ def delay_lines(net: Netlist) -> dict[str, DelayLine]:
     found: dict[str, DelayLine] = {}
     for g in net.groups.values():
         syns = into.get(g.name, [])
-        if len(syns) != 1 or g.name in net.inputs or g.du != 4095 or np.any(g.bias_mant != 0):
+        if g.graded or len(syns) != 1 or g.name in net.inputs or g.du != 4095 or np.any(g.bias_mant != 0):
             continue
         s = syns[0]
         if s.kind != "sparse" or s.scheduled or s.op.kind != "identity" or s.src == g.name:

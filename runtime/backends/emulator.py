@@ -25,6 +25,12 @@ Lava's arithmetic, replicated (``platform-facts.md``):
   subtraction); ``LIFReset`` zeroes u and v first at
   steps with ``time_step % reset_interval == reset_offset``;
 - the readout (Lava's Extractor) sums its synapses' int32 outputs exactly;
+- snc's ``GradedSum`` (a graded group, ``lava_processes/graded.py``): its
+  value is the int32 sum of its inputs plus its bias, it sends
+  ``graded_payload`` (shifted right, rounded half up, saturated at the
+  payload bits) and keeps nothing; a synapse from it (Lava's graded
+  mat-vec) sums weights times payloads in int32, which wraps, then shifts by
+  ``weight_exp``;
 - snc's step processes (``lava_processes/step.py``): a gained synapse's
   output after the ``weight_exp`` shift is ``floor(a * gain / 2^gain_shift)``
   with the gain of its source's logical step; a per-step bias and host
@@ -40,7 +46,9 @@ How it is fast:
   kernel, with nearest upsampling first, or a matrix product); rows without
   spikes contribute exactly 0 and are skipped. Groups in a recurrent loop
   advance step by step, evaluating their loop synapses per step.
-- **float32 only with a proof.** A float32 sum of 0/1 spikes times integer
+- **float32 only with a proof.** (A graded group's payloads, up to 2^23,
+  always take float64: exact below 2^53, which the sums of at most 2^30
+  |weights| times payloads stay under.) A float32 sum of 0/1 spikes times integer
   weights is exact when every partial sum is an integer below 2^24 in
   magnitude, which holds when, for every output, the sum of |w| over its
   fan-in is below 2^24 (then the result does not depend on summation order;
@@ -83,12 +91,12 @@ import networkx as nx
 import numpy as np
 import torch
 
-from snc.compiler.netlist import Netlist, NeuronGroup, gain_schedule
+from snc.compiler.netlist import Netlist, NeuronGroup, gain_schedule, graded_payload
 from snc.errors import SncError
 
 from .base import CallResult, NetlistBackend, Trace, call_result, host_values, step_rows
-from .emu_synapses import (DECAY_UNITY, FLOAT32_EXACT, V_LIMIT, Bundle, Term, accumulator_dtypes, decay, delay_lines,
-                           make_term, merge_terms, post_process, wrap_current, wrap_int32)
+from .emu_synapses import (DECAY_UNITY, FLOAT32_EXACT, PAYLOAD_LIMIT, V_LIMIT, Bundle, Term, accumulator_dtypes, decay,
+                           delay_lines, make_term, merge_terms, post_process, wrap_current, wrap_int32)
 
 
 # --- the network -----------------------------------------------------------------------------------
@@ -120,7 +128,7 @@ class EmuNetwork:
     logical steps when the netlist is *window-separable* (checked here):
     every simulated group is a ``LIFReset`` that resets at the first step of
     its window (``reset_interval`` = call length, ``reset_offset`` = depth + 1)
-    and every synapse joins a source at depth d to a target at depth
+    or a graded group (it keeps no state at all) and every synapse joins a source at depth d to a target at depth
     d + 1 + delay (``balance_delays`` builds exactly this) or is a recurrent
     synapse (only spikes that land in the target's window pass). Then a spike
     outside its source's window reaches its target outside the target's
@@ -173,7 +181,7 @@ class EmuNetwork:
             g = net.groups[name]
             self.state[name] = _State(np.zeros((batch, g.n), np.int64), np.zeros((batch, g.n), np.int64),
                                       torch.from_numpy(g.bias()),
-                                      torch.zeros((history[name], batch, g.n), dtype=torch.bool))
+                                      torch.zeros((history[name], batch, g.n), dtype=_sent_dtype(g)))
 
     def _window_separable(self, terms: list[Term]) -> bool:
         net, length = self.net, self.length
@@ -182,8 +190,8 @@ class EmuNetwork:
             return False
         for name in self.simulated:
             g = net.groups[name]
-            if g.reset_interval != length or g.reset_offset != (g.depth + 1) % length:
-                return False
+            if not g.graded and (g.reset_interval != length or g.reset_offset != (g.depth + 1) % length):
+                return False  # (a graded group keeps no state between steps)
         if any(depth[name] != depth[line.source] + line.delay for name, line in self.lines.items()):
             return False
         if any(len({depth[m] for m in members}) > 1 for members in self.order):
@@ -223,14 +231,15 @@ class EmuNetwork:
         run = _Run(t0, self.length, span)
         for name in self.simulated:
             run.spike_start[name] = span[name][0]
-            run.spikes[name] = torch.zeros((T, b, self.net.groups[name].n), dtype=torch.bool)
+            g = self.net.groups[name]
+            run.spikes[name] = torch.zeros((T, b, g.n), dtype=_sent_dtype(g))
         self._execute(run, values, trace=False)
         self.time_step += self.length
         readout = self._readout(run).reshape(T, b, *self.net.readout.shape) / self.net.readout.scale
         spikes = {}
         if self.record:
             for name, g in self.net.groups.items():
-                spikes[name] = self._spikes(run, name).reshape(T, b, *g.shape)
+                spikes[name] = self._spikes(run, name).reshape(T, b, *g.shape) != 0  # graded: a non-zero payload
         return CallResult(readout, spikes)
 
     def trace(self, steps: int, currents: dict[str, np.ndarray],
@@ -268,7 +277,7 @@ class EmuNetwork:
         for name in self.simulated:
             hist = self.state[name].history
             run.spike_start[name] = t0 - hist.shape[0]
-            run.spikes[name] = torch.cat([hist, torch.zeros((steps, *hist.shape[1:]), dtype=torch.bool)])
+            run.spikes[name] = torch.cat([hist, torch.zeros((steps, *hist.shape[1:]), dtype=hist.dtype)])
         self._execute(run, values, trace)
         for name in self.simulated:
             st = self.state[name]
@@ -395,6 +404,9 @@ class EmuNetwork:
         st = self.state[name]
         k = a.shape[0]
         start = run.span[name][0] + first
+        if g.graded:
+            self._send_values(run, g, a, start, first, trace)
+            return
         resets = [bool(g.reset_interval) and t % g.reset_interval == g.reset_offset for t in range(start, start + k)]
         keep_u = DECAY_UNITY - (g.du + 1)
         lo, hi = (int(v) for v in torch.aminmax(a))
@@ -421,8 +433,31 @@ class EmuNetwork:
             run.v.setdefault(name, np.empty((steps, *a.shape[1:]), np.int64))[first:first + k] = v
 
 
+    def _send_values(self, run: _Run, g: NeuronGroup, a: torch.Tensor, start: int, first: int, trace: bool) -> None:
+        """A graded group (snc's GradedSum): its value, the int32 sum of its inputs plus its bias, sent as
+        ``graded_payload``."""
+        k = a.shape[0]
+        a_in = wrap_int32(a.to(torch.int64).numpy())  # Lava's InPort sums int32 channel values in int32
+        bias = self.state[g.name].bias
+        value = a_in + (bias[step_rows(self.net, g.name, start, k)][:, None] if g.per_step else bias).numpy()
+        row = start - run.spike_start[g.name]
+        run.spikes[g.name][row:row + k] = torch.from_numpy(graded_payload(value, g.payload_shift, PAYLOAD_LIMIT))
+        if trace:
+            steps = run.span[g.name][1] - run.span[g.name][0]
+            run.u.setdefault(g.name, np.empty((steps, *a.shape[1:]), np.int64))[first:first + k] = a_in
+            run.v.setdefault(g.name, np.empty((steps, *a.shape[1:]), np.int64))[first:first + k] = value
+
+
+def _sent_dtype(g: NeuronGroup) -> torch.dtype:
+    """What a group sends each step: 0/1 spikes, or a graded group's integer payloads."""
+    return torch.int32 if g.graded else torch.bool
+
+
 def _any_spike(rows: torch.Tensor) -> torch.Tensor:
-    """Per row [rows, n] of spikes: any spike (a uint8 max: torch's bool ``any(dim)`` is far slower)."""
+    """Per row [rows, n] of spikes or payloads: any non-zero (a uint8 max: torch's bool ``any(dim)`` is far
+    slower)."""
+    if rows.dtype != torch.bool:
+        rows = rows != 0
     return rows.view(torch.uint8).amax(dim=1) > 0
 
 

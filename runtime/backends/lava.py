@@ -6,7 +6,9 @@ so a whole batch of images advances with one Lava time step. Per netlist item:
 
 - neuron group: ``LIFReset`` (``reset_interval > 0``) or ``LIF``;
   ``StepBiasLIFReset`` (``lava_processes/step.py``) for a bias per logical step
-  or a reset by subtraction;
+  or a reset by subtraction; a graded group: ``GradedSum``
+  (``lava_processes/graded.py``), its synapses on Lava's graded path with the
+  payload's bits;
 The backend runs netlists of the ``loihi2`` target (``LavaBackend``,
 registered as ``lava``) in both of its modes.
 
@@ -163,7 +165,14 @@ class LavaNetwork:
             else:
                 params = dict(du=float(g.du), dv=float(g.dv), vth=float(g.vth),
                               bias_mant=np.tile(g.bias_mant, batch).astype(np.float64), bias_exp=0)
-            if g.per_step or g.subtractive_reset:
+            if g.graded:
+                from .lava_processes.graded import GradedSum
+                rows = step_rows(net, g.name, 1, self.length) if g.per_step else [0]
+                mant, exp = params["bias_mant"], np.broadcast_to(params["bias_exp"], params["bias_mant"].shape)
+                proc = GradedSum(shape=(n,), name=g.name, bias_table_mant=mant[rows] if g.per_step else mant[None],
+                                 bias_table_exp=(exp[rows] if g.per_step else exp[None]).copy(),
+                                 payload_shift=g.payload_shift)
+            elif g.per_step or g.subtractive_reset:
                 from .lava_processes.step import StepBiasLIFReset
                 # one table row per step of a call (one row: the same bias every step)
                 rows = step_rows(net, g.name, 1, self.length) if g.per_step else [0]
@@ -199,7 +208,10 @@ class LavaNetwork:
         from lava.proc.sparse.process import DelaySparse, Sparse
 
         fixed = self.mode == "fixed"
-        kw = dict(num_message_bits=0 if binary_path else 1)
+        # a graded group's payloads always take the graded path; 0/1 spikes either
+        graded = self.net.groups[s.src].graded
+        kw = dict(num_message_bits=get_target(self.net.target).rules.payload_bits if graded else
+                  0 if binary_path else 1)
         if fixed:
             kw.update(weight_exp=s.weight_exp, num_weight_bits=s.num_weight_bits)
         dtype = self.dtype
@@ -294,7 +306,8 @@ class LavaNetwork:
             raw, spikes = self._run(1, values, gates)
             readouts.append(raw[0].reshape(b, -1))
             for name, proc in ((name, self.procs[name]) for name in self.net.groups):
-                per_step["s"][name].append(spikes[name][0].reshape(b, -1) != 0)
+                sent = spikes[name][0].reshape(b, -1)
+                per_step["s"][name].append(sent.astype(state_dtype) if self.net.groups[name].graded else sent != 0)
                 per_step["u"][name].append(proc.u.get().reshape(b, -1).astype(state_dtype))
                 per_step["v"][name].append(proc.v.get().reshape(b, -1).astype(state_dtype))
         stacked = {key: {name: np.stack(seq) for name, seq in table.items()} for key, table in per_step.items()}

@@ -29,7 +29,7 @@ from snc.compiler.netlist import Netlist
 from snc.compiler.readout import filter_macs
 
 from .counted import LoweredCount
-from .report import energy_model
+from .report import GRADED_KEY, energy_model
 
 
 @dataclass
@@ -55,7 +55,7 @@ def graph_energy(net: Netlist, spikes: dict[str, np.ndarray], backend: str, mode
                  profile: dict[str, Any]) -> GraphEnergyReport:
     """The report for the spikes [steps, batch, *shape] per group of one run of ``net`` (fixed netlist,
     already set to the run's steps), per input sequence."""
-    pj = energy_model(profile)
+    pj = energy_model(profile, graded=any(g.graded for g in net.groups.values()))
     steps = net.timestep
     batch = next(iter(spikes.values())).shape[1] if spikes else 1
     counted = LoweredCount(net)
@@ -67,41 +67,46 @@ def graph_energy(net: Netlist, spikes: dict[str, np.ndarray], backend: str, mode
         s = spikes.get(g.name)
         if s is None and g.role == "relay" and net.into(g.name):
             s = spikes.get(net.relay_source(g.name))
-        per_neuron = s.reshape(steps, batch, -1).sum(axis=(0, 1)) / batch if s is not None else np.zeros(g.n)
+        if s is None and g.graded:  # a run of the NIR graph has no sum populations: a payload every step
+            s = np.ones((steps, batch, g.n))
+        per_neuron = (s != 0).reshape(steps, batch, -1).sum(axis=(0, 1)) / batch if s is not None else np.zeros(g.n)
         total = float(per_neuron.sum())
-        sops = float(per_neuron @ fan_out[g.name])
+        ops = float(per_neuron @ fan_out[g.name])
+        sops, graded_ops = (0.0, ops) if g.graded else (ops, 0.0)  # a payload times a weight is a multiply
         active, idle = g.n * steps, g.n * (net.call_steps - steps)
         report.layers.append({
             "layer": g.name, "role": g.role, "neurons": g.n, "spikes": total, "rate": total / (g.n * steps),
-            "synapses_out": int(fan_out[g.name].sum()), "sops": sops, "updates_active": active,
-            "updates_idle": idle, "host_macs": 0,
-            "energy_pj": sops * pj["sop_pj"] + active * pj["neuron_update_pj"] + idle * pj["neuron_idle_pj"]
-            + total * pj["spike_pj"]})
+            "synapses_out": int(fan_out[g.name].sum()), "sops": sops, "graded_ops": graded_ops,
+            "updates_active": active, "updates_idle": idle, "host_macs": 0,
+            "energy_pj": sops * pj["sop_pj"] + graded_ops * pj.get(GRADED_KEY, 0.0) + active * pj["neuron_update_pj"]
+            + idle * pj["neuron_idle_pj"] + total * pj["spike_pj"]})
     for h in net.host_ops:
         macs = h.op.dense_macs() * steps
         report.layers.append({"layer": f"host: {'+'.join(h.origin) or h.src} -> {h.dst}",
                               "role": "host (the input layer, every step)", "neurons": 0, "spikes": 0.0, "rate": 0.0,
-                              "synapses_out": 0, "sops": 0.0, "updates_active": 0, "updates_idle": 0,
-                              "host_macs": macs, "energy_pj": macs * pj["host_mac_pj"]})
+                              "synapses_out": 0, "sops": 0.0, "graded_ops": 0.0, "updates_active": 0,
+                              "updates_idle": 0, "host_macs": macs, "energy_pj": macs * pj["host_mac_pj"]})
     r = net.readout
     if r.filters:
         macs = filter_macs(r.filters, r.n) * steps
         report.layers.append({"layer": f"host: {r.name} integration", "role": "host (non-spiking output neuron)",
                               "neurons": 0, "spikes": 0.0, "rate": 0.0, "synapses_out": 0, "sops": 0.0,
-                              "updates_active": 0, "updates_idle": 0, "host_macs": macs,
+                              "graded_ops": 0.0, "updates_active": 0, "updates_idle": 0, "host_macs": macs,
                               "energy_pj": macs * pj["host_mac_pj"]})
 
     def total(key: str) -> float:
         return float(sum(row[key] for row in report.layers))
 
     chip = float(sum(row["energy_pj"] for row in report.layers if not row["role"].startswith("host")))
-    report.totals = {"sops": total("sops"), "spikes": total("spikes"),
+    report.totals = {"sops": total("sops"), "graded_ops": total("graded_ops"), "spikes": total("spikes"),
                      "neuron_updates": total("updates_active") + total("updates_idle"),
                      "host_macs": total("host_macs"), "energy_pj": total("energy_pj"), "chip_energy_pj": chip,
                      "host_energy_pj": total("energy_pj") - chip}
     report.resources = counted.resources(profile)
     report.formulas = [
-        f"energy = SOPs x {pj['sop_pj']} pJ + active neuron updates x {pj['neuron_update_pj']} pJ + idle updates x "
+        f"energy = SOPs x {pj['sop_pj']} pJ"
+        + (f" + graded ops x {pj[GRADED_KEY]} pJ" if report.totals["graded_ops"] else "")
+        + f" + active neuron updates x {pj['neuron_update_pj']} pJ + idle updates x "
         f"{pj['neuron_idle_pj']} pJ + spikes x {pj['spike_pj']} pJ + host MACs x {pj['host_mac_pj']} pJ",
         f"per input sequence of {steps} steps (a run is {net.call_steps} steps: pipeline depth {net.depth} + "
         f"{steps}); spikes from {backend} ({mode}), averaged over {batch} sequence(s)",

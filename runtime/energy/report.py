@@ -24,6 +24,11 @@ Counting (per image and denoiser call; per sample multiplies by the sampler's st
 - **host work** (time-embedding MLP, host-partitioned ops, the tail) in MACs,
   counted with forward hooks on the host model's conv/linear modules and
   labelled as host work;
+- **graded ops** (``--residual graded``): each non-zero payload a sum
+  population sends times its fan-out: a multiply-accumulate per synapse,
+  priced at the profile's ``graded_sop_pj`` (a profile without it, hardware
+  with binary spikes only, refuses such a build); the sum populations' neuron
+  updates and messages count as every population's;
 - **neuron updates**: every neuron updates every step of a call, ``depth + T``
   steps in the pipelined lowering; the T steps that carry its data are
   "active", the pipeline-fill steps "idle" (Loihi prices them differently);
@@ -63,6 +68,7 @@ from .counted import NirLayer, NirModel
 from .spikes import Counted, SpikeCounts
 
 ENERGY_KEYS = ("sop_pj", "mac_pj", "host_mac_pj", "neuron_update_pj", "neuron_idle_pj", "spike_pj")
+GRADED_KEY = "graded_sop_pj"  # a graded spike through one synapse: payload x weight, accumulated (a MAC)
 PJ_PER_MJ = 1e9
 READS_LABEL = {"spikes": "spikes", "host": "analog, host", "real": "real-valued"}
 
@@ -104,14 +110,19 @@ def host_work_macs(host: HostProgram, specialised: bool = True) -> dict[str, dic
 
 
 # --- the report -----------------------------------------------------------------------------
-def energy_model(profile: dict[str, Any]) -> dict[str, float]:
+def energy_model(profile: dict[str, Any], graded: bool = False) -> dict[str, float]:
+    """The profile's pJ per operation; ``graded``: the network sends graded spikes, which a profile without
+    ``graded_sop_pj`` (hardware with binary spikes only) cannot price."""
     energy = profile.get("energy")
     if energy is None:
         raise SncError(f"profile {profile.get('name')} has no [energy] section")
     missing = [k for k in ENERGY_KEYS if k not in energy]
     if missing:
         raise SncError(f"profile {profile.get('name')}: [energy] lacks {', '.join(missing)}")
-    return {k: float(energy[k]) for k in ENERGY_KEYS}
+    if graded and GRADED_KEY not in energy:
+        raise SncError(f"profile {profile.get('name')} has no graded spikes ({GRADED_KEY}): it cannot price a build "
+                       "whose sum populations send them (--residual graded); use --residual reassociate")
+    return {k: float(energy[k]) for k in ENERGY_KEYS + ((GRADED_KEY,) if GRADED_KEY in energy else ())}
 
 
 @dataclass
@@ -140,7 +151,8 @@ def energy_report(host: HostProgram, counted: Counted, model: NirModel, profile:
                   counts: list[SpikeCounts], steps_per_sample: Optional[int] = None) -> EnergyReport:
     """Per-layer and total operations and energy of ``counted`` (a build's netlist, or a model's NIR graph)
     on ``profile``; ``counts[0]`` prices, the others are compared."""
-    pj = energy_model(profile)
+    nodes = counted.nodes()
+    pj = energy_model(profile, graded=any(role == "graded" for _, _, role, _ in nodes))
     T = counted.timestep
     lowered = counted.lowered
     call_steps = counted.depth + T
@@ -154,7 +166,6 @@ def energy_report(host: HostProgram, counted: Counted, model: NirModel, profile:
     for layer in layers:
         if layer.reads == "spikes":
             papers[layer.source] = papers.get(layer.source, 0.0) + main.layer_sops[layer.name]
-    nodes = counted.nodes()
     fan_out = counted.fan_outs() if lowered else {name: np.zeros(0, np.int64) for name, *_ in nodes}
     exact = {c.backend: c.sops_exact for c in counts}
     rows = report.layers
@@ -174,8 +185,12 @@ def energy_report(host: HostProgram, counted: Counted, model: NirModel, profile:
         else:
             spikes_main = 0.0
             row.update(synapses_out=0, sops_exact=0.0, sops_papers=0.0)
+        # a graded group's non-zero payloads times fan-out: multiplies, not the binary accumulates of SOPs
+        row["graded_ops_exact"], row["sops_exact"] = (row["sops_exact"], 0.0) if role == "graded" else \
+            (0.0, row["sops_exact"])
         row["macs_exact"] = row["macs_papers"] = 0
-        row["energy_exact_pj"] = (row["sops_exact"] * pj["sop_pj"] + row["updates_active"] * pj["neuron_update_pj"]
+        row["energy_exact_pj"] = (row["sops_exact"] * pj["sop_pj"] + row["graded_ops_exact"] * pj.get(GRADED_KEY, 0.0)
+                                  + row["updates_active"] * pj["neuron_update_pj"]
                                   + row["updates_idle"] * pj["neuron_idle_pj"] + spikes_main * pj["spike_pj"]
                                   if lowered else 0.0)
         row["energy_papers_pj"] = row["sops_papers"] * pj["sop_pj"]
@@ -183,7 +198,8 @@ def energy_report(host: HostProgram, counted: Counted, model: NirModel, profile:
 
     def work_row(name: str, role: str, macs_exact: float, macs_papers: float, price: float) -> None:
         rows.append({"layer": name, "role": role, "neurons": 0, "updates_active": 0, "updates_idle": 0,
-                     "synapses_out": 0, "sops_exact": 0.0, "sops_papers": 0.0, "macs_exact": macs_exact,
+                     "synapses_out": 0, "sops_exact": 0.0, "graded_ops_exact": 0.0, "sops_papers": 0.0,
+                     "macs_exact": macs_exact,
                      "macs_papers": macs_papers, "energy_exact_pj": macs_exact * price,
                      "energy_papers_pj": macs_papers * price})
 
@@ -217,9 +233,10 @@ def energy_report(host: HostProgram, counted: Counted, model: NirModel, profile:
     report.resources = counted.resources(profile)
     if not lowered:
         report.level = "nir"
+    graded_term = f" + graded ops x {pj[GRADED_KEY]} pJ" if any(r["graded_ops_exact"] for r in rows) else ""
     report.formulas = [
-        f"exact = SOPs x {pj['sop_pj']} pJ + active neuron updates x {pj['neuron_update_pj']} pJ + idle updates x "
-        f"{pj['neuron_idle_pj']} pJ + spikes x {pj['spike_pj']} pJ + host MACs x {pj['host_mac_pj']} pJ",
+        f"exact = SOPs x {pj['sop_pj']} pJ{graded_term} + active neuron updates x {pj['neuron_update_pj']} pJ + "
+        f"idle updates x {pj['neuron_idle_pj']} pJ + spikes x {pj['spike_pj']} pJ + host MACs x {pj['host_mac_pj']} pJ",
         f"papers = fr x T x FLOPs x {pj['sop_pj']} pJ + real-valued MACs x {pj['mac_pj']} pJ "
         f"+ host MACs x {pj['host_mac_pj']} pJ",
         f"ANN twin = MACs x {pj['mac_pj']} pJ (host parts x {pj['host_mac_pj']} pJ)",
@@ -278,7 +295,8 @@ def _totals(rows: list[dict], kinds: list[dict], steps: int, pj: dict[str, float
         return float(sum(r.get(key, 0) for r in rows))
 
     call = {
-        "sops_exact": total("sops_exact"), "sops_papers": total("sops_papers"),
+        "sops_exact": total("sops_exact"), "graded_ops_exact": total("graded_ops_exact"),
+        "sops_papers": total("sops_papers"),
         "macs_exact": total("macs_exact"), "macs_papers": total("macs_papers"),
         "neuron_updates": total("updates_active") + total("updates_idle"),
         "energy_exact_pj": total("energy_exact_pj"), "energy_papers_pj": total("energy_papers_pj"),

@@ -1,0 +1,159 @@
+"""The two lowerings of real-valued tensors read twice, side by side (issue 18, item 1).
+
+For each model (the shipped digits U-Net and lateral transformer, and the CIFAR presets at random init) and
+each ``--residual`` (``reassociate``: every reader gets a copy of the ops behind it; ``graded``: sum
+populations send the value as graded spikes), through the ``snc`` command as a user runs it, one process per
+step so that each peak memory is its own:
+
+- ``snc compile --json``: compile time and peak RSS, depth, neurons, synapses, cores, chips;
+- the build's size on disk;
+- ``snc verify --backends emu --json``: fixed point (the emulator, = Lava fixed_pt) vs the torch model,
+  spike agreement and output error;
+- ``snc energy --backend emu --json`` per sample on ``loihi2`` (an estimate) and ``cmos45nm-fp32``.
+
+A step that fails (a model too large to lower, a machine too small to run it) is recorded with its error.
+Output: JSON on stdout (``-o`` writes it to a file too) and a markdown table on stderr.
+
+    .venv/bin/python tools/residual_table.py --models digits-unet,digits-lateral -n 4
+    .venv/bin/python tools/residual_table.py --models cifar10-sddpm --no-verify --energy-n 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SNC = str(ROOT / ".venv" / "bin" / "snc")
+SOURCES = {  # model -> what `snc compile` takes
+    "digits-unet": [str(ROOT / "models" / "checkpoints" / "digits-unet.pt")],
+    "digits-lateral": [str(ROOT / "models" / "checkpoints" / "digits-lateral.pt")],
+    "cifar10-sddpm": ["--preset", "cifar10-sddpm"],
+    "cifar10-lateral": ["--preset", "cifar10-lateral"],
+}
+RESIDUALS = ("reassociate", "graded")
+PROFILES = ("loihi2", "cmos45nm-fp32")
+
+
+def run(args: list[str], timeout: float) -> tuple[dict | None, str, float, float]:
+    """(the command's JSON or None, its error line, seconds, peak RSS of the child in MB)."""
+    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    try:
+        done = subprocess.run([SNC, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s", time.perf_counter() - start, 0.0
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_mb = peak / 1024 if peak > before else float("nan")  # the largest child so far: only a new peak is ours
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] or done.stderr.splitlines()[-1:]
+        return None, lines[0] if lines else f"exit {done.returncode}", seconds, peak_mb
+    return json.loads(done.stdout), "", seconds, peak_mb
+
+
+def size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def measure(model: str, residual: str, work: Path, args: argparse.Namespace) -> dict:
+    build = work / f"{model}-{residual}"
+    row: dict = {"model": model, "residual": residual}
+    report, error, seconds, peak = run(["compile", *SOURCES[model], "--residual", residual, "--allow-oversize",
+                                        "-o", str(build), "--json"], args.timeout)
+    row["compile_seconds"], row["compile_peak_rss_mb"] = round(seconds, 1), round(peak, 0)
+    if report is None:
+        row["error"] = error
+        return row
+    row.update(depth=report["depth"], call_steps=report["call_steps"],
+               neurons=sum(layer["neurons"] for layer in report["layers"]), synapses=report["synapses"],
+               cores=report["cores"], chips=report["chips"],
+               graded_populations=report.get("graded_populations", 0), build_mb=round(size_mb(build), 1))
+    if args.verify:
+        verified, error, seconds, peak = run(["verify", str(build), "--backends", "emu", "-n", str(args.n), "--json"],
+                                             args.timeout)
+        row["verify_seconds"], row["verify_peak_rss_mb"] = round(seconds, 1), round(peak, 0)
+        if verified is None:
+            row["verify_error"] = error
+        else:
+            row["fixed_vs_torch_agreement"] = verified["agreement"]["emu_vs_torch"]
+            row["fixed_vs_torch_output_error"] = verified["output_rel_error"]["emu_vs_torch"]
+            row["worst_layer_agreement"] = min(layer["emu_vs_torch"] for layer in verified["layers"])
+    for profile in PROFILES:
+        energy, error, seconds, _ = run(["energy", str(build), "--profile", profile, "--backend", "emu",
+                                         "-n", str(args.energy_n), "--json"], args.timeout)
+        if energy is None:
+            row[f"energy_error[{profile}]"] = error
+            continue
+        totals = energy["totals"]
+        row[f"energy_mj_per_sample[{profile}]"] = round(totals["per_sample"]["energy_exact_mj"], 4)
+        row["sops_per_call"] = totals["per_call"]["sops_exact"]
+        row["graded_ops_per_call"] = totals["per_call"].get("graded_ops_exact", 0.0)
+    if not args.keep:
+        shutil.rmtree(build, ignore_errors=True)
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = [("model", "model"), ("residual", "residual"), ("depth", "depth"), ("neurons", "neurons"),
+            ("synapses", "synapses"), ("cores", "cores"), ("chips", "chips"), ("build_mb", "build MB"),
+            ("compile_seconds", "compile s"), ("compile_peak_rss_mb", "compile MB"),
+            ("fixed_vs_torch_agreement", "fixed vs torch"), ("worst_layer_agreement", "worst layer"),
+            ("fixed_vs_torch_output_error", "output err"), ("sops_per_call", "SOPs/call"),
+            ("graded_ops_per_call", "graded ops/call")] + \
+        [(f"energy_mj_per_sample[{p}]", f"mJ/sample {p}") for p in PROFILES]
+    lines = ["| " + " | ".join(title for _, title in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for key, _ in cols:
+            v = r.get(key)
+            if v is None:
+                v = r.get("error", "-") if key == "depth" else "-"
+            elif isinstance(v, float) and key.endswith(("agreement", "error")):
+                v = f"{v:.2%}" if "agreement" in key else f"{v:.3g}"
+            elif isinstance(v, (int, float)) and v >= 10000:
+                v = f"{v:,.0f}"
+            cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="digits-unet,digits-lateral")
+    parser.add_argument("--residuals", default=",".join(RESIDUALS))
+    parser.add_argument("-n", type=int, default=4, help="images per diffusion step of the verify")
+    parser.add_argument("--energy-n", type=int, default=2, help="images per calibration step of the energy count")
+    parser.add_argument("--no-verify", dest="verify", action="store_false")
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--keep", action="store_true", help="keep the builds (in --work)")
+    parser.add_argument("--work", type=Path, default=None, help="directory for the builds (default: a temporary one)")
+    parser.add_argument("-o", "--output", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="snc-residual-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in args.models.split(","):
+        for residual in args.residuals.split(","):
+            rows.append(measure(model, residual, work, args))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    out = {"machine": {"cpus": os.cpu_count()}, "rows": rows}
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+    print(markdown(rows), file=sys.stderr)
+    if args.work is None and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
