@@ -75,8 +75,8 @@ How it is fast:
 
 On a device (``device``, ``--device cpu|cuda``): the synapses run there (their weights, the spike
 histories, the input accumulators and every op on them) and the neuron recurrences run on the host
-(integer numpy, the same on any machine); each group's input crosses to the host once per run, its
-spikes back, and outputs are read on the host. The results are bit-identical on every device, because
+(integer numpy, the same on any machine); each group's summed input crosses to the host and its spikes
+back (once per run; per step in a recurrent loop), and outputs are read on the host. The results are bit-identical on every device, because
 the float proofs above need only that each op multiplies and adds IEEE floats: every product of a 0/1
 spike and an integer weight is exact, and every partial sum of a float32 op is an integer below 2^24
 (float64: 2^53), so any summation order gives the same exact sum (cuBLAS's split reductions, cuSPARSE,
