@@ -31,7 +31,7 @@ from snc.compiler.nir_io import NIR_DT
 from snc.compiler.nir_normalise import SPIKING
 from snc.errors import SncError
 
-from .backends import BACKENDS, get_backend
+from .backends import BACKENDS, check_device, get_backend
 from .backends.base import NetlistBackend, host_readout
 from snc.compiler.nir_reference import NIRReference
 
@@ -62,9 +62,11 @@ def run_backends() -> tuple[str, ...]:
 
 
 def run_graph(build: Build, x: np.ndarray, backend: str = "emu", mode: Optional[str] = None,
-              timeout: Optional[float] = None) -> GraphRun:
+              timeout: Optional[float] = None, device: Optional[str] = None) -> GraphRun:
     """Run ``build`` on the input sequence ``x`` (see the module docstring); ``timeout``: seconds a supervised
-    backend's run may take."""
+    backend's run may take; ``device``: of a backend that runs on one (the emulator)."""
+    if backend == REFERENCE and device is not None:
+        raise SncError("--backend reference is the float NIR executor on the CPU; it has no --device")
     graph = build.nir_graph
     x = shaped_input(x, graph)
     steps, batch = int(x.shape[0]), int(x.shape[1])
@@ -85,7 +87,7 @@ def run_graph(build: Build, x: np.ndarray, backend: str = "emu", mode: Optional[
                        f"{', '.join(sorted(net.host_inputs))}: a denoiser build runs with snc sample / verify")
     net = net.for_steps(steps)
     currents = netlist_currents(net, {name: torch.as_tensor(x)})
-    network = be.network(net, batch, True, **be.call_options(timeout))
+    network = be.network(net, batch, True, **be.call_options(timeout, check_device(device, [backend])))
     try:
         result = network.call(currents, None)
     finally:

@@ -29,7 +29,7 @@ from snc.compiler.netlist import Netlist
 from snc.errors import SncError
 from snc.memory import available_mb
 
-from .backends import BACKENDS, get_backend
+from .backends import BACKENDS, check_device, get_backend
 from .backends.base import CallResult
 
 REFERENCE = "torch"
@@ -116,12 +116,14 @@ def _check_records_fit(net: Netlist, n: int, records: int) -> None:
 
 def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0,
                  backends: Sequence[str] = ("lava",), batch: Optional[int] = None,
-                 timeout: Optional[float] = None) -> VerifyReport:
+                 timeout: Optional[float] = None, device: Optional[str] = None) -> VerifyReport:
     """Calls at diffusion steps ``fraction * steps`` (100, 500, 900 for 1000 steps) on ``n`` images each,
-    ``batch`` images per chip call (default n); ``timeout``: seconds a supervised backend's call may take."""
+    ``batch`` images per chip call (default n); ``timeout``: seconds a supervised backend's call may take;
+    ``device``: of the backends that run on one (the emulator)."""
     if batch is not None and not 1 <= batch <= n:
         raise SncError(f"--batch must be in 1..{n} (-n)")
     runs_spec = parse_runs(backends)
+    on_device = check_device(device, [name for _, name, _ in runs_spec])
     net = build.netlist()
     _check_records_fit(net, n, len(fractions) * len(runs_spec))
     host = build.host
@@ -134,7 +136,7 @@ def verify_build(build: Build, n: int = 8, fractions: tuple[float, ...] = (0.1, 
         backend = get_backend(name)
         semantics[label] = backend.semantics(mode)
         with backend.open(build, mode, batch=batch or n, record=True, auto_batch=batch is None,
-                          **backend.call_options(timeout)) as runner:
+                          **backend.call_options(timeout, on_device)) as runner:
             results[label] = [(runner(x.double(), t), runner.last) for x, t in pairs]
             batches[label] = getattr(runner, "batch", n)  # the torch model takes all n at once
     labels = [r[0] for r in runs_spec]

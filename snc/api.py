@@ -43,7 +43,7 @@ from snc.compiler.targets import get_target
 from snc.errors import SncError
 from snc.hw_profiles import load_profile
 from snc.models.diffusion import Schedule
-from snc.runtime.backends import BACKENDS, get_backend
+from snc.runtime.backends import BACKENDS, check_device, get_backend
 from snc.runtime.energy import (EnergyReport, LoweredCount, NirLevelCount, NirModel, PipelineEnergyReport,
                                 calibration_pairs, energy_report, tally_calls)
 from snc.runtime.energy.graph import GraphEnergyReport, graph_energy
@@ -264,9 +264,10 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
            sampler: Optional[str] = None, steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0,
            n: int = 16, batch: Optional[int] = None, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None,
            status: Status = _quiet, timeout: Optional[float] = None, order: int = 3,
-           spacing: Optional[str] = None, temperature: float = 1.0) -> SampleResult:
+           spacing: Optional[str] = None, temperature: float = 1.0, device: Optional[str] = None) -> SampleResult:
     """Images from a diffusion sampler driving the denoiser on ``backend`` (chip backends need a build);
-    ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take; ``order``: DPM-Solver's;
+    ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take; ``device``: the torch
+    device of a backend that runs on one (``Backend.devices``; default cpu); ``order``: DPM-Solver's;
     ``spacing``: of the sampler's steps, ``time`` or ``logsnr`` (default: the sampler's own). A model of several
     cores runs its own process (``runtime/pipelines.py``; ``temperature``: its token sampler's)."""
     if n < 1 or (batch is not None and not 1 <= batch <= n):
@@ -276,15 +277,16 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
     if not 0 < threshold_scale < float("inf"):
         raise SncError("--threshold-scale must be a positive finite number")
     chosen = get_backend(backend)
+    options = chosen.call_options(timeout, check_device(device, [backend]))
     src = open_source(source)
     if isinstance(src, (Pipeline, PipelineBuild)):
-        return _sample_pipeline(src, chosen, mode, sampler, steps, threshold_scale, n, batch, seed, on_step, timeout,
+        return _sample_pipeline(src, chosen, mode, sampler, steps, threshold_scale, n, batch, seed, on_step, options,
                                 temperature)
     sampler = sampler or "ddim"
     check_sampler_options(sampler, eta, order, spacing)
     _check_image_denoiser(src)
     with chosen.open(src, mode, batch=batch or n, threshold_scale=threshold_scale, auto_batch=batch is None,
-                     **chosen.call_options(timeout)) as runner:
+                     **options) as runner:
         host = runner.host  # moments: the model as the runner holds it, without its own guidance
         cfg = host.config
         schedule = Schedule(steps=cfg.diffusion_steps)
@@ -306,7 +308,7 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
 
 def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional[str], sampler: Optional[str],
                      steps: Optional[int], threshold_scale: float, n: int, batch: Optional[int], seed: int,
-                     on_step: Optional[Callable[[int, int], None]], timeout: Optional[float],
+                     on_step: Optional[Callable[[int, int], None]], options: dict[str, Any],
                      temperature: float) -> SampleResult:
     from snc.runtime.pipelines import process_for
 
@@ -314,7 +316,7 @@ def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional
 
     def open_stage(name: str):
         return chosen.open(src.stage(name), mode, batch=batch or n, threshold_scale=threshold_scale,
-                           auto_batch=batch is None, **chosen.call_options(timeout))
+                           auto_batch=batch is None, **options)
 
     start = time.perf_counter()
     result = process.run(open_stage, n, steps, temperature, torch.Generator().manual_seed(seed), on_step)
@@ -345,31 +347,33 @@ def _check_images_fit(n: int, values_per_image: int) -> None:
 
 
 def verify(source: Union[PathLike, Build, PipelineBuild], *, backends: Sequence[str] = ("lava",), n: int = 8,
-           batch: Optional[int] = None, seed: int = 0,
-           timeout: Optional[float] = None) -> Union[VerifyReport, PipelineVerifyReport]:
+           batch: Optional[int] = None, seed: int = 0, timeout: Optional[float] = None,
+           device: Optional[str] = None) -> Union[VerifyReport, PipelineVerifyReport]:
     """One denoiser call per diffusion step (0.1, 0.5, 0.9 of the schedule) on the torch model and each
     backend; every pair compared (``VerifyReport.exact``: the same arithmetic agreed bit for bit). A pipeline
-    build: every core, each on its own calls."""
+    build: every core, each on its own calls. ``device``: of the backends that run on one (see ``sample``)."""
     if n < 1:
         raise SncError("-n must be at least 1")
     build = source if isinstance(source, (Build, PipelineBuild)) else read_any_build(Path(source))
     if isinstance(build, PipelineBuild):
         return PipelineVerifyReport({name: verify_build(stage, n=n, seed=seed, backends=tuple(backends), batch=batch,
-                                                        timeout=timeout) for name, stage in build.stages.items()})
-    return verify_build(build, n=n, seed=seed, backends=tuple(backends), batch=batch, timeout=timeout)
+                                                        timeout=timeout, device=device)
+                                     for name, stage in build.stages.items()})
+    return verify_build(build, n=n, seed=seed, backends=tuple(backends), batch=batch, timeout=timeout, device=device)
 
 
 def energy(source: Union[PathLike, Source, None] = None, *, preset: Optional[str] = None,
            profile: Optional[str] = None, target: str = "loihi2", backends: Sequence[str] = ("torch",),
            mode: str = "fixed", steps: Optional[int] = None, n: int = 4, seed: int = 0, specialised: bool = True,
-           nir_level: bool = False, status: Status = _quiet,
-           timeout: Optional[float] = None) -> Union[EnergyReport, PipelineEnergyReport]:
+           nir_level: bool = False, status: Status = _quiet, timeout: Optional[float] = None,
+           device: Optional[str] = None) -> Union[EnergyReport, PipelineEnergyReport]:
     """Energy, SOPs and resources per layer of a build (or of a checkpoint / preset compiled in memory for
     ``target``, or with ``nir_level`` counted on its NIR graph), spike counts from ``backends[0]`` (the
     others compared), priced on ``profile`` (default: the build's target). A model of several cores: one
-    sample, every core's calls (``steps``: the sampling steps)."""
+    sample, every core's calls (``steps``: the sampling steps); ``device``: see ``sample``."""
     if not backends or len(set(backends)) != len(backends) or not set(backends) <= set(BACKENDS):
         raise SncError(f"--backend takes {' / '.join(BACKENDS)} or a comma list of them, got {','.join(backends)!r}")
+    on_device = check_device(device, backends)
     if n < 1 or (steps is not None and steps < 1):
         raise SncError("-n and --steps must be positive")
     if mode not in get_target(target).modes:
@@ -383,7 +387,8 @@ def energy(source: Union[PathLike, Source, None] = None, *, preset: Optional[str
         calls = process_for(src.arch).calls(steps, lambda name: src.stage(name).host)
         return PipelineEnergyReport(src.arch, {
             name: energy(src.stage(name), profile=profile, target=target, backends=backends, mode=mode, steps=count,
-                         n=n, seed=seed, specialised=specialised, nir_level=nir_level, status=status, timeout=timeout)
+                         n=n, seed=seed, specialised=specialised, nir_level=nir_level, status=status, timeout=timeout,
+                         device=device)
             for name, count in calls.items()})
     if nir_level:
         if list(backends) != ["torch"] or isinstance(src, Build) or (isinstance(src, Deployable) and src.host is None):
@@ -429,27 +434,28 @@ def energy(source: Union[PathLike, Source, None] = None, *, preset: Optional[str
         run_mode = "float64" if name == "torch" else mode
         with status(f"counting spikes on {name}"), \
                 backend.open(build, run_mode, batch=n, record=True, specialised=specialised, auto_batch=True,
-                             **backend.call_options(timeout)) as runner:
+                             **backend.call_options(timeout, on_device)) as runner:
             counts.append(tally_calls(runner, counted, model, pairs, specialised))
     report = energy_report(host, counted, model, price, counts, steps)
     return dataclasses.replace(report, random_init=bool(build.meta.get("host_meta", {}).get("random_init")))
 
 
 def run(build: Union[PathLike, Build], inputs: Union[PathLike, np.ndarray], *, backend: str = "emu",
-        mode: Optional[str] = None, timeout: Optional[float] = None) -> GraphRun:
+        mode: Optional[str] = None, timeout: Optional[float] = None, device: Optional[str] = None) -> GraphRun:
     """Run a compiled graph on an input sequence (``[steps, *input_shape]`` or ``[steps, batch,
-    *input_shape]``, an array or a .npy file) on ``backend`` (lava, emu, reference: the float NIR executor)."""
+    *input_shape]``, an array or a .npy file) on ``backend`` (lava, emu, reference: the float NIR executor);
+    ``device``: see ``sample``."""
     b = build if isinstance(build, Build) else read_build(Path(build))
     x = inputs if isinstance(inputs, np.ndarray) else load_array(inputs)
-    return run_graph(b, x, backend, mode, timeout)
+    return run_graph(b, x, backend, mode, timeout, device)
 
 
 def graph_energy_of(build: Union[PathLike, Build], inputs: Union[PathLike, np.ndarray], *, backend: str = "emu",
                     mode: Optional[str] = None, profile: Optional[str] = None,
-                    timeout: Optional[float] = None) -> GraphEnergyReport:
+                    timeout: Optional[float] = None, device: Optional[str] = None) -> GraphEnergyReport:
     """Energy, SOPs and resources of a compiled graph for the spikes of a run on ``inputs``."""
     b = build if isinstance(build, Build) else read_build(Path(build))
-    result = run(b, inputs, backend=backend, mode=mode, timeout=timeout)
+    result = run(b, inputs, backend=backend, mode=mode, timeout=timeout, device=device)
     net = b.netlist(b.modes[0]).for_steps(result.steps)  # counted on the chip's integers
     return graph_energy(net, result.spikes, result.backend, result.mode, load_profile(profile or b.target))
 

@@ -117,6 +117,11 @@ def _timeout_option() -> Any:
                         "(every Lava run is watched: a Lava process that dies ends it at once)")
 
 
+def _device_option() -> Any:
+    return typer.Option(None, "--device", help="cpu | cuda | cuda:N: the torch device the emulator (emu) runs on, "
+                        "bit-identical on any (default cpu; the torch model and Lava stay on the CPU)")
+
+
 @app.command()
 def train(
     preset: Optional[str] = typer.Option(None, "--preset", help="digits-unet | digits-mlp | digits-lateral | "
@@ -177,6 +182,7 @@ def sample(
     seed: int = _seed_option(),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
     timeout: Optional[float] = _timeout_option(),
+    device: Optional[str] = _device_option(),
 ) -> None:
     """Generate images with a diffusion sampler driving the denoiser on a backend."""
     from snc import api
@@ -187,7 +193,7 @@ def sample(
         result = api.sample(model, backend=backend, mode=mode, sampler=sampler, steps=steps, eta=eta,
                             threshold_scale=threshold_scale, n=n, batch=batch, seed=seed, on_step=bar,
                             status=console.status, timeout=timeout, order=order, spacing=spacing,
-                            temperature=temperature)
+                            temperature=temperature, device=device)
     save_grid(result.images, output)
     npy = output.with_suffix(".npy")
     np.save(npy, result.images.numpy())
@@ -451,6 +457,7 @@ def run_cmd(
                                           "*output_shape] and count/<population> (spikes per neuron)"),
     as_json: bool = typer.Option(False, "--json"),
     timeout: Optional[float] = _timeout_option(),
+    device: Optional[str] = _device_option(),
 ) -> None:
     """Run a compiled graph on an input sequence (snc adds the pipeline depth); write its output per step."""
     import time
@@ -461,7 +468,7 @@ def run_cmd(
     if output is not None and not output.parent.is_dir():
         raise SncError(f"{output}: no such directory {output.parent}")
     start = time.perf_counter()
-    result = api.run(build_dir, inputs, backend=backend, mode=mode, timeout=timeout)
+    result = api.run(build_dir, inputs, backend=backend, mode=mode, timeout=timeout, device=device)
     seconds = time.perf_counter() - start
     if output is not None:
         try:
@@ -487,6 +494,7 @@ def verify(
     seed: int = _seed_option(),
     as_json: bool = typer.Option(False, "--json"),
     timeout: Optional[float] = _timeout_option(),
+    device: Optional[str] = _device_option(),
 ) -> None:
     """One denoiser call per diffusion step through torch and the backends; compare spikes and outputs
     (runs of the same arithmetic, the emulator and Lava fixed_pt, must be identical)."""
@@ -495,7 +503,8 @@ def verify(
     from snc import api
 
     start = time.perf_counter()
-    report = api.verify(build_dir, backends=_backends(backends), n=n, batch=batch, seed=seed, timeout=timeout)
+    report = api.verify(build_dir, backends=_backends(backends), n=n, batch=batch, seed=seed, timeout=timeout,
+                        device=device)
     result = report.as_dict() | {"seconds": round(time.perf_counter() - start, 1)}
     if as_json:
         print(json.dumps(result, indent=2))
@@ -534,6 +543,7 @@ def energy(
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="write the per-layer table as CSV"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a per-layer bar chart (PNG)"),
     timeout: Optional[float] = _timeout_option(),
+    device: Optional[str] = _device_option(),
 ) -> None:
     """Energy, SOPs and resources per layer: exact (the netlist) and the papers' fr x T x FLOPs; for a build
     of any graph, of one run on --input."""
@@ -547,7 +557,7 @@ def energy(
         if source is None or len(chosen) != 1 or nir_level or preset is not None:
             raise SncError("--input costs one run of a build directory on one --backend (lava | emu | reference)")
         graph_report = api.graph_energy_of(source, inputs, backend="emu" if chosen == ["torch"] else chosen[0],
-                                           mode=mode, profile=profile_name, timeout=timeout)
+                                           mode=mode, profile=profile_name, timeout=timeout, device=device)
         if csv_path is not None:
             _write_csv(csv_path, graph_report.layers)
         if as_json:
@@ -557,7 +567,7 @@ def energy(
         return
     report = api.energy(source, preset=preset, profile=profile_name, target=target, backends=chosen, mode=mode,
                         steps=steps, n=n, seed=seed, specialised=not all_experts, nir_level=nir_level,
-                        status=console.status, timeout=timeout)
+                        status=console.status, timeout=timeout, device=device)
     stages = getattr(report, "stages", None)  # a model of several cores: a report per core, in one sample
     try:
         if csv_path is not None:

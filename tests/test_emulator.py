@@ -11,11 +11,14 @@ several diffusion steps. Lava always runs as real processes, stopped in
 
 from __future__ import annotations
 
+import ast
 import json
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
@@ -23,8 +26,10 @@ from scipy import sparse
 from snc.compiler.linear import LinearOp
 from snc.compiler.netlist import Netlist, NeuronGroup, ReadoutPort, Synapse, netlist_currents
 from snc.errors import SncError
+from snc import api
 from snc.models.checkpoint import shipped_checkpoint
-from snc.runtime.backends import netlist_backend
+from snc.runtime.backends import emu_synapses, emulator, netlist_backend
+from snc.runtime.backends.devices import exact_float_ops
 from snc.runtime.backends.emu_synapses import lava_weights
 from snc.runtime.backends.emulator import EmuNetwork
 from snc.runtime.backends.lava import LavaNetwork
@@ -343,6 +348,9 @@ def test_sample_on_emu(unet_build, tmp):
     res = json.loads(_ok(run_snc("sample", str(unet_build.path), "--backend", "emu", "--steps", "3", "-n", "2",
                                  "-o", str(tmp / "emu.png"), "--json")).stdout)
     assert res["backend"] == "emu" and res["mode"] == "fixed" and np.load(tmp / "emu.npy").shape == (2, 1, 8, 8)
+    _ok(run_snc("sample", str(unet_build.path), "--backend", "emu", "--steps", "3", "-n", "2", "--device", "cpu",
+                "-o", str(tmp / "cpu.png")))
+    assert np.array_equal(np.load(tmp / "cpu.npy"), np.load(tmp / "emu.npy"))
 
 
 def test_emu_usage_errors(unet_build, tmp):
@@ -351,3 +359,105 @@ def test_emu_usage_errors(unet_build, tmp):
                  "emulator of Lava fixed_pt")
     _clean_error(run_snc("sample", str(shipped_checkpoint("digits-unet")), "--backend", "emu"), "needs a build")
     _clean_error(run_snc("verify", build, "--backends", "emu,gpu"), "--backends takes")
+    if not torch.cuda.is_available():
+        _clean_error(run_snc("verify", build, "--backends", "emu", "--device", "cuda"), "--device cuda: no CUDA device")
+    with pytest.raises(SncError, match="--device must be cpu, cuda or cuda:N, not 'gpu'"):
+        api.sample(build, backend="emu", device="gpu")
+    with pytest.raises(SncError, match="--device cpu: only emu runs on a chosen torch device, not torch$"):
+        api.sample(build, backend="torch", device="cpu")
+    with pytest.raises(SncError, match="not lava$"):
+        api.sample(build, backend="lava", device="cpu")
+    with pytest.raises(SncError, match="reference is the float NIR executor on the CPU; it has no --device"):
+        api.run(build, np.zeros((2, 1, 8, 8)), backend="reference", device="cpu")
+
+
+# --- devices -------------------------------------------------------------------------------------------
+def _tensors(obj, path: str = "network", seen: set | None = None):
+    """(path, tensor) for every torch tensor reachable from ``obj`` through attributes and containers."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{path}[{key!r}]", seen)
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{path}[{i}]", seen)
+    elif is_dataclass(obj) or type(obj).__module__.startswith("snc.runtime"):
+        names = [f.name for f in fields(obj)] if is_dataclass(obj) else list(vars(obj))
+        for name in names:
+            yield from _tensors(getattr(obj, name), f"{path}.{name}", seen)
+
+
+def _emu_on(device: str, net: Netlist, calls, trace_steps: int):
+    """Every call's result on both integration schemes, a trace, and the networks' held tensors."""
+    windows = EmuNetwork(net, 2, record=True, windows_only=True, device=device)
+    every_step = EmuNetwork(net, 2, record=True, device=device)
+    results = [network.call(currents) for currents in calls for network in (windows, every_step)]
+    trace = every_step.trace(trace_steps, calls[0])
+    return results, trace, list(_tensors(windows)) + list(_tensors(every_step))
+
+
+def _assert_same_runs(a, b) -> None:
+    for x, y in zip(a[0], b[0], strict=True):
+        assert np.array_equal(x.readout, y.readout) and x.spikes.keys() == y.spikes.keys()
+        assert all(np.array_equal(x.spikes[name], y.spikes[name]) for name in x.spikes)
+    for part in ("spikes", "u", "v"):
+        assert all(np.array_equal(getattr(a[1], part)[n], getattr(b[1], part)[n]) for n in getattr(a[1], part))
+    assert np.array_equal(a[1].readout, b[1].readout)
+
+
+def test_an_explicit_cpu_device_holds_every_tensor_there_and_changes_nothing(digits_unet):
+    build, net = digits_unet
+    calls = _call_currents(build.host, net, 2, [900, 100])
+    default = EmuNetwork(net, 2, record=True, windows_only=True)
+    on_cpu = _emu_on("cpu", net, calls, 2)
+    tensors = on_cpu[2]
+    assert any(".bundles" in path for path, _ in tensors) and any(".history" in path for path, _ in tensors)
+    assert all(t.device == torch.device("cpu") for _, t in tensors)
+    assert all(isinstance(s.u, np.ndarray) and isinstance(s.bias, np.ndarray) for s in default.state.values())
+    for currents, result in zip(calls, on_cpu[0][::2]):
+        expected = default.call(currents)
+        assert np.array_equal(result.readout, expected.readout)
+        assert all(np.array_equal(result.spikes[name], s) for name, s in expected.spikes.items())
+    reports = [api.verify(build, backends=["emu"], n=2, device=device).as_dict() for device in (None, "cpu")]
+    assert reports[0] == reports[1] and reports[0]["exact"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_the_emulator_on_cuda_equals_it_on_the_cpu_bit_for_bit(digits_unet):
+    build, net = digits_unet
+    calls = _call_currents(build.host, net, 2, [900, 500, 100])
+    on_cuda = _emu_on("cuda", net, calls, 3)
+    assert all(t.device.type == "cuda" for _, t in on_cuda[2])
+    _assert_same_runs(on_cuda, _emu_on("cpu", net, calls, 3))
+
+
+def test_exact_float_ops_disables_tf32_and_cudnn_and_restores_them():
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.enabled
+    torch.set_float32_matmul_precision("high")  # TF32 allowed, as a user may have set it
+    try:
+        with exact_float_ops():
+            assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.backends.cudnn.enabled
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.enabled == before[1]
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+
+
+def test_the_emulator_creates_every_tensor_with_a_device():
+    """A tensor made without ``device=`` lands on the CPU, which a CPU-only run cannot notice: every torch
+    factory call of the emulator names its device (host numpy enters through ``torch.from_numpy``)."""
+    factories = {"zeros", "ones", "empty", "full", "arange", "tensor", "as_tensor", "sparse_coo_tensor", "eye"}
+    missing = []
+    for module in (emulator, emu_synapses):
+        source = Path(module.__file__).read_text()
+        for node in ast.walk(ast.parse(source)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in factories
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
+                    and not any(k.arg == "device" for k in node.keywords)):
+                missing.append(f"{Path(module.__file__).name}:{node.lineno}")
+    assert not missing

@@ -10,11 +10,13 @@ seconds; the command line lists the names without loading any).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from snc.errors import SncError
 
 if TYPE_CHECKING:
+    import torch
+
     from .base import Backend, NetlistBackend
 
 BACKENDS: dict[str, str] = {
@@ -37,3 +39,19 @@ def netlist_backend(name: str) -> "NetlistBackend":
     if not isinstance(backend, NetlistBackend):
         raise SncError(f"backend {name} runs a model, not a netlist")
     return backend
+
+
+def check_device(device: Optional[str], backends: Iterable[str]) -> Optional["torch.device"]:
+    """The torch device of ``--device`` for a command running ``backends`` (None: each backend's default);
+    refused when unknown, absent here, or when none of ``backends`` runs on a torch device."""
+    if device is None:
+        return None
+    from .devices import torch_device
+
+    chosen = torch_device(device)
+    names = list(dict.fromkeys(backends))
+    if not any(get_backend(name).devices for name in names):
+        on_devices = [name for name in BACKENDS if get_backend(name).devices]
+        raise SncError(f"--device {device}: only {' / '.join(on_devices)} runs on a chosen torch device, "
+                       f"not {', '.join(names)}")
+    return chosen

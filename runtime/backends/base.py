@@ -92,15 +92,18 @@ class Backend:
         return f"{self.name}:{mode}"
 
     supervised: bool = False  # runs its networks in watched worker processes that a --timeout can bound
+    devices: tuple[str, ...] = ()  # the torch device types its networks run on (--device); none: it has no device
 
-    def call_options(self, timeout: Optional[float]) -> dict[str, Any]:
+    def call_options(self, timeout: Optional[float], device: Optional[torch.device] = None) -> dict[str, Any]:
         """The ``open`` / ``network`` options of a ``--timeout`` (seconds per call): a supervised backend's
-        bound; the others run in this process and need none."""
+        bound; the others run in this process and need none. A ``--device`` (``backends.check_device``) goes
+        to a backend that runs on it; the others run where they always do."""
+        options: dict[str, Any] = {"device": device} if device is not None and self.devices else {}
         if timeout is None:
-            return {}
+            return options
         if not 0 < timeout < float("inf"):
             raise SncError(f"--timeout must be a positive number of seconds, not {timeout}")
-        return {"timeout": timeout} if self.supervised else {}
+        return options | ({"timeout": timeout} if self.supervised else {})
 
     def check_mode(self, mode: Optional[str]) -> str:
         mode = mode or self.default_mode

@@ -237,7 +237,7 @@ class Bundle:
     targets) share one block of outputs: it is computed once and routed to each.
     """
 
-    def __init__(self, terms: list[Term], n_src: int) -> None:
+    def __init__(self, terms: list[Term], n_src: int, device: torch.device) -> None:
         first = terms[0]
         self.src, self.kind = first.src, first.kind
         self.dtype = torch.float32 if max(t.bound for t in terms) < FLOAT32_EXACT else torch.float64
@@ -255,7 +255,7 @@ class Bundle:
             else:
                 self.routes.append(Route(t, same.columns))
         if first.kind in ("conv", "dense"):
-            self.weight = torch.as_tensor(np.concatenate([t.weight for t in blocks]), dtype=self.dtype)
+            self.weight = torch.as_tensor(np.concatenate([t.weight for t in blocks]), dtype=self.dtype, device=device)
             if first.kind == "conv":
                 _, self.in_shape, _, self.stride, self.padding, self.upsample, self.zeros = first.geometry
         elif first.kind == "identity":
@@ -263,8 +263,9 @@ class Bundle:
         else:
             from scipy import sparse
             m = sparse.vstack([t.weight for t in blocks], format="coo")
-            indices = torch.as_tensor(np.stack([m.row, m.col]), dtype=torch.int64)
-            self.weight = torch.sparse_coo_tensor(indices, torch.as_tensor(m.data, dtype=self.dtype), m.shape)
+            indices = torch.as_tensor(np.stack([m.row, m.col]), dtype=torch.int64, device=device)
+            self.weight = torch.sparse_coo_tensor(indices, torch.as_tensor(m.data, dtype=self.dtype, device=device),
+                                                  m.shape, device=device)
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs [rows, n_out] for source spikes or payloads [rows, n_src] (in self.dtype)."""
@@ -308,7 +309,7 @@ def post_process(y: torch.Tensor, term: Term, factors: Optional[torch.Tensor] = 
     if factors is not None:
         if term.gain.wrap:  # Lava multiplies the int32 sum that its shift left behind
             y = float_wrap(y.double(), 32)
-        y = torch.floor(y.double() * factors.reshape(-1, 1))
+        y = torch.floor(y.double() * factors.to(y.device).reshape(-1, 1))
     if term.wrap_bits:
         y = float_wrap(y.double(), term.wrap_bits)
     return y

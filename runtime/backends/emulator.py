@@ -80,6 +80,21 @@ How it is fast:
 - **Integer work where it is cheap.** Neuron state is int64 numpy with
   explicit wraps and saturation; when every input of a run is below 2^17 in
   magnitude no wrap can occur and u, v run in int32 without the wrap passes.
+
+On a device (``device``, ``--device cpu|cuda``): the synapses run there (their weights, the spike
+histories, the input accumulators and every op on them) and the neuron recurrences run on the host
+(integer numpy, the same on any machine); each group's summed input crosses to the host and its spikes
+back (once per run; per step in a recurrent loop), and outputs are read on the host. The results are bit-identical on every device, because
+the float proofs above need only that each op multiplies and adds IEEE floats: every product of a 0/1
+spike and an integer weight is exact, and every partial sum of a float32 op is an integer below 2^24
+(float64: 2^53), so any summation order gives the same exact sum (cuBLAS's split reductions, cuSPARSE,
+and the atomic adds of CUDA's ``index_put_`` accumulate alike; ``torch.use_deterministic_algorithms``
+is not needed and not set). Two CUDA features break that premise and are disabled around every run
+(``devices.exact_float_ops``, restored after): TF32 matrix products (operands rounded to 10-bit
+mantissas) and cuDNN's convolutions (FFT and Winograd algorithms transform the operands); torch's own
+CUDA convolution is an im2col and a float32 matrix product. The shifts, floors and wraps of
+``post_process`` scale integers by powers of two or by gains whose products stay below 2^53 (exact IEEE
+operations on any device), and nearest upsampling, zero insertion and integer casts copy values.
 """
 
 from __future__ import annotations
@@ -95,8 +110,12 @@ from snc.compiler.netlist import Netlist, NeuronGroup, gain_schedule, graded_pay
 from snc.errors import SncError
 
 from .base import CallResult, NetlistBackend, Trace, call_result, host_values, step_rows
+from .devices import DEVICE_TYPES, exact_float_ops
 from .emu_synapses import (DECAY_UNITY, FLOAT32_EXACT, PAYLOAD_LIMIT, V_LIMIT, Bundle, Term, accumulator_dtypes, decay,
                            delay_lines, make_term, merge_terms, post_process, wrap_current, wrap_int32)
+
+
+HOST = torch.device("cpu")  # where the neuron recurrences run (integer numpy), whatever the synapses' device
 
 
 # --- the network -----------------------------------------------------------------------------------
@@ -104,8 +123,8 @@ from .emu_synapses import (DECAY_UNITY, FLOAT32_EXACT, PAYLOAD_LIMIT, V_LIMIT, B
 class _State:
     u: np.ndarray  # [B, n] int64
     v: np.ndarray  # [B, n] int64
-    bias: torch.Tensor  # [n] or [T, n] int64
-    history: torch.Tensor  # [H, B, n] bool: spikes of the last H steps
+    bias: np.ndarray  # [n] or [T, n] int64
+    history: torch.Tensor  # [H, B, n] bool: spikes of the last H steps, on the network's device
 
 
 @dataclass
@@ -115,8 +134,8 @@ class _Run:
     steps: int
     span: dict[str, tuple[int, int]]  # per simulated group and the readout: steps [start, stop) integrated
     spike_start: dict[str, int] = field(default_factory=dict)  # step of row 0 of spikes[g]
-    spikes: dict[str, torch.Tensor] = field(default_factory=dict)  # [rows, B, n] bool
-    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # [(stop - start) * B, n] float accumulators
+    spikes: dict[str, torch.Tensor] = field(default_factory=dict)  # [rows, B, n] bool, on the network's device
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # [(stop - start) * B, n] float accumulators, too
     u: dict[str, np.ndarray] = field(default_factory=dict)  # traces [steps, B, n]
     v: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -138,11 +157,12 @@ class EmuNetwork:
     Such a network keeps no state between calls, so it has no ``trace``.
     """
 
-    def __init__(self, net: Netlist, batch: int = 1, record: bool = False, windows_only: bool = False) -> None:
+    def __init__(self, net: Netlist, batch: int = 1, record: bool = False, windows_only: bool = False,
+                 device: torch.device = HOST) -> None:
         if batch < 1:
             raise SncError("batch must be at least 1")
         net = BACKEND.accept(net)
-        self.net, self.batch, self.record = net, batch, record
+        self.net, self.batch, self.record, self.device = net, batch, record, torch.device(device)
         self.length = net.call_steps
         self.time_step = 0  # Lava's time_step of the last step run
         self.lines = delay_lines(net)
@@ -168,7 +188,7 @@ class EmuNetwork:
             grouped.setdefault(key, []).append(t)
         for (src, inside, *_), ts in grouped.items():
             (self.loop_bundles if inside else self.bundles).setdefault(src, []).append(
-                Bundle(ts, net.groups[src].n))
+                Bundle(ts, net.groups[src].n, self.device))
         self.recurrent = {i for i, members in enumerate(self.order) if any(m in self.loop_bundles for m in members)}
         self.accumulator_dtype = accumulator_dtypes(terms, net.readout.name)
         history = {g: 0 for g in self.simulated}
@@ -180,8 +200,8 @@ class EmuNetwork:
         for name in self.simulated:
             g = net.groups[name]
             self.state[name] = _State(np.zeros((batch, g.n), np.int64), np.zeros((batch, g.n), np.int64),
-                                      torch.from_numpy(g.bias()),
-                                      torch.zeros((history[name], batch, g.n), dtype=_sent_dtype(g)))
+                                      g.bias(),
+                                      torch.zeros((history[name], batch, g.n), dtype=_sent_dtype(g), device=self.device))
 
     def _window_separable(self, terms: list[Term]) -> bool:
         net, length = self.net, self.length
@@ -232,7 +252,7 @@ class EmuNetwork:
         for name in self.simulated:
             run.spike_start[name] = span[name][0]
             g = self.net.groups[name]
-            run.spikes[name] = torch.zeros((T, b, g.n), dtype=_sent_dtype(g))
+            run.spikes[name] = torch.zeros((T, b, g.n), dtype=_sent_dtype(g), device=self.device)
         self._execute(run, values, trace=False)
         self.time_step += self.length
         readout = self._readout(run).reshape(T, b, *self.net.readout.shape) / self.net.readout.scale
@@ -277,7 +297,8 @@ class EmuNetwork:
         for name in self.simulated:
             hist = self.state[name].history
             run.spike_start[name] = t0 - hist.shape[0]
-            run.spikes[name] = torch.cat([hist, torch.zeros((steps, *hist.shape[1:]), dtype=hist.dtype)])
+            run.spikes[name] = torch.cat([hist, torch.zeros((steps, *hist.shape[1:]), dtype=hist.dtype,
+                                                            device=self.device)])
         self._execute(run, values, trace)
         for name in self.simulated:
             st = self.state[name]
@@ -286,14 +307,15 @@ class EmuNetwork:
         return run
 
     def _execute(self, run: _Run, values: dict[str, np.ndarray], trace: bool) -> None:
-        for index, members in enumerate(self.order):
-            if index in self.recurrent:
-                self._integrate_loop(run, members, values, trace)
-            else:
-                self._integrate(run, members[0], self._take_input(run, members[0], values), 0, trace)
-            for name in members:
-                for bundle in self.bundles.get(name, []):
-                    self._evaluate(run, bundle)
+        with exact_float_ops():
+            for index, members in enumerate(self.order):
+                if index in self.recurrent:
+                    self._integrate_loop(run, members, values, trace)
+                else:
+                    self._integrate(run, members[0], self._take_input(run, members[0], values), 0, trace)
+                for name in members:
+                    for bundle in self.bundles.get(name, []):
+                        self._evaluate(run, bundle)
 
     def _spikes(self, run: _Run, name: str) -> np.ndarray:
         """Spikes [rows, B, n] of a group over its span (a delay line: its source's, shifted)."""
@@ -303,7 +325,7 @@ class EmuNetwork:
         if line and self.windowed:
             start, stop = start + delay, stop + delay  # its window: the source's, ``delay`` steps later
         first = start - delay - run.spike_start[source]
-        return run.spikes[source][first:first + stop - start].numpy()
+        return run.spikes[source][first:first + stop - start].cpu().numpy()
 
     def _readout(self, run: _Run) -> np.ndarray:
         name = self.net.readout.name
@@ -311,10 +333,10 @@ class EmuNetwork:
         acc = run.inputs.get(name)
         if acc is None:
             return np.zeros((stop - start, self.batch, self.net.readout.n))
-        return acc.reshape(stop - start, self.batch, -1).numpy()
+        return acc.reshape(stop - start, self.batch, -1).cpu().numpy()
 
     def _take_input(self, run: _Run, name: str, values: dict[str, np.ndarray]) -> torch.Tensor:
-        """The group's summed input over its span [steps, B, n], exact, host current included.
+        """The group's summed input over its span [steps, B, n], exact, host current included, on the host.
 
         int32 when its synaptic sums are float32 (proven below 2^24) and host currents (below 2^17)
         cannot overflow it; int64 otherwise.
@@ -323,9 +345,9 @@ class EmuNetwork:
         acc = run.inputs.pop(name, None)
         shape = (stop - start, self.batch, self.net.groups[name].n)
         if acc is None:
-            a = torch.zeros(shape, dtype=torch.int32)
+            a = torch.zeros(shape, dtype=torch.int32, device=HOST)
         else:
-            a = acc.to(torch.int32 if acc.dtype == torch.float32 else torch.int64).reshape(shape)
+            a = acc.to(HOST, torch.int32 if acc.dtype == torch.float32 else torch.int64).reshape(shape)
         if name in values:
             a += torch.from_numpy(values[name][step_rows(self.net, name, start, stop - start)]).to(a.dtype)
         return a
@@ -356,7 +378,7 @@ class EmuNetwork:
             acc = run.inputs.get(t.dst)
             if acc is None:
                 acc = run.inputs[t.dst] = torch.zeros((length * b, self.net.size(t.dst)),
-                                                      dtype=self.accumulator_dtype[t.dst])
+                                                      dtype=self.accumulator_dtype[t.dst], device=self.device)
             if dense:
                 j0, j1 = max(0, -shift), min(hi - lo, length - shift)
                 if j1 > j0:
@@ -369,7 +391,7 @@ class EmuNetwork:
                 keep = (target >= 0) & (target < length * b)
                 if bool(keep.any()):
                     factors = None if t.gain is None else \
-                        t.gain.rows(s0 + lo + (rows[keep] // b).numpy(), self.length)
+                        t.gain.rows(s0 + lo + (rows[keep] // b).cpu().numpy(), self.length)
                     acc.index_put_((target[keep],), post_process(y[keep][:, route.columns], t, factors).to(acc.dtype),
                                    accumulate=True)
 
@@ -394,7 +416,7 @@ class EmuNetwork:
                     for route in bundle.routes:
                         t = route.term
                         factors = None if t.gain is None else t.gain.rows(np.full(self.batch, step), self.length)
-                        a[t.dst][0] += post_process(y[:, route.columns], t, factors).to(torch.int64)
+                        a[t.dst][0] += post_process(y[:, route.columns], t, factors).to(HOST, torch.int64)
             for name in members:
                 self._integrate(run, name, a[name], j, trace)
 
@@ -424,9 +446,12 @@ class EmuNetwork:
         st.u = u[-1].numpy().astype(np.int64)
         u_trace = u.numpy().astype(np.int64) if trace else None
         row = start - run.spike_start[name]
-        spikes = run.spikes[name][row:row + k].numpy()
-        bias = st.bias[step_rows(self.net, name, start, k)].unsqueeze(1) if g.per_step else st.bias
-        v = _integrate_v(g, st, u.add_(bias.to(u.dtype)), spikes, resets, trace)  # u is ours: x = u + bias in place
+        spikes = run.spikes[name][row:row + k]
+        host_spikes = spikes.cpu()
+        bias = torch.from_numpy(st.bias[step_rows(self.net, name, start, k)][:, None] if g.per_step else st.bias)
+        x = u.add_(bias.to(u.dtype))  # u is ours: x = u + bias in place
+        v = _integrate_v(g, st, x, host_spikes.numpy(), resets, trace)
+        spikes.copy_(host_spikes)  # a no-op on the host: the same tensor
         if trace:
             steps = run.span[name][1] - run.span[name][0]
             run.u.setdefault(name, np.empty((steps, *a.shape[1:]), np.int64))[first:first + k] = u_trace
@@ -439,9 +464,10 @@ class EmuNetwork:
         k = a.shape[0]
         a_in = wrap_int32(a.to(torch.int64).numpy())  # Lava's InPort sums int32 channel values in int32
         bias = self.state[g.name].bias
-        value = a_in + (bias[step_rows(self.net, g.name, start, k)][:, None] if g.per_step else bias).numpy()
+        value = a_in + (bias[step_rows(self.net, g.name, start, k)][:, None] if g.per_step else bias)
         row = start - run.spike_start[g.name]
-        run.spikes[g.name][row:row + k] = torch.from_numpy(graded_payload(value, g.payload_shift, PAYLOAD_LIMIT))
+        payload = torch.from_numpy(graded_payload(value, g.payload_shift, PAYLOAD_LIMIT))
+        run.spikes[g.name][row:row + k] = payload.to(self.device)
         if trace:
             steps = run.span[g.name][1] - run.span[g.name][0]
             run.u.setdefault(g.name, np.empty((steps, *a.shape[1:]), np.int64))[first:first + k] = a_in
@@ -510,9 +536,12 @@ class EmuBackend(NetlistBackend):
     def semantics(self, mode: str) -> str:
         return "lava-fixed_pt"  # the emulator's promise: Lava fixed_pt bit for bit
 
-    def network(self, net: Netlist, batch: int = 1, record: bool = False, every_step: bool = False) -> EmuNetwork:
+    devices = DEVICE_TYPES
+
+    def network(self, net: Netlist, batch: int = 1, record: bool = False, every_step: bool = False,
+                device: torch.device = HOST) -> EmuNetwork:
         """Only the logical windows are integrated unless ``every_step`` (the same CallResults)."""
-        return EmuNetwork(net, batch, record, windows_only=not every_step)
+        return EmuNetwork(net, batch, record, windows_only=not every_step, device=device)
 
 
 BACKEND = EmuBackend()
