@@ -60,7 +60,7 @@ class CompileOptions:
     threshold_scale: float = 1.0  # threshold guidance factor S
     verify: bool = True  # run each pass's verifier
     modes: Optional[tuple[str, ...]] = None  # the arithmetic modes to lower (None: every mode of the target)
-    residual: str = "reassociate"  # real-valued tensors read twice: reassociate (copies) | graded (sum populations)
+    residual: str = "graded"  # real-valued tensors read twice: graded (sum populations) | reassociate (copies)
 
 
 @dataclass

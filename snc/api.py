@@ -190,7 +190,7 @@ def compile(source: Union[PathLike, Deployable, nir.NIRGraph, None] = None, *, p
             allow_oversize: bool = False, threshold_scale: float = 1.0, stop_after: Optional[str] = None,
             from_ir: Optional[PathLike] = None, modes: Optional[Sequence[str]] = None,
             observe: Optional[Callable[[str, Any], None]] = None,
-            graph: Optional[GraphOptions] = None, residual: str = "reassociate") -> Union[Compiled, CompiledPipeline]:
+            graph: Optional[GraphOptions] = None, residual: str = "graded") -> Union[Compiled, CompiledPipeline]:
     """Compile a source for ``target``; with ``output`` write the build there (or, when ``stop_after``
     ends the pipeline early, the IR after that pass, reloadable with ``from_ir``). ``modes``: the
     arithmetic modes to lower (default: all of the target's); ``observe(pass, graph)`` after each pass;

@@ -373,7 +373,7 @@ def compile_cmd(
                                         "the target (the violations are listed)"),
     threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
                                           "threshold x S (refused where vth cannot express it)"),
-    residual: str = typer.Option("reassociate", "--residual", help="real-valued tensors read twice (SDDPM's "
+    residual: str = typer.Option("graded", "--residual", help="real-valued tensors read twice (SDDPM's "
                                  "residual stream, skips): reassociate (each reader gets a copy of the convs "
                                  "behind it) | graded (a sum population sends the value as graded spikes)"),
     reference_arch: Optional[str] = typer.Option(None, "--arch", help="the model is a checkpoint of the public "

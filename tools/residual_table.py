@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,20 +44,26 @@ PROFILES = ("loihi2", "cmos45nm-fp32")
 
 
 def run(args: list[str], timeout: float) -> tuple[dict | None, str, float, float]:
-    """(the command's JSON or None, its error line, seconds, peak RSS of the child in MB)."""
+    """(the command's JSON or None, its error line, seconds, the command's peak RSS in MB)."""
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    try:
-        done = subprocess.run([SNC, *args], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout:.0f} s", time.perf_counter() - start, 0.0
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    peak_mb = peak / 1024 if peak > before else float("nan")  # the largest child so far: only a new peak is ours
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] or done.stderr.splitlines()[-1:]
-        return None, lines[0] if lines else f"exit {done.returncode}", seconds, peak_mb
-    return json.loads(done.stdout), "", seconds, peak_mb
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([SNC, *args], stdout=out, stderr=err, text=True)
+        timer = threading.Timer(timeout, child.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(child.pid, 0)  # the rusage of this child alone
+        finally:
+            timer.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        seconds, peak_mb = time.perf_counter() - start, usage.ru_maxrss / 1024
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode != 0:
+        lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")] or stderr.splitlines()[-1:]
+        reason = "killed (timeout)" if child.returncode == -9 else f"exit {child.returncode}"
+        return None, lines[0] if lines else reason, seconds, peak_mb
+    return json.loads(stdout), "", seconds, peak_mb
 
 
 def size_mb(path: Path) -> float:
@@ -86,7 +92,8 @@ def measure(model: str, residual: str, work: Path, args: argparse.Namespace) -> 
         else:
             row["fixed_vs_torch_agreement"] = verified["agreement"]["emu_vs_torch"]
             row["fixed_vs_torch_output_error"] = verified["output_rel_error"]["emu_vs_torch"]
-            row["worst_layer_agreement"] = min(layer["emu_vs_torch"] for layer in verified["layers"])
+            row["worst_layer_agreement"] = min(layer["emu_vs_torch"] for layer in verified["layers"]
+                                               if layer.get("emu_vs_torch") is not None)
     for profile in PROFILES:
         energy, error, seconds, _ = run(["energy", str(build), "--profile", profile, "--backend", "emu",
                                          "-n", str(args.energy_n), "--json"], args.timeout)

@@ -150,7 +150,7 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
     return reassociate(graph, ctx.options.residual)
 
 
-def reassociate(graph: Graph, residual: str = "reassociate") -> Graph:
+def reassociate(graph: Graph, residual: str) -> Graph:
     """The pass; ``residual`` graded keeps every real-valued node read twice as a sum population."""
     if residual not in RESIDUALS:
         raise GraphError(f"unknown residual lowering {residual!r}; use {' or '.join(RESIDUALS)}")
