@@ -254,8 +254,7 @@ def compose(outer: LinearOp, inner: LinearOp) -> LinearOp:
             return LinearOp.identity(inner.in_shape, outer.out_shape)
         if outer.kind == "dense":
             return replace(outer, in_shape=inner.in_shape)
-        if outer.in_shape == inner.in_shape:
-            return outer
+        return outer  # a reshape keeps the C-order vector: the conv reads it in its own (C, H, W) view
     if outer.kind == "identity":
         return replace(inner, out_shape=outer.out_shape) if inner.kind == "dense" or outer.out_shape == inner.out_shape \
             else _dense_compose(outer, inner)

@@ -55,11 +55,12 @@ def test_compositions_are_exact():
     assert torch.allclose(compose(d2, d1).apply(x), d2.apply(d1.apply(x)), atol=1e-12)
 
 
-@pytest.mark.parametrize("preset", ["digits-mlp", "digits-unet"])
-def test_compiled_graph_computes_what_the_nir_graph_computes(preset):
+@pytest.mark.parametrize("preset,residual", [("digits-mlp", "graded"), ("digits-unet", "graded"),
+                                              ("digits-unet", "reassociate")])
+def test_compiled_graph_computes_what_the_nir_graph_computes(preset, residual):
     dep = deploy(make_model(preset).double())
     graph, model = dep.nir_graph, dep.host.model
-    ir = compile_model(dep, calibration=2).graph
+    ir = compile_model(dep, calibration=2, residual=residual).graph
     x, t = _rand(3, 1, 8, 8, seed=2), torch.tensor([5, 400, 950])
     inputs = dep.host.call_inputs(x, t)
     ref = NIRReference(graph).run({k: v.unsqueeze(0).expand(model.config.timestep, *v.shape) for k, v in inputs.items()},
@@ -77,7 +78,7 @@ def test_compiled_graph_computes_what_the_nir_graph_computes(preset):
             assert dst.depth == src.depth + 1 + e.delay
             assert np.abs(e.fixed["weight"]).max() <= 256
     for p in ir.of_type(Population):
-        assert 0 < p.fixed["vth"] < 2 ** FIXED.vth_bits
+        assert 0 < p.fixed["vth"] < 2 ** FIXED.vth_bits or (p.graded and p.fixed["vth"] == 0)
         assert np.abs(p.fixed["bias_mant"]).max(initial=0) < 2 ** (FIXED.bias_mant_bits - 1)
 
 

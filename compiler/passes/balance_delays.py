@@ -11,7 +11,8 @@ The delay is put on the source side, shared by all consumers: a relay
 population ``<q>.delay<d>`` (memoryless neurons that fire exactly when q
 fired; for a graded population's value, a graded population of that one
 input) fed by an identity synapse with ``d - 1`` extra steps (Lava
-DelaySparse). The expensive weight map then stays a plain synapse; the
+DelaySparse); a delay beyond one synapse's ``max_delay`` goes through a
+chain of relays. The expensive weight map then stays a plain synapse; the
 delayed synapse carries one connection per neuron.
 
 A lagged edge (``lag`` k: a recurrent loop or a feed-forward NIR Delay)
@@ -71,26 +72,30 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
     if late:
         raise GraphError("recurrent edges from populations deeper in the pipeline than their lag allows: "
                          + "; ".join(late))
+    hop = ctx.target.rules.max_delay + 1  # the most steps one relay's synapse can span
+
+    def relay(name: str, d: int) -> str:
+        """The relay repeating ``name`` ``d`` steps later; beyond one synapse's delay, a chain of relays."""
+        key = (name, d)
+        if key not in relays:
+            src = graph.nodes[name]
+            feed = relay(name, d - hop) if d > hop else name
+            delayed = f"{name}.delay{d}"
+            # a graded source's relay is a sum population of one input: it repeats the value
+            graph.nodes[delayed] = Population(delayed, src.shape, threshold=0.0 if src.graded else RELAY_THRESHOLD,
+                                              decay=0.0, bias=np.zeros(src.shape),
+                                              role="graded" if src.graded else "relay", depth=depth[name] + d)
+            edges.append(Edge(feed, delayed, LinearOp.identity(src.shape), delay=d - 1 if d <= hop else hop - 1,
+                              origin=(name,)))
+            relays[key] = delayed
+            inserted.append({"relay": delayed, "delay": d, "neurons": int(np.prod(src.shape))})
+        return relays[key]
+
     for e in graph.edges:
         src = graph.nodes[e.src]
-        if not isinstance(src, Population):
-            edges.append(e)
-            continue
-        d = depth[e.dst] - depth[e.src] - 1 + e.lag
-        if d == 0:
-            edges.append(e)
-            continue
-        key = (e.src, d)
-        if key not in relays:
-            name = f"{e.src}.delay{d}"
-            # a graded source's relay is a sum population of one input: it repeats the value
-            graph.nodes[name] = Population(name, src.shape, threshold=0.0 if src.graded else RELAY_THRESHOLD,
-                                           decay=0.0, bias=np.zeros(src.shape),
-                                           role="graded" if src.graded else "relay", depth=depth[e.src] + d)
-            edges.append(Edge(e.src, name, LinearOp.identity(src.shape), delay=d - 1, origin=(e.src,)))
-            relays[key] = name
-            inserted.append({"relay": name, "delay": d, "neurons": int(np.prod(src.shape))})
-        edges.append(replace(e, src=relays[key]))  # the weights, gain and part stay on the synapse
+        d = depth[e.dst] - depth[e.src] - 1 + e.lag if isinstance(src, Population) else 0
+        # the weights, gain and part stay on the synapse
+        edges.append(replace(e, src=relay(e.src, d)) if d else e)
     graph.edges = edges
     graph.log.append({"pass": "balance_delays", "depth": graph.readout.depth, "relays": inserted})
     return graph

@@ -90,7 +90,7 @@ class Term:
     dst: str
     delay: int  # steps from the source's spike to the target's input (>= 1)
     kind: str  # conv | dense | identity | csr
-    weight: object  # conv kernel / dense matrix / scalar / scipy csr, float64 holding integers
+    weight: object  # conv kernel / dense matrix (float32, or float64 past 2^24) / scalar / scipy csr, integers
     geometry: tuple  # what must match for two terms to share an evaluation
     bound: int  # max over outputs of sum |w|: every partial sum is below it
     exp: int = 0  # remaining right shift (negative weight_exp): floor(y * 2^exp)
@@ -162,17 +162,19 @@ def _lava_leaves_conv_alone(w: np.ndarray, num_weight_bits: int, upsample: int) 
 def make_term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) -> Term:
     """The evaluated form of one synapse with Lava's effective weights and its exactness bound."""
     op = s.op
+    # kernels as float32: integers below 2^24 (handed weights < 2^15, shifted left by at most 7) are exact;
+    # their bounds are summed in float64
     if s.kind == "conv":  # Lava Conv: raw weights, no weight_exp, 24-bit wrap
-        w = op.weight.astype(np.float64)
-        bound = int(np.abs(w).sum(axis=(1, 2, 3)).max(initial=0))
+        w = op.weight.astype(np.float32)
+        bound = _row_bound(w)
         return Term(src, s.dst, delay, "conv", w, _conv_geometry(op), bound,
                      wrap_bits=24 if bound >= 1 << 23 else 0)
     if op.kind == "conv" and _lava_leaves_conv_alone(op.weight, s.num_weight_bits, op.taps_per_synapse):
-        w = op.weight.astype(np.float64)
-        kind, geometry, bound = "conv", _conv_geometry(op), int(np.abs(w).sum(axis=(1, 2, 3)).max(initial=0))
+        w = op.weight.astype(np.float32)
+        kind, geometry, bound = "conv", _conv_geometry(op), _row_bound(w)
     elif op.kind == "dense":
-        w = lava_weights(op.weight, s.num_weight_bits).astype(np.float64)
-        kind, geometry, bound = "dense", ("dense", op.n_in), int(np.abs(w).sum(axis=1).max(initial=0))
+        w = lava_weights(op.weight, s.num_weight_bits).astype(np.float32)
+        kind, geometry, bound = "dense", ("dense", op.n_in), _row_bound(w)
     elif op.kind == "identity":
         w = float(lava_weights(op.weight, s.num_weight_bits)[0])
         kind, geometry, bound = "identity", ("identity", s.name), int(abs(w))
@@ -185,7 +187,7 @@ def make_term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) 
         bound = int(abs(w).sum(axis=1).max()) if w.nnz else 0
     exp = s.weight_exp
     if exp > 0:  # a left shift is an exact product (modulo 2^32 as Lava's int32): fold it into the weights
-        w, bound, exp = w * float(1 << exp), bound << exp, 0
+        w, bound, exp = w * (1 << exp), bound << exp, 0
     graded = net.groups[s.src].graded
     if graded:  # payloads, not 0/1 spikes: every partial sum is below sum |w| times the largest payload
         bound *= PAYLOAD_LIMIT
@@ -199,6 +201,15 @@ def make_term(s: Synapse, src: str, delay: int, to_readout: bool, net: Netlist) 
     if to_readout and term.out_bound >= 1 << 31:  # the Extractor adds int32 channel values: wrap each
         term.wrap_bits = 32
     return term
+
+
+def _row_bound(w: np.ndarray) -> int:
+    """The largest sum of |w| over one output's weights (a kernel's output channel, a matrix row), exact."""
+    return int(np.abs(w).sum(axis=tuple(range(1, w.ndim)), dtype=np.float64).max(initial=0))
+
+
+def _largest(w: np.ndarray) -> float:
+    return float(np.abs(w).max(initial=0))
 
 
 def _conv_geometry(op) -> tuple:
@@ -216,7 +227,8 @@ def merge_terms(terms: list[Term]) -> list[Term]:
         key = (t.src, t.dst, t.delay, t.geometry)
         if key in merged:
             m = merged[key]
-            m.weight = m.weight + t.weight
+            exact = np.float32 if _largest(m.weight) + _largest(t.weight) < FLOAT32_EXACT else np.float64
+            m.weight = m.weight.astype(exact) + t.weight
             m.bound += t.bound
         else:
             merged[key] = Term(t.src, t.dst, t.delay, t.kind, t.weight, t.geometry, t.bound)

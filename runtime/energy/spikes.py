@@ -3,7 +3,8 @@
 Calls run on calibration inputs (digits noised at diffusion steps spread
 over t). Per call and image: each population's spikes per neuron (a model
 run has no relays: each repeats its source's spikes, and a population the
-selection switches off does not run on the chip), the exact SOPs (spikes
+selection switches off does not run on the chip; nor sum populations: each
+sends its real value every step), the exact SOPs (spikes
 times each neuron's fan-out in the netlist, gated synapses of a switched-off
 expert not evaluated), the papers' ``fr x T x FLOPs`` per NIR layer and the
 gates' multiplies.
@@ -91,9 +92,11 @@ def tally_calls(runner: Runner, counted: Counted, model: NirModel, pairs: list, 
         if not runner.runs_netlist:  # the model: as the chip runs it
             for name in counted.switched_off(step) if specialised else ():
                 call[name] = np.zeros_like(call[name])  # the chip does not run it
-            for name, _, role in populations:  # a relay repeats its source's spikes, delayed
+            for name, shape, role in populations:  # a relay repeats its source's spikes, delayed
                 if role == "relay":
                     call[name] = call[counted.relay_source(name)]
+                elif role == "graded":  # a sum population's real value: sent every step (0 only by chance)
+                    call[name] = np.full(int(np.prod(shape)), float(T * len(x)))
         off = frozenset(counted.gates_off(step) if specialised else ())  # without: every expert runs, weighted
         if counted.lowered and off not in fans:
             fans[off] = counted.fan_outs(off)
