@@ -100,7 +100,7 @@ MODES = ("fixed", "float")
 SYNAPSE_KINDS = ("sparse", "dense", "conv")
 ROLES = ("neuron", "relay", "and", "graded")
 FORMAT = "snc-netlist"
-FORMAT_VERSION = 4  # 3: subtractive_reset; 4: graded groups (payload_shift)
+FORMAT_VERSION = 5  # 3: subtractive_reset; 4: graded groups (payload_shift); 5: sign-split pairs stored once
 
 
 def logical_steps(time_steps: np.ndarray, depth: int, timestep: int, call_steps: int) -> np.ndarray:
@@ -473,7 +473,8 @@ def netlist_currents(net: Netlist, inputs: Mapping[str, torch.Tensor]) -> dict[s
 
 # --- files ------------------------------------------------------------------------------------------
 def save_netlist(net: Netlist, stem: Path) -> None:
-    """``stem.json`` (structure) and ``stem.npz`` (arrays, at the dtype they have)."""
+    """``stem.json`` (structure) and ``stem.npz`` (arrays, at the dtype they have; the two halves of a
+    sign-split synapse as one array, their sum: a kernel is stored once)."""
     arrays: dict[str, np.ndarray] = {}
     groups = []
     for g in net.groups.values():
@@ -484,13 +485,19 @@ def save_netlist(net: Netlist, stem: Path) -> None:
                        "depth": g.depth, "role": g.role, "scale": g.scale, "threshold": g.threshold,
                        "subtractive_reset": g.subtractive_reset, "payload_shift": g.payload_shift})
     synapses = []
+    halves = _sign_halves(net.synapses)
     for i, s in enumerate(net.synapses):
-        arrays[f"s/{i}/weight"] = s.op.weight
+        doc = {"name": s.name, "src": s.src, "dst": s.dst, "kind": s.kind, "op": op_to_dict(s.op),
+               "weight_exp": s.weight_exp, "num_weight_bits": s.num_weight_bits, "delay": s.delay,
+               "gain_shift": s.gain_shift, "lag": s.lag, "gate": s.gate, "origin": list(s.origin)}
+        if i in halves.values():  # the inhibitory half: its weights are the negative ones of the pair's array
+            doc["signs_of"] = next(plus for plus, minus in halves.items() if minus == i)
+        else:
+            minus = halves.get(i)
+            arrays[f"s/{i}/weight"] = s.op.weight if minus is None else s.op.weight + net.synapses[minus].op.weight
         if s.gain is not None:
             arrays[f"s/{i}/gain"] = s.gain
-        synapses.append({"name": s.name, "src": s.src, "dst": s.dst, "kind": s.kind, "op": op_to_dict(s.op),
-                         "weight_exp": s.weight_exp, "num_weight_bits": s.num_weight_bits, "delay": s.delay,
-                         "gain_shift": s.gain_shift, "lag": s.lag, "gate": s.gate, "origin": list(s.origin)})
+        synapses.append(doc)
     host_ops = []
     for i, h in enumerate(net.host_ops):
         if h.op.weight is not None:
@@ -527,7 +534,14 @@ def load_netlist(stem: Path) -> Netlist:
                                    arrays[f"g/{name}/bias_exp"], d["reset_interval"], d["reset_offset"], d["depth"],
                                    d["role"], d["scale"], d["threshold"], bool(d["subtractive_reset"]),
                                    int(d["payload_shift"]))
-    synapses = [Synapse(d["name"], d["src"], d["dst"], d["kind"], op_from_dict(d["op"], arrays[f"s/{i}/weight"]),
+    def weights(i: int, d: dict) -> np.ndarray:
+        if "signs_of" in d:  # a sign-split pair is stored once: the excitatory half's array holds both
+            return np.minimum(arrays[f"s/{d['signs_of']}/weight"], 0)
+        w = arrays[f"s/{i}/weight"]
+        return np.maximum(w, 0) if i in paired else w
+
+    paired = {d["signs_of"] for d in doc["synapses"] if "signs_of" in d}
+    synapses = [Synapse(d["name"], d["src"], d["dst"], d["kind"], op_from_dict(d["op"], weights(i, d)),
                         d["weight_exp"], d["num_weight_bits"], d["delay"], arrays.get(f"s/{i}/gain"), d["gain_shift"],
                         d["lag"], d["gate"], tuple(d["origin"]))
                 for i, d in enumerate(doc["synapses"])]
@@ -543,6 +557,23 @@ def load_netlist(stem: Path) -> Netlist:
                   tables["model_gates"], doc["target"])
     net.check()
     return net
+
+
+def _sign_halves(synapses: Sequence[Synapse]) -> dict[int, int]:
+    """{index of an excitatory half ``X+``: index of its inhibitory half ``X-``} for the pairs ``split_signs``
+    made (same ends and geometry, weights >= 0 and <= 0): stored as one array, their sum."""
+    index = {s.name: i for i, s in enumerate(synapses)}
+    pairs = {}
+    for i, s in enumerate(synapses):
+        j = index.get(s.name[:-1] + "-") if s.name.endswith("+") else None
+        if j is None:
+            continue
+        t = synapses[j]
+        w, v = s.op.weight, t.op.weight
+        if (s.src, s.dst, s.kind, op_to_dict(s.op)) == (t.src, t.dst, t.kind, op_to_dict(t.op)) and \
+                w.shape == v.shape and w.dtype == v.dtype and w.min(initial=0) >= 0 and v.max(initial=0) <= 0:
+            pairs[i] = j
+    return pairs
 
 
 def _scalar(v: Any) -> Any:
