@@ -40,7 +40,7 @@ import torch
 
 from snc.errors import GraphError
 
-from ..ir import Graph, Population
+from ..ir import Edge, Graph, Population
 from ..ir_executor import run_ir
 from ..pass_manager import CalibrationCall, CompileContext, Pass
 from ..targets.fixed_point import FixedPoint
@@ -116,8 +116,8 @@ def fold(graph: Graph, rules: FixedPoint, peaks: Optional[dict[str, float]]) -> 
         # the smallest exponent (reader scale / payload scale * w fills the mantissa at an exponent >= min)
         payload = min(node.scale, rules.payload_limit / peak)
         for e in leaving.get(name, []):
-            w = float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
-            payload = min(payload, w * graph.nodes[e.dst].scale * 2.0 ** -rules.weight_exp_min / mantissa)
+            payload = min(payload, _synapse_weight(e) * graph.nodes[e.dst].scale * 2.0 ** -rules.weight_exp_min
+                          / mantissa)
         payloads[name] = payload
         rows.append({"node": name, "scale": node.scale, "peak": peak / MARGIN, "vth": None})
     for name in graded:  # its graded sources' payloads are final: its weights from them must fit too
@@ -125,8 +125,8 @@ def fold(graph: Graph, rules: FixedPoint, peaks: Optional[dict[str, float]]) -> 
         for e in graph.into(name):
             src = graph.nodes[e.src]
             if isinstance(src, Population) and src.graded:
-                w = float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
-                node.scale = min(node.scale, 2.0 ** math.floor(math.log2(weight_limit * src.payload_scale / w)))
+                bound = weight_limit * src.payload_scale / _synapse_weight(e)
+                node.scale = min(node.scale, 2.0 ** math.floor(math.log2(bound)))
         node.payload_shift = max(0, math.ceil(math.log2(node.scale / payloads[name])))
         row = next(r for r in rows if r["node"] == name)
         row.update(scale=node.scale, payload_shift=node.payload_shift)
@@ -134,11 +134,15 @@ def fold(graph: Graph, rules: FixedPoint, peaks: Optional[dict[str, float]]) -> 
     return graph
 
 
+def _synapse_weight(e: Edge) -> float:
+    """The largest weight one synapse of the edge can have (after nearest upsampling, a sum of up to u*u taps)."""
+    return float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
+
+
 def _largest_spike_weight(graph: Graph, name: str) -> float:
-    """The largest synapse weight into ``name`` from spiking populations (upsampled convs sum up to u*u taps).
-    A graded source's weights are relative to its payload, which ``fold`` fits to its readers instead."""
-    return max((float(np.abs(e.op.weight).max()) * e.op.taps_per_synapse**2 if e.op.weight is not None else 1.0
-                for e in graph.into(name) if isinstance(graph.nodes[e.src], Population)
+    """The largest synapse weight into ``name`` from spiking populations. A graded source's weights are
+    relative to its payload, which ``fold`` fits to its readers instead."""
+    return max((_synapse_weight(e) for e in graph.into(name) if isinstance(graph.nodes[e.src], Population)
                 and not graph.nodes[e.src].graded), default=0.0)
 
 
@@ -148,10 +152,13 @@ def verify(graph: Graph, ctx: CompileContext) -> None:
     if bad:
         raise GraphError(f"fold_thresholds left populations without a scale: {', '.join(bad)}")
     odd = [n.name for n in list(graph.of_type(Population)) + [graph.readout] if math.frexp(n.scale)[0] != 0.5]
-    odd += [f"{p.name} (payload shift {p.payload_shift})" for p in graph.of_type(Population)
-            if p.payload_shift < 0 or (p.payload_shift and not p.graded)]
     if odd:
         raise GraphError(f"fold_thresholds gave populations a scale that is not a power of two: {', '.join(odd)}")
+    shifts = [f"{p.name} ({p.payload_shift})" for p in graph.of_type(Population)
+              if p.payload_shift < 0 or (p.payload_shift and not p.graded)]
+    if shifts:
+        raise GraphError(f"fold_thresholds gave payload shifts that are negative or not a graded population's: "
+                         f"{', '.join(shifts)}")
 
 
 PASS = Pass("fold_thresholds", run, verify, requires=("schedule",), provides=("scales",))
