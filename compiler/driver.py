@@ -44,6 +44,7 @@ class CompileReport:
     host_parts: list[str] = field(default_factory=list)  # the host program's own work (time embedding, tail, ...)
     residual: str = ""  # how real-valued tensors read twice were lowered (reassociate | graded)
     graded_populations: int = 0  # sum populations sending graded spikes (--residual graded)
+    weight_bits: Optional[int] = None  # mantissa bits per weight (slice_weights: 16 is a coarse + a fine synapse)
     synapses_before_reassociation: Optional[int] = None
     synapses: Optional[int] = None  # on chip, into populations (the readout's are in resources)
     rewritten_edges: int = 0
@@ -83,6 +84,8 @@ def compile_deployable(deployable: Deployable, target: str = "loihi2", mode: Opt
     if deployable.netlists is not None:
         if stop_after or dump_ir or from_ir:
             raise SncError("a netx network is already lowered: it has no passes to stop after, dump or resume")
+        if options.weight_bits != CompileOptions().weight_bits:
+            raise SncError("a netx network is already quantized: --weight-bits does not apply to it")
         return adopt(deployable, tgt, mode, options, start)
     calls = deployable.calibration(calibration, seed)
     ctx = CompileContext(tgt, deployable.timestep, deployable.arch, deployable.nir_graph, options, calls,
@@ -159,6 +162,8 @@ def _summarise(report: CompileReport, graph: Graph, target) -> None:
         report.rewritten_edges = len(reassociated["rewritten"])
         report.residual = reassociated["residual"]
         report.graded_populations = len(reassociated["graded"])
+    sliced = _log(graph, "slice_weights")
+    report.weight_bits = sliced["weight_bits"] if sliced else None
     guided = _log(graph, "guide_thresholds")
     if guided and guided["populations"]:
         factors = [r["effective_scale"] for r in guided["populations"]]
@@ -169,7 +174,8 @@ def _summarise(report: CompileReport, graph: Graph, target) -> None:
     net = graph.netlists.get(target.modes[0])
     if net is not None:
         quantized = _log(graph, "quantize")
-        errors = {row["edge"]: row["relative_error"] for row in quantized["synapses"]} if quantized else {}
+        errors = {row["edge"]: row["relative_error"] for entry in (quantized, sliced) if entry
+                  for row in entry["synapses"]}  # a sliced edge's error is its coarse + fine weights'
         report.layers = target.layer_rows(net, errors)
         report.depth, report.call_steps = net.depth, net.call_steps
         report.synapses = sum(r["synapses_in"] for r in report.layers)

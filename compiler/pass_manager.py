@@ -52,6 +52,7 @@ class CalibrationCall:
 
 
 RESIDUALS = ("reassociate", "graded")  # how real-valued tensors read twice reach the chip (``reassociate`` pass)
+WEIGHT_BITS = (8, 16)  # mantissa bits per weight: one synapse, or a coarse and a fine one (``slice_weights``)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class CompileOptions:
     verify: bool = True  # run each pass's verifier
     modes: Optional[tuple[str, ...]] = None  # the arithmetic modes to lower (None: every mode of the target)
     residual: str = "graded"  # real-valued tensors read twice: graded (sum populations) | reassociate (copies)
+    weight_bits: int = 8  # mantissa bits per weight: 8 (one synapse) | 16 (coarse + fine synapse, slice_weights)
 
 
 @dataclass

@@ -38,7 +38,7 @@ from snc.compiler.frontends.base import Deployable, Pipeline
 from snc.compiler.ir_io import save_graph
 from snc.compiler.netx_export import write_netx
 from snc.compiler.nir_export import for_reader
-from snc.compiler.pass_manager import RESIDUALS, CompileOptions
+from snc.compiler.pass_manager import RESIDUALS, WEIGHT_BITS, CompileOptions
 from snc.compiler.targets import get_target
 from snc.errors import SncError
 from snc.hw_profiles import load_profile
@@ -190,23 +190,28 @@ def compile(source: Union[PathLike, Deployable, nir.NIRGraph, None] = None, *, p
             allow_oversize: bool = False, threshold_scale: float = 1.0, stop_after: Optional[str] = None,
             from_ir: Optional[PathLike] = None, modes: Optional[Sequence[str]] = None,
             observe: Optional[Callable[[str, Any], None]] = None,
-            graph: Optional[GraphOptions] = None, residual: str = "graded") -> Union[Compiled, CompiledPipeline]:
+            graph: Optional[GraphOptions] = None, residual: str = "graded",
+            weight_bits: int = 8) -> Union[Compiled, CompiledPipeline]:
     """Compile a source for ``target``; with ``output`` write the build there (or, when ``stop_after``
     ends the pipeline early, the IR after that pass, reloadable with ``from_ir``). ``modes``: the
     arithmetic modes to lower (default: all of the target's); ``observe(pass, graph)`` after each pass;
     ``graph``: how to read a NIR source (dt, convention, T, calibration input). A model of several cores
     (a pipeline) compiles each core, into a pipeline build. ``residual``: how real-valued tensors read twice
     reach the chip: ``reassociate`` (each reader gets its own copy of the ops behind it) or ``graded`` (a sum
-    population sends the value as graded spikes)."""
+    population sends the value as graded spikes). ``weight_bits``: mantissa bits per weight, 8 (one synapse)
+    or 16 (a coarse and a fine synapse per weight map: twice the synapses, closer to the float model)."""
     start = time.perf_counter()
     if residual not in RESIDUALS:
         raise SncError(f"--residual {residual}: use {' or '.join(RESIDUALS)}")
+    if weight_bits not in WEIGHT_BITS:
+        raise SncError(f"--weight-bits {weight_bits}: use {' or '.join(map(str, WEIGHT_BITS))}")
     if output is not None and stop_after is None:
         check_destination(Path(output))  # before the compile, not after
     deployable = source if isinstance(source, (Deployable, Pipeline)) else \
         load(source, preset=preset, arch=arch, config=config, weights=weights, seed=seed, graph=graph)
     options = CompileOptions(allow_oversize=allow_oversize, threshold_scale=threshold_scale, verify=verify,
-                             modes=tuple(modes) if modes is not None else None, residual=residual)
+                             modes=tuple(modes) if modes is not None else None, residual=residual,
+                             weight_bits=weight_bits)
     if isinstance(deployable, Pipeline):
         if stop_after or dump_ir or from_ir:
             raise SncError(f"--stop-after, --dump-ir and --from-ir work on one graph; a {deployable.arch} model "

@@ -376,6 +376,9 @@ def compile_cmd(
     residual: str = typer.Option("graded", "--residual", help="real-valued tensors read twice (SDDPM's "
                                  "residual stream, skips): reassociate (each reader gets a copy of the convs "
                                  "behind it) | graded (a sum population sends the value as graded spikes)"),
+    weight_bits: int = typer.Option(8, "--weight-bits", help="mantissa bits per weight: 8 (one synapse) | 16 (a "
+                                    "coarse and a fine synapse per weight map: closer to the float model, twice "
+                                    "the synapses and synaptic ops)"),
     reference_arch: Optional[str] = typer.Option(None, "--arch", help="the model is a checkpoint of the public "
                                                  "code: sddpm (Spk_UNet) | sdm-tsm (Spk_UNet_TSM)"),
     reference_config: Optional[Path] = typer.Option(None, "--config", help="with --arch: JSON of the reference "
@@ -404,7 +407,7 @@ def compile_cmd(
                            target=target, output=output, mode=mode, calibration=calibration, seed=seed,
                            dump_ir=dump_ir, verify=verify, allow_oversize=allow_oversize,
                            threshold_scale=threshold_scale, stop_after=stop_after, from_ir=from_ir, graph=graph,
-                           residual=residual)
+                           residual=residual, weight_bits=weight_bits)
     if isinstance(compiled, api.CompiledPipeline):  # a model of several cores: a build per core
         if as_json:
             print(json.dumps({"build": str(output), "seconds_with_writing": round(compiled.seconds, 2),

@@ -15,7 +15,8 @@ from snc.compiler.ir_io import load_graph, save_graph
 from snc.compiler.linear import LinearOp
 from snc.compiler.pass_manager import CalibrationCall, CompileContext, CompileOptions, Pass, PassManager
 from snc.compiler.passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, lower, map_cores,
-                                 partition_host, quantize, reassociate, specialise_selection, split_signs)
+                                 partition_host, quantize, reassociate, slice_weights, specialise_selection,
+                                 split_signs)
 from snc.compiler.targets import get_target
 from snc.errors import GraphError, SncError
 
@@ -220,6 +221,62 @@ def test_guide_thresholds_scales_neurons_not_relays_and_refuses_rounding_away():
     ir.nodes["a"].fixed["vth"] += 1
     with pytest.raises(GraphError, match="does not encode the threshold"):
         guide_thresholds.verify(ir, ctx)
+
+
+# --- slice_weights ----------------------------------------------------------------------------------------
+def _quantized_with(w: np.ndarray) -> Graph:
+    """The triangle, fixed-point, with a synapse b -> out of weights ``w`` (split by sign)."""
+    ir = fold_thresholds.fold(balance_delays.run(_triangle(), _ctx()), TARGET.rules, None)
+    ir.edges.append(Edge("b", "out", _dense(w)))
+    return quantize.run(split_signs.run(ir, _ctx()), _ctx())
+
+
+def test_slice_weights_adds_a_fine_synapse_of_the_same_sign_that_completes_the_weights():
+    w = np.array([[0.913, -0.0123], [-0.4567, 0.00789]])  # small weights too: 8 bits of the largest miss them
+    ir = slice_weights.run(_quantized_with(w), _ctx(weight_bits=16))
+    slice_weights.verify(ir, _ctx(weight_bits=16))
+    rules, out = TARGET.rules, ir.nodes["out"]
+    parts = [e for e in ir.edges if (e.src, e.dst) == ("b", "out")]
+    assert sorted(e.part for e in parts) == ["+", "+:fine", "-", "-:fine"]
+    assert np.allclose(sum(e.op.weight for e in parts), w, rtol=0, atol=1e-15)  # the float function is kept
+    for coarse, fine in zip(parts[::2], parts[1::2]):
+        hi, lo = coarse.fixed["weight"].astype(np.int64), fine.fixed["weight"].astype(np.int64)
+        exp, fine_exp = coarse.fixed["weight_exp"], fine.fixed["weight_exp"]
+        assert fine_exp == exp - rules.weight_bits >= rules.weight_exp_min
+        assert all(v.min() >= 0 for v in (hi, lo)) or all(v.max() <= 0 for v in (hi, lo))  # one sign, the same
+        assert np.abs(lo).max() <= rules.weight_range(mixed=False)[1]
+        x = (coarse.op.weight + fine.op.weight) * out.scale
+        assert np.abs(hi * 2.0**exp + lo * 2.0**fine_exp - x).max() <= 2.0 ** (fine_exp - 1)  # 2^(e-9)
+        single = quantize.quantize_weights(x, 1.0, rules)
+        assert np.abs(hi * 2.0**exp + lo * 2.0**fine_exp - x).max() < \
+            np.abs(single[0] * 2.0**single[1] - x).max()
+    fine = parts[1]
+    fine.fixed["weight"] = fine.fixed["weight"] + np.sign(fine.fixed["weight"].sum()).astype(np.int16)
+    with pytest.raises(GraphError, match="more than half a unit"):
+        slice_weights.verify(ir, _ctx(weight_bits=16))
+    fine.fixed["weight"] = -fine.fixed["weight"]
+    with pytest.raises(GraphError, match="one sign"):
+        slice_weights.verify(ir, _ctx(weight_bits=16))
+    with pytest.raises(GraphError, match="fine slice at weight_bits 8"):
+        slice_weights.verify(ir, _ctx())
+    unsliced = slice_weights.run(_quantized_with(w), _ctx())
+    assert [e.name for e in unsliced.edges] == [e.name for e in _quantized_with(w).edges]
+    with pytest.raises(GraphError, match="use 8 or 16"):
+        slice_weights.run(_quantized_with(w), _ctx(weight_bits=12))
+
+
+def test_slice_weights_keeps_exponents_and_upsampled_sums_within_the_target():
+    rules = TARGET.rules
+    x = np.random.default_rng(1).uniform(0, 60, size=(3, 2, 3, 3))  # 2 x 2 taps sum to at most 240
+    coarse, fine, fine_exp = slice_weights.slice_integers(x, 0, 8, rules)
+    assert fine_exp == -8 and np.abs(coarse + fine / 256 - x).max() <= 1 / 512
+    coarse, fine, fine_exp = slice_weights.slice_integers(x / 32, -5, 8, rules)  # a graded source's exponent
+    assert fine_exp == rules.weight_exp_min  # three fine bits are left
+    coarse, fine, fine_exp = slice_weights.slice_integers(x, 0, 8, rules, upsample=2)
+    assert quantize.synapse_range(fine, 2)[1] <= 255 and fine_exp > -8  # summed taps fit the mantissa
+    assert quantize.synapse_range(coarse, 2)[1] <= quantize.synapse_range(np.round(x).astype(np.int64), 2)[1]
+    assert slice_weights.slice_integers(x, rules.weight_exp_min, 8, rules) is None  # no fine bit left
+    assert slice_weights.slice_integers(np.round(x), 0, 8, rules) is None  # exact already
 
 
 # --- lower and map_cores ---------------------------------------------------------------------------------

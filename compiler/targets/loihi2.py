@@ -5,9 +5,10 @@ Its rules are ``hw_profiles/loihi2.toml`` (``[fixed_point]``, read into
 
 - the pipeline (``passes``): import, host partition, re-association, gate
   specialisation, delay balancing, threshold folding, sign splitting,
-  quantization, threshold guidance, then the lowering to the netlist
-  (``lower``, in both modes: ``fixed`` is Lava's ``fixed_pt`` and the chip's
-  integers, ``float`` is Lava's ``floating_pt`` of the same network) and
+  quantization, bit slicing (``--weight-bits 16``), threshold guidance,
+  then the lowering to the netlist (``lower``, in both modes: ``fixed`` is
+  Lava's ``fixed_pt`` and the chip's integers, ``float`` is Lava's
+  ``floating_pt`` of the same network) and
   the core mapping / DRC on the fixed netlist (``map_cores``);
 - the lowering of a compiled graph: each population becomes a neuron group
   (``LIFReset`` with the offset of its pipeline depth, a plain ``LIF`` for a
@@ -34,7 +35,7 @@ from ..linear import LinearOp
 from ..netlist import MODES, HostOp, Netlist, NeuronGroup, ReadoutPort, Synapse, window_reset
 from ..pass_manager import Pass
 from ..passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, lower, map_cores, partition_host,
-                      quantize, reassociate, specialise_selection, split_signs)
+                      quantize, reassociate, slice_weights, specialise_selection, split_signs)
 from . import Target
 
 
@@ -44,8 +45,8 @@ class Loihi2(Target):
 
     def passes(self) -> Sequence[Pass]:
         return (import_nir.PASS, partition_host.PASS, reassociate.PASS, specialise_selection.PASS,
-                balance_delays.PASS, fold_thresholds.PASS, split_signs.PASS, quantize.PASS, guide_thresholds.PASS,
-                lower.PASS, map_cores.PASS)
+                balance_delays.PASS, fold_thresholds.PASS, split_signs.PASS, quantize.PASS, slice_weights.PASS,
+                guide_thresholds.PASS, lower.PASS, map_cores.PASS)
 
     # --- lowering ----------------------------------------------------------------------------------
     def lower(self, graph: Graph, mode: str) -> Netlist:
