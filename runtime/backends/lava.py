@@ -167,18 +167,12 @@ class LavaNetwork:
                               bias_mant=np.tile(g.bias_mant, batch).astype(np.float64), bias_exp=0)
             if g.graded:
                 from .lava_processes.graded import GradedSum
-                rows = step_rows(net, g.name, 1, self.length) if g.per_step else [0]
-                mant, exp = params["bias_mant"], np.broadcast_to(params["bias_exp"], params["bias_mant"].shape)
-                proc = GradedSum(shape=(n,), name=g.name, bias_table_mant=mant[rows] if g.per_step else mant[None],
-                                 bias_table_exp=(exp[rows] if g.per_step else exp[None]).copy(),
+                mant, exp = self._bias_table(g, params.pop("bias_mant"), params.pop("bias_exp"))
+                proc = GradedSum(shape=(n,), name=g.name, bias_table_mant=mant, bias_table_exp=exp,
                                  payload_shift=g.payload_shift)
             elif g.per_step or g.subtractive_reset:
                 from .lava_processes.step import StepBiasLIFReset
-                # one table row per step of a call (one row: the same bias every step)
-                rows = step_rows(net, g.name, 1, self.length) if g.per_step else [0]
-                mant, exp = params.pop("bias_mant"), params.pop("bias_exp")
-                exp = np.broadcast_to(exp, mant.shape)  # (floating_pt: 0)
-                mant, exp = (mant[rows], exp[rows]) if g.per_step else (mant[None], exp[None].copy())
+                mant, exp = self._bias_table(g, params.pop("bias_mant"), params.pop("bias_exp"))
                 proc = StepBiasLIFReset(shape=(n,), name=g.name, reset_interval=g.reset_interval,
                                         reset_offset=g.reset_offset, bias_table_mant=mant, bias_table_exp=exp,
                                         subtractive_reset=g.subtractive_reset, **params)
@@ -201,6 +195,14 @@ class LavaNetwork:
             self._connect(s, binary_path)
         self._anchor = next(iter(self.procs.values()))
         self.gated = [s for s in net.synapses if s.gate]
+
+    def _bias_table(self, g, mant: np.ndarray, exp) -> tuple[np.ndarray, np.ndarray]:
+        """A group's bias as a table of one row per step of a call (one row: the same bias every step)."""
+        exp = np.broadcast_to(exp, mant.shape)  # (floating_pt: 0)
+        if not g.per_step:
+            return mant[None], exp[None].copy()
+        rows = step_rows(self.net, g.name, 1, self.length)
+        return mant[rows], exp[rows]
 
     def _connect(self, s: Synapse, binary_path: bool) -> None:
         from lava.proc.conv.process import Conv
