@@ -11,6 +11,8 @@ Kinds:
   (torch's cross-correlation convention; no bias: biases live in the target);
   with ``zeros`` the input is upsampled by zero insertion instead (each element
   followed by ``upsample - 1`` zeros along both axes: a transposed conv).
+  Its ``out_shape`` may be a *view* of the conv's own output (``conv_shape``):
+  the same C-order vector, reshaped (a conv followed by a reshape).
 - ``dense``: y = weight @ x.flatten().
 
 ``compose(outer, inner)`` is exact (float64) for every pair the U-Net and MLP
@@ -82,9 +84,18 @@ class LinearOp:
         return int(np.prod(self.out_shape))
 
     @property
+    def conv_shape(self) -> Shape:
+        """The shape the op computes before any reshape: a conv's (C, H, W) output, else ``out_shape``."""
+        if self.kind != "conv":
+            return self.out_shape
+        _, h, w = self.in_shape
+        k, s, p, u = self.weight.shape[-1], self.stride, self.padding, self.upsample
+        return (self.weight.shape[0], (h * u + 2 * p - k) // s + 1, (w * u + 2 * p - k) // s + 1)
+
+    @property
     def is_pointwise_conv(self) -> bool:
         return self.kind == "conv" and self.weight.shape[-1] == 1 and self.stride == 1 and self.padding == 0 \
-            and self.upsample == 1
+            and self.upsample == 1 and self.out_shape == self.conv_shape
 
     def geometry(self) -> tuple:
         """What two ops must share for their weights to be added."""
@@ -102,17 +113,18 @@ class LinearOp:
 
     # --- evaluation ----------------------------------------------------------------------
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """y for a batch x [B, *in_shape] (any float dtype)."""
+        """y for a batch x [B, ...] of ``n_in`` elements each (any float dtype), read in ``in_shape``."""
         batch = x.shape[0]
         if self.kind == "identity":
             return x.reshape(batch, *self.out_shape)
         w = torch.as_tensor(self.weight, dtype=x.dtype, device=x.device)
         if self.kind == "dense":
             return (x.reshape(batch, -1) @ w.T).reshape(batch, *self.out_shape)
+        x = x.reshape(batch, *self.in_shape)
         if self.upsample > 1:
             x = zero_insert(x, self.upsample) if self.zeros else F.interpolate(x, scale_factor=self.upsample,
                                                                                mode="nearest")
-        return F.conv2d(x, w, stride=self.stride, padding=self.padding)
+        return F.conv2d(x, w, stride=self.stride, padding=self.padding).reshape(batch, *self.out_shape)
 
     def to_csr(self) -> sparse.csr_matrix:
         """The op as a sparse matrix [n_out, n_in] over C-order flattened tensors."""
@@ -147,9 +159,9 @@ class LinearOp:
 
     @property
     def taps_per_synapse(self) -> int:
-        """Along each axis, how many kernel taps one synapse's weight can sum: ``upsample`` after nearest
-        upsampling (one input fills u x u positions), else 1."""
-        return 1 if self.zeros else self.upsample
+        """Along each axis, how many kernel taps one synapse's weight can sum: after nearest upsampling one
+        input fills u x u positions, so up to ``min(upsample, k)`` taps of a k x k kernel; else 1."""
+        return 1 if self.zeros or self.kind != "conv" else min(self.upsample, self.weight.shape[-1])
 
     @property
     def moves_only(self) -> bool:
@@ -175,7 +187,7 @@ class LinearOp:
 def _conv_csr(op: LinearOp) -> sparse.csr_matrix:
     """Expand a (possibly upsampling) conv into its sparse matrix by index arithmetic."""
     cin, h, w = op.in_shape
-    cout, ho, wo = op.out_shape
+    cout, ho, wo = op.conv_shape
     k, s, p, u = op.weight.shape[-1], op.stride, op.padding, op.upsample
     oc, oy, ox, ic, ky, kx = np.meshgrid(
         np.arange(cout), np.arange(ho), np.arange(wo), np.arange(cin), np.arange(k), np.arange(k), indexing="ij"
@@ -225,7 +237,7 @@ def _conv_fan(op: LinearOp, side: str) -> np.ndarray:
     block of taps have a non-zero sum makes one synapse.
     """
     cin, h, w = op.in_shape
-    cout, ho, wo = op.out_shape
+    cout, ho, wo = op.conv_shape
     k, s, p, u = op.weight.shape[-1], op.stride, op.padding, op.upsample
     links_y, groups_y = _axis_links(ho, h, k, s, p, u, op.zeros)
     links_x, groups_x = _axis_links(wo, w, k, s, p, u, op.zeros)
@@ -256,13 +268,14 @@ def compose(outer: LinearOp, inner: LinearOp) -> LinearOp:
             return replace(outer, in_shape=inner.in_shape)
         return outer  # a reshape keeps the C-order vector: the conv reads it in its own (C, H, W) view
     if outer.kind == "identity":
-        return replace(inner, out_shape=outer.out_shape) if inner.kind == "dense" or outer.out_shape == inner.out_shape \
-            else _dense_compose(outer, inner)
-    if outer.is_pointwise_conv and inner.kind == "conv":
+        return replace(inner, out_shape=outer.out_shape)  # a dense op's output, or a view of a conv's
+    # Kernels fold only when the outer conv reads the inner one's output as that conv computes it (no view).
+    aligned = inner.kind == "conv" and outer.in_shape == inner.out_shape == inner.conv_shape
+    if outer.is_pointwise_conv and aligned:
         w = inner.weight
         kernel = (outer.weight[:, :, 0, 0] @ w.reshape(w.shape[0], -1)).reshape(-1, *w.shape[1:])
         return replace(inner, out_shape=outer.out_shape, weight=kernel)
-    if outer.kind == "conv" and outer.upsample == 1 and inner.kind == "conv" and inner.weight.shape[-1] == 1 \
+    if outer.kind == "conv" and outer.upsample == 1 and aligned and inner.weight.shape[-1] == 1 \
             and inner.stride == 1 and inner.padding == 0:
         # a 1x1 map commutes with nearest upsampling and with zero insertion: fold it into the outer kernel
         kernel = np.tensordot(outer.weight, inner.weight[:, :, 0, 0], axes=([1], [0])).transpose(0, 3, 1, 2)

@@ -364,8 +364,8 @@ def _synapse_problems(s: Synapse, net: Netlist) -> list[str]:
         return out + [f"{s.name}: no weights (an identity op carries its scalar weight as a 1-element array)"]
     if s.kind == "dense" and s.op.kind != "dense":
         out.append(f"{s.name}: a dense synapse needs a dense op, not {s.op.kind}")
-    if s.kind == "conv" and (s.op.kind != "conv" or s.op.upsample != 1):
-        out.append(f"{s.name}: a conv synapse needs a conv op without upsampling")
+    if s.kind == "conv" and (s.op.kind != "conv" or s.op.upsample != 1 or s.op.out_shape != s.op.conv_shape):
+        out.append(f"{s.name}: a conv synapse needs a conv op without upsampling or an output view")
     if s.delay and s.kind != "sparse":
         out.append(f"{s.name}: only sparse synapses have delays")
     if net.groups[s.src].graded and s.kind != "sparse":

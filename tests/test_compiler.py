@@ -55,6 +55,26 @@ def test_compositions_are_exact():
     assert torch.allclose(compose(d2, d1).apply(x), d2.apply(d1.apply(x)), atol=1e-12)
 
 
+def test_a_reshape_after_a_conv_stays_a_kernel_with_an_output_view():
+    """The lateral transformer's token sum: a conv over channels stacked as one image between two reshapes
+    composes into one conv (k x k weights, not a dense matrix) whose output is a view; a kernel then never
+    folds across that view."""
+    x = _rand(2, 6, 4, 4)
+    stack = LinearOp.identity((6, 4, 4), (1, 24, 4))
+    token_sum = LinearOp.conv(np.ones((1, 1, 4, 4)), (1, 24, 4), 4, 0)  # -> (1, 6, 1)
+    unstack = LinearOp.identity((1, 6, 1), (6, 1, 1))
+    op = compose(unstack, compose(token_sum, stack))
+    assert op.kind == "conv" and op.weight.shape == (1, 1, 4, 4)
+    assert op.out_shape == (6, 1, 1) and op.conv_shape == (1, 6, 1)
+    expect = unstack.apply(token_sum.apply(stack.apply(x)))
+    assert torch.allclose(op.apply(x), expect, atol=1e-12)
+    assert np.allclose((op.to_csr() @ x.reshape(2, -1).numpy().T).T, expect.reshape(2, -1).numpy(), atol=1e-12)
+    assert op.synapse_count() == op.to_csr().nnz == 96
+    assert np.array_equal(op.fan_in(), np.asarray((op.to_csr() != 0).sum(axis=1)).reshape(-1))
+    mix = LinearOp.conv(_rand(3, 6, 1, 1).numpy(), (6, 1, 1), 1, 0)  # a 1x1 conv reading the view
+    mixed = compose(mix, op)
+    assert torch.allclose(mixed.apply(x), mix.apply(expect), atol=1e-12)
+
 @pytest.mark.parametrize("preset,residual", [("digits-mlp", "graded"), ("digits-unet", "graded"),
                                               ("digits-unet", "reassociate")])
 def test_compiled_graph_computes_what_the_nir_graph_computes(preset, residual):
