@@ -20,6 +20,7 @@ Output: JSON on stdout (``-o`` writes it to a file too) and a markdown table on 
 
     .venv/bin/python tools/residual_table.py --models digits-unet,digits-lateral -n 4
     .venv/bin/python tools/residual_table.py --models cifar10-sddpm --no-verify --energy-n 1
+    .venv/bin/python tools/residual_table.py --models out/bench-cifar/cifar10-sddpm-rated.pt -n 1 --energy-n 1
     .venv/bin/python tools/residual_table.py --models digits-unet --residuals graded --weight-bits 8,16 -n 8 \
         --fdd ddim:20,ddpm --fdd-n 256
 """
@@ -46,6 +47,11 @@ SOURCES = {  # model -> what `snc compile` takes
     "cifar10-lateral": ["--preset", "cifar10-lateral"],
 }
 RESIDUALS = ("reassociate", "graded")
+
+
+def source_of(model: str) -> list[str]:
+    """What `snc compile` takes for a model of ``--models``: a known name, or a checkpoint's path."""
+    return SOURCES.get(model, [model])
 PROFILES = ("loihi2", "cmos45nm-fp32")
 
 
@@ -96,9 +102,9 @@ def fdd(source: list[str], backend: str, spec: str, work: Path, args: argparse.N
 
 def measure(model: str, residual: str, weight_bits: str, work: Path, args: argparse.Namespace,
             torch_fdd: dict[str, float | None]) -> dict:
-    build = work / f"{model}-{residual}-w{weight_bits}"
+    build = work / f"{Path(model).stem}-{residual}-w{weight_bits}"
     row: dict = {"model": model, "residual": residual, "weight_bits": int(weight_bits)}
-    report, error, seconds, peak = run(["compile", *SOURCES[model], "--residual", residual, "--weight-bits",
+    report, error, seconds, peak = run(["compile", *source_of(model), "--residual", residual, "--weight-bits",
                                         weight_bits, "--allow-oversize", "-o", str(build), "--json"], args.timeout)
     row["compile_seconds"], row["compile_peak_rss_mb"] = round(seconds, 1), round(peak, 0)
     if report is None:
@@ -172,7 +178,8 @@ def markdown(rows: list[dict], fdd_specs: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits-unet,digits-lateral")
+    parser.add_argument("--models", default="digits-unet,digits-lateral",
+                        help=f"comma list of {', '.join(SOURCES)} or checkpoint paths")
     parser.add_argument("--residuals", default=",".join(RESIDUALS))
     parser.add_argument("--weight-bits", default="8", help="comma list of --weight-bits (8, 16)")
     parser.add_argument("-n", type=int, default=4, help="images per diffusion step of the verify")
@@ -193,7 +200,7 @@ def main() -> None:
     rows = []
     specs = [s for s in args.fdd.split(",") if s]
     for model in args.models.split(","):
-        torch_fdd = {spec: fdd(SOURCES[model], "torch", spec, work, args)[0] for spec in specs}
+        torch_fdd = {spec: fdd(source_of(model), "torch", spec, work, args)[0] for spec in specs}
         for residual in args.residuals.split(","):
             for weight_bits in args.weight_bits.split(","):
                 rows.append(measure(model, residual, weight_bits, work, args, torch_fdd))
