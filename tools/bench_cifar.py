@@ -34,6 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_backends import bench_chip, bench_torch  # tools/: the per-call timing of every backend bench
+
+from snc.allocator import keep_freed_memory
+from snc.compiler.build import read_build
+from snc.compiler.frontends import load
+from snc.compiler.frontends.base import CALIBRATION_FRACTIONS
+from snc.models import save_checkpoint
+from snc.models.rates import calibrate_firing_rate, spike_rates
+from snc.runtime.backends import get_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 SNC = str(ROOT / ".venv" / "bin" / "snc")
@@ -53,11 +62,6 @@ def child(args: list[str]) -> tuple[dict, float, float]:
 def make_checkpoint(path: Path, rate: float, seed: int) -> dict:
     """The preset at random init (``seed``), its BatchNorm calibrated to ``rate`` on the compiler's
     calibration inputs, saved as an snc checkpoint (float32); returns the calibration's summary."""
-    from snc.compiler.frontends import load
-    from snc.compiler.frontends.base import CALIBRATION_FRACTIONS
-    from snc.models import save_checkpoint
-    from snc.models.rates import calibrate_firing_rate, spike_rates
-
     dep = load(preset="cifar10-sddpm", seed=seed)
     pairs = [(x.float(), t) for x, t in dep.host.call_pairs(2, CALIBRATION_FRACTIONS, seed)]
     model = dep.host.model.float().eval()
@@ -81,12 +85,6 @@ def make_checkpoint(path: Path, rate: float, seed: int) -> dict:
 
 def run_build(build_dir: Path, batch: int, repeats: int) -> dict:
     """Step 3, in its own process: open the build on the emulator, then time emu and torch calls."""
-    from bench_backends import bench_chip, bench_torch
-
-    from snc.allocator import keep_freed_memory
-    from snc.compiler.build import read_build
-    from snc.runtime.backends import get_backend
-
     keep_freed_memory()  # as the snc command does
     start = time.perf_counter()
     build = read_build(build_dir)
