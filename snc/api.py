@@ -269,14 +269,23 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
            sampler: Optional[str] = None, steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0,
            n: int = 16, batch: Optional[int] = None, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None,
            status: Status = _quiet, timeout: Optional[float] = None, order: int = 3,
-           spacing: Optional[str] = None, temperature: float = 1.0, device: Optional[str] = None) -> SampleResult:
+           spacing: Optional[str] = None, temperature: float = 1.0, device: Optional[str] = None,
+           first: int = 0) -> SampleResult:
     """Images from a diffusion sampler driving the denoiser on ``backend`` (chip backends need a build);
     ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take; ``device``: the torch
     device of a backend that runs on one (``Backend.devices``; default cpu); ``order``: DPM-Solver's;
     ``spacing``: of the sampler's steps, ``time`` or ``logsnr`` (default: the sampler's own). A model of several
-    cores runs its own process (``runtime/pipelines.py``; ``temperature``: its token sampler's)."""
+    cores runs its own process (``runtime/pipelines.py``; ``temperature``: its token sampler's).
+
+    The result is images ``first .. first + n - 1`` of the run seeded ``seed``: each image draws its noise from
+    its own stream (``snc.models.image_noise``), so a shard (``first``, ``n``) holds the same images as the
+    whole run, given the same denoiser calls: the same ``batch`` (images per call, on every backend, torch
+    included: its floats depend on the forward's batch) with ``first`` a multiple of it
+    (``snc.runtime.distributed``)."""
     if n < 1 or (batch is not None and not 1 <= batch <= n):
         raise SncError("-n must be at least 1 and --batch in 1..n")
+    if not (isinstance(first, int) and 0 <= first and first + n <= 2**64):
+        raise SncError(f"the first image's index must be in 0..2^64-n, not {first}")
     if steps is not None and steps < 1:
         raise SncError(f"--steps must be at least 1, not {steps}")
     if not 0 < threshold_scale < float("inf"):
@@ -285,8 +294,8 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
     options = chosen.call_options(timeout, check_device(device, [backend]))
     src = open_source(source)
     if isinstance(src, (Pipeline, PipelineBuild)):
-        return _sample_pipeline(src, chosen, mode, sampler, steps, threshold_scale, n, batch, seed, on_step, options,
-                                temperature)
+        return _sample_pipeline(src, chosen, mode, sampler, steps, threshold_scale, n, batch, seed, first, on_step,
+                                options, temperature)
     sampler = sampler or "ddim"
     check_sampler_options(sampler, eta, order, spacing)
     _check_image_denoiser(src)
@@ -304,7 +313,7 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
                                          src.meta.get("files", {}).get(MODEL_FILE) if isinstance(src, Build) else None)
         start = time.perf_counter()
         images = run_sampler(runner, (n, cfg.img_ch, cfg.img_size, cfg.img_size), schedule, sampler=sampler,
-                             steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed), on_step=on_step,
+                             steps=steps, eta=eta, seed=seed, first=first, on_step=on_step,
                              eps_moment=moments, order=order, spacing=spacing)
         seconds = time.perf_counter() - start
     return SampleResult(images.float(), backend, runner.mode, sampler, steps, eta, threshold_scale, n,
@@ -312,7 +321,7 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
 
 
 def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional[str], sampler: Optional[str],
-                     steps: Optional[int], threshold_scale: float, n: int, batch: Optional[int], seed: int,
+                     steps: Optional[int], threshold_scale: float, n: int, batch: Optional[int], seed: int, first: int,
                      on_step: Optional[Callable[[int, int], None]], options: dict[str, Any],
                      temperature: float) -> SampleResult:
     from snc.runtime.pipelines import process_for
@@ -324,7 +333,7 @@ def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional
                            auto_batch=batch is None, **options)
 
     start = time.perf_counter()
-    result = process.run(open_stage, n, steps, temperature, torch.Generator().manual_seed(seed), on_step)
+    result = process.run(open_stage, n, steps, temperature, seed, first, on_step)
     seconds = time.perf_counter() - start
     return SampleResult(result.images.float(), chosen.name, result.mode, process.sampler, result.calls["sdid"],
                         0.0, threshold_scale, n, result.batch, seed, seconds, temperature)

@@ -93,6 +93,10 @@ class Backend:
 
     supervised: bool = False  # runs its networks in watched worker processes that a --timeout can bound
     devices: tuple[str, ...] = ()  # the torch device types its networks run on (--device); none: it has no device
+    # Images per call when the caller leaves the batch to snc, for a backend whose results depend on the
+    # batch (torch's float kernels); None: every image is computed on its own (a netlist's integers, a Lava
+    # network per image), so any split of a run into calls or shards gives the same images.
+    split_batch: Optional[int] = None
 
     def call_options(self, timeout: Optional[float], device: Optional[torch.device] = None) -> dict[str, Any]:
         """The ``open`` / ``network`` options of a ``--timeout`` (seconds per call): a supervised backend's
