@@ -133,6 +133,11 @@ class NetlistBackend(Backend):
         """The batch to run when the user left it to snc: ``batch``, or less where memory limits it."""
         return batch
 
+    def run_mb(self, net: Netlist, batch: int) -> Optional[float]:
+        """Estimated memory (MB) of a run of ``net`` at ``batch`` beyond this process's; None: nothing to speak
+        of (the network lives in this process's arrays)."""
+        return None
+
     def accept(self, net: Netlist) -> Netlist:
         """``net`` after its target's full check, if this backend runs it in its mode."""
         if net.target not in self.targets:
