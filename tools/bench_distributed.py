@@ -1,7 +1,7 @@
 """Wall time of one process against Ray workers (``snc sample --workers``), and that their images are equal.
 
     .venv/bin/python tools/bench_distributed.py [--build build/digits-unet] [--workers 2] [--batch 64]
-                                                [-n 64 1024] [--steps 20] [-o out/bench_distributed.json]
+                                                [-n 64 1024] [--steps 20] [--threads T] [-o out/bench_distributed.json]
 
 The shipped digits U-Net's default build (compiled into a temporary directory unless ``--build``) sampled
 with DDIM on the emulator, for each ``-n``: one process (``api.sample``) and ``--workers`` shards on a local
@@ -34,8 +34,12 @@ def main() -> None:
     parser.add_argument("-n", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the one-process run (default: "
+                        "torch's; the emulator's Ray workers run one each)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         build = args.build
@@ -61,7 +65,8 @@ def main() -> None:
                 "equal": bool(np.array_equal(one.images.numpy(), two.images.numpy())),
             })
     report = {"model": "digits-unet (shipped, default build)", "backend": "emu", "sampler": f"ddim-{args.steps}",
-              "seed": args.seed, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "runs": rows}
+              "seed": args.seed, "cpus": os.cpu_count(), "one_process_torch_threads": torch.get_num_threads(),
+              "worker_torch_threads": 1, "runs": rows}
     text = json.dumps(report, indent=2)
     print(text)
     if args.output is not None:
