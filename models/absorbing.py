@@ -2,8 +2,9 @@
 (Austin et al.'s absorbing D3PM in the form of Bond et al.): at step t of S each token is masked with
 probability t/S; the denoiser predicts the clean tokens; sampling unmasks positions until none is left.
 
-Randomness comes from an explicit ``torch.Generator`` (the public code draws from the global RNG), in the
-same order per step: the mask draw, then the token draws.
+Training draws from an explicit ``torch.Generator`` (the public code draws from the global RNG). Sampling
+draws each image's randomness from its own stream (``snc.models.image_noise``: image ``first + j`` of the
+run seeded ``seed``), in the same order per step: its mask draw, then its token draws.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from . import image_noise
 
 # the denoiser's call: token ids as floats [B, 1, h, w] (mask id = K) and steps t [B] -> logits [B, K, h, w]
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,23 +51,26 @@ def training_loss(denoiser: Logits, x0: torch.Tensor, steps: int, mask_id: int,
 
 @torch.no_grad()
 def sample(denoiser: Logits, n: int, grid: tuple[int, int], mask_id: int, steps: int, temperature: float = 1.0,
-           generator: Optional[torch.Generator] = None,
-           on_step: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-    """Tokens ``[n, 1, h, w]`` (int64): from all masks, for t = steps .. 1 each still-masked position is
-    unmasked with probability 1/t (all at t = 1) to a draw from ``softmax(logits / temperature)``; unmasked
-    tokens are never revisited. The denoiser sees the raw step t, as the public code's."""
+           seed: int = 0, first: int = 0, on_step: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+    """Tokens ``[n, 1, h, w]`` (int64) of images ``first .. first + n - 1`` of the run seeded ``seed``: from all
+    masks, for t = steps .. 1 each still-masked position is unmasked with probability 1/t (all at t = 1) to a
+    draw from ``softmax(logits / temperature)``; unmasked tokens are never revisited. The denoiser sees the
+    raw step t, as the public code's."""
     if not temperature > 0:
         raise ValueError(f"the temperature must be positive, got {temperature}")
+    generators = image_noise.image_generators(seed, first, n)
     x = torch.full((n, 1, *grid), mask_id, dtype=torch.long)
     unmasked = torch.zeros_like(x, dtype=torch.bool)
+    positions = (1, *grid)
     for step in range(steps, 0, -1):
         t = torch.full((n,), step, dtype=torch.long)
-        changes = (torch.rand(x.shape, generator=generator) < 1 / step) & ~unmasked
+        uniform = image_noise.per_image(generators, lambda g: torch.rand(positions, generator=g))
+        changes = (uniform < 1 / step) & ~unmasked
         unmasked |= changes
         logits = denoiser(x.float(), t).permute(0, 2, 3, 1) / temperature
-        probabilities = torch.softmax(logits.double(), dim=-1).reshape(-1, logits.shape[-1])
-        draws = torch.multinomial(probabilities, 1, generator=generator).reshape(n, 1, *grid)
-        x = torch.where(changes, draws, x)
+        probabilities = torch.softmax(logits.double(), dim=-1).reshape(n, -1, logits.shape[-1])
+        draws = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probabilities, generators)])
+        x = torch.where(changes, draws.reshape(n, 1, *grid), x)
         if on_step is not None:
             on_step(step)
     return x

@@ -333,10 +333,11 @@ class SpikingDiffusionVQ(nn.Module):
         return torch.clamp(self.vqsvae.decode(tokens) / self.config.pixel_scale, -1, 1)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, steps: Optional[int] = None,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``n`` images: token grids from the absorbing diffusion (``steps`` default: the SDID's), decoded."""
+    def sample(self, n: int, temperature: float = 1.0, steps: Optional[int] = None, seed: int = 0,
+               first: int = 0) -> torch.Tensor:
+        """``n`` images (``first ..`` of the run seeded ``seed``, each from its own random stream): token grids
+        from the absorbing diffusion (``steps`` default: the SDID's), decoded."""
         size = self.config.sdid.latent_size
         tokens = absorbing.sample(self.sdid, n, (size, size), self.config.sdid.mask_id,
-                                  steps or self.config.sdid.diffusion_steps, temperature, generator)
+                                  steps or self.config.sdid.diffusion_steps, temperature, seed, first)
         return self.images(tokens)

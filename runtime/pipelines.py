@@ -35,9 +35,10 @@ class PipelineSample:
 
 
 def sample_spiking_diffusion(open_stage: OpenStage, n: int, steps: Optional[int], temperature: float,
-                             generator: torch.Generator, on_step: Optional[OnStep] = None) -> PipelineSample:
-    """``n`` images: token grids from the absorbing diffusion with the SDID on the chip (``steps`` sampling
-    steps, default the SDID's diffusion steps), then the decoder on the chip."""
+                             seed: int, first: int = 0, on_step: Optional[OnStep] = None) -> PipelineSample:
+    """``n`` images (``first ..`` of the run seeded ``seed``, each from its own random stream): token grids
+    from the absorbing diffusion with the SDID on the chip (``steps`` sampling steps, default the SDID's
+    diffusion steps), then the decoder on the chip."""
     if not temperature > 0:
         raise SncError(f"--temperature must be positive, not {temperature}")
     with open_stage("sdid") as sdid:
@@ -46,7 +47,7 @@ def sample_spiking_diffusion(open_stage: OpenStage, n: int, steps: Optional[int]
         total = steps + 1
         tick = (lambda step: on_step(steps - step + 1, total)) if on_step is not None else None
         tokens = absorbing.sample(sdid, n, (cfg.latent_size, cfg.latent_size), cfg.mask_id, steps, temperature,
-                                  generator, tick)
+                                  seed, first, tick)
         mode, batch = sdid.mode, getattr(sdid, "batch", n)
     with open_stage("decoder") as decoder:
         images = decoder(tokens.double(), torch.zeros(n, dtype=torch.long))
@@ -68,7 +69,7 @@ class Process:
 
     calls: Callable[[Optional[int], Callable[[str], HostProgram]], dict[str, int]]  # (steps, a stage's host) -> calls
     sampler: Optional[str] = None  # its name (``--sampler``); None: the model does not generate
-    run: Optional[Callable[..., PipelineSample]] = None  # (open_stage, n, steps, temperature, generator, on_step)
+    run: Optional[Callable[..., PipelineSample]] = None  # (open_stage, n, steps, temperature, seed, first, on_step)
 
 
 PROCESSES: dict[str, Process] = {

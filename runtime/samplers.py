@@ -2,7 +2,9 @@
 
 A denoiser is any callable ``eps = denoiser(x_t, t)`` with x_t [B, C, H, W]
 (float32) and t [B] (int64) diffusion steps; backends (torch reference,
-Lava, emulator) provide one. Randomness comes only from the generator passed in.
+Lava, emulator) provide one. Randomness comes only from ``(seed, first)``: image ``first + j`` draws its
+initial noise and every step's from its own stream (``snc.models.image_noise``), so images ``i .. i+k-1`` of
+a run are the same whether sampled alone (``first=i``, k images) or among others.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from snc.errors import SncError
+from snc.models import image_noise
 from snc.models.diffusion import Schedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -173,14 +176,16 @@ def sample(
     sampler: str = "ddim",
     steps: Optional[int] = None,
     eta: float = 0.0,
-    generator: Optional[torch.Generator] = None,
+    seed: int = 0,
+    first: int = 0,
     on_step: Optional[StepCallback] = None,
     eps_moment: Optional[Mapping[int, float]] = None,
     analytic_clip_pixels: Optional[float] = 2.0,
     order: int = 3,
     spacing: Optional[str] = None,
 ) -> torch.Tensor:
-    """Generate ``shape[0]`` images from pure noise; returns float32 in [-1, 1].
+    """Generate ``shape[0]`` images from pure noise; returns float32 in [-1, 1]: images ``first ..
+    first + shape[0] - 1`` of the run seeded ``seed`` (each image's noise from its own stream).
 
     - ``ddpm``: ancestral sampling over every step (``steps`` must be None or
       the schedule length), posterior variance beta~_t ("fixedsmall").
@@ -213,7 +218,8 @@ def sample(
                            f"(first: {missing[0]})")
         analytic_var = analytic_variances(schedule, timesteps, eps_moment, analytic_clip_pixels)
     ab = schedule.alphas_bar
-    x = torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
+    generators = image_noise.image_generators(seed, first, shape[0])
+    x = image_noise.randn(generators, shape[1:])
     batch = shape[0]
     history: list[tuple[int, torch.Tensor]] = []  # DPM-Solver: (step, eps) of the latest calls
     for i, t in enumerate(timesteps):
@@ -242,7 +248,7 @@ def sample(
             if sampler == "analytic" and t_prev >= 0:
                 var = torch.tensor(analytic_var[i], dtype=torch.float64)
         if t_prev >= 0 and var > 0:
-            x = mean + var.sqrt() * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+            x = mean + var.sqrt() * image_noise.randn(generators, shape[1:])
         else:
             x = mean
         if on_step is not None:

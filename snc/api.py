@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import tempfile
 import time
@@ -269,14 +270,23 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
            sampler: Optional[str] = None, steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0,
            n: int = 16, batch: Optional[int] = None, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None,
            status: Status = _quiet, timeout: Optional[float] = None, order: int = 3,
-           spacing: Optional[str] = None, temperature: float = 1.0, device: Optional[str] = None) -> SampleResult:
+           spacing: Optional[str] = None, temperature: float = 1.0, device: Optional[str] = None,
+           first: int = 0) -> SampleResult:
     """Images from a diffusion sampler driving the denoiser on ``backend`` (chip backends need a build);
     ``timeout``: seconds one denoiser call of a supervised backend (Lava) may take; ``device``: the torch
     device of a backend that runs on one (``Backend.devices``; default cpu); ``order``: DPM-Solver's;
     ``spacing``: of the sampler's steps, ``time`` or ``logsnr`` (default: the sampler's own). A model of several
-    cores runs its own process (``runtime/pipelines.py``; ``temperature``: its token sampler's)."""
+    cores runs its own process (``runtime/pipelines.py``; ``temperature``: its token sampler's).
+
+    The result is images ``first .. first + n - 1`` of the run seeded ``seed``: each image draws its noise from
+    its own stream (``snc.models.image_noise``), so a shard (``first``, ``n``) holds the same images as the
+    whole run, given the same denoiser calls: the same ``batch`` (images per call, on every backend, torch
+    included: its floats depend on the forward's batch) with ``first`` a multiple of it
+    (``snc.runtime.distributed``)."""
     if n < 1 or (batch is not None and not 1 <= batch <= n):
         raise SncError("-n must be at least 1 and --batch in 1..n")
+    if not (isinstance(first, int) and 0 <= first and first + n <= 2**64):
+        raise SncError(f"the first image's index must be in 0..2^64-n, not {first}")
     if steps is not None and steps < 1:
         raise SncError(f"--steps must be at least 1, not {steps}")
     if not 0 < threshold_scale < float("inf"):
@@ -285,8 +295,8 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
     options = chosen.call_options(timeout, check_device(device, [backend]))
     src = open_source(source)
     if isinstance(src, (Pipeline, PipelineBuild)):
-        return _sample_pipeline(src, chosen, mode, sampler, steps, threshold_scale, n, batch, seed, on_step, options,
-                                temperature)
+        return _sample_pipeline(src, chosen, mode, sampler, steps, threshold_scale, n, batch, seed, first, on_step,
+                                options, temperature)
     sampler = sampler or "ddim"
     check_sampler_options(sampler, eta, order, spacing)
     _check_image_denoiser(src)
@@ -304,15 +314,109 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
                                          src.meta.get("files", {}).get(MODEL_FILE) if isinstance(src, Build) else None)
         start = time.perf_counter()
         images = run_sampler(runner, (n, cfg.img_ch, cfg.img_size, cfg.img_size), schedule, sampler=sampler,
-                             steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed), on_step=on_step,
+                             steps=steps, eta=eta, seed=seed, first=first, on_step=on_step,
                              eps_moment=moments, order=order, spacing=spacing)
         seconds = time.perf_counter() - start
     return SampleResult(images.float(), backend, runner.mode, sampler, steps, eta, threshold_scale, n,
                         getattr(runner, "batch", batch or n), seed, seconds)
 
 
+@dataclass
+class DistributedSampleResult(SampleResult):
+    workers: int = 1
+    shards: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (first image, images) per shard
+    attempts: list[int] = dataclasses.field(default_factory=list)  # starts per shard (2: its worker died once)
+    cluster_seconds: float = 0.0  # starting (or joining) the Ray cluster
+    address: Optional[str] = None  # the cluster joined; None: a local one of ``workers`` CPUs
+
+
+RAY_WORKER_MB = 400.0  # a Ray worker process and its share of the cluster's own (measured: about 250 MB)
+
+
+def sample_distributed(source: Union[PathLike, Build], *, workers: int, address: Optional[str] = None,
+                       backend: str = "torch", mode: Optional[str] = None, sampler: Optional[str] = None,
+                       steps: Optional[int] = None, eta: float = 0.0, threshold_scale: float = 1.0, n: int = 16,
+                       batch: Optional[int] = None, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None,
+                       status: Status = _quiet, timeout: Optional[float] = None, order: int = 3,
+                       spacing: Optional[str] = None, temperature: float = 1.0,
+                       device: Optional[str] = None) -> DistributedSampleResult:
+    """``sample`` with its images in contiguous shards, each one Ray task (``snc.runtime.distributed``) on a
+    local cluster of ``workers`` CPUs or, with ``address`` (HOST:PORT), on a running cluster whose nodes have
+    snc and the source at the same path. The images equal ``sample``'s with the same arguments bit for bit:
+    every image has its own random stream, and the shards are cut so that each makes the one-process run's
+    denoiser calls (at multiples of ``batch`` or, left to snc, of the backend's ``split_batch``); a shard whose
+    worker dies re-runs. ``on_step``: the sampler steps done, averaged over the images."""
+    from snc.runtime import distributed
+
+    if not (isinstance(workers, int) and workers >= 1):
+        raise SncError(f"--workers must be at least 1, not {workers}")
+    if address is not None:
+        distributed.check_address(address)
+    if n < 1 or (batch is not None and not 1 <= batch <= n):
+        raise SncError("-n must be at least 1 and --batch in 1..n")
+    chosen = get_backend(backend)
+    chosen.call_options(timeout, check_device(device, [backend]))
+    where = getattr(source, "path", source) if isinstance(source, (Build, PipelineBuild)) else source
+    if where is None or isinstance(source, (Deployable, Pipeline)):
+        raise SncError("distributed sampling reads its source in every worker: give a checkpoint or build path")
+    path = str(Path(where).resolve())
+    src = open_source(source)
+    cores = [src.stage(name) for name in src.stages] if isinstance(src, (Pipeline, PipelineBuild)) else [src]
+    if not isinstance(src, (Pipeline, PipelineBuild)):
+        check_sampler_options(sampler or "ddim", eta, order, spacing)
+        _check_image_denoiser(src)
+        cfg = src.host.config
+        _check_images_fit(n, cfg.img_ch * cfg.img_size ** 2)
+        if (sampler or "ddim") == "analytic" and isinstance(src, Build):  # cached once, read by every shard
+            schedule = Schedule(steps=cfg.diffusion_steps)
+            with status("epsilon moments of the model on its data (Analytic-DPM)"):
+                cached_moments(src.path, src.host.model, schedule, timesteps_for(schedule, "analytic", steps, spacing),
+                               src.meta.get("files", {}).get(MODEL_FILE))
+    unit = batch or chosen.split_batch
+    shards = distributed.plan_shards(n, workers, unit)
+    if address is None:
+        _check_workers_fit(chosen, cores, mode, batch, len(shards))
+    kwargs = dict(backend=backend, mode=mode, sampler=sampler, steps=steps, eta=eta, threshold_scale=threshold_scale,
+                  seed=seed, timeout=timeout, order=order, spacing=spacing, temperature=temperature, device=device)
+    run = functools.partial(_sample_shard, path, batch, kwargs)
+    threads = torch.get_num_threads() if chosen.split_batch else None  # torch's kernels differ with threads
+    done = distributed.run_shards(run, shards, workers, address, on_step, threads)
+    parts = done.results
+    head = parts[0]
+    return DistributedSampleResult(
+        torch.cat([p.images for p in parts]), head.backend, head.mode, head.sampler, head.steps, eta,
+        threshold_scale, n, batch or head.batch, seed, done.seconds, head.temperature, workers,
+        [(s.first, s.n) for s in done.shards], done.attempts, done.cluster_seconds, address)
+
+
+def _sample_shard(path: str, batch: Optional[int], kwargs: dict[str, Any], first: int, n: int,
+                  on_step: Callable[[int, int], None]) -> SampleResult:
+    """One shard of ``sample_distributed`` (in a Ray worker): images ``first .. first + n - 1``."""
+    return sample(path, n=n, first=first, batch=None if batch is None else min(batch, n), on_step=on_step, **kwargs)
+
+
+def _check_workers_fit(chosen, cores: Sequence[Any], mode: Optional[str], batch: Optional[int], workers: int) -> None:
+    """Refuse, on this machine's cluster, workers whose runs together would not fit the available memory."""
+    estimates = []
+    for core in cores:
+        if isinstance(core, Build):
+            run_mode = mode or (core.default_mode if core.default_mode in chosen.modes else chosen.default_mode)
+            if run_mode in core.modes:
+                estimates.append(chosen.run_mb(core.netlist(run_mode), batch or 1))
+    known = [e for e in estimates if e is not None]
+    available = available_mb()
+    if not known or available is None:
+        return
+    need = workers * (max(known) + RAY_WORKER_MB)
+    if need > available:
+        raise SncError(f"{workers} workers on {chosen.name} would need about {need / 1024:.1f} GB "
+                       f"({max(known) / 1024:.1f} GB per {chosen.name} run of {batch or 1} image(s), an estimate, "
+                       f"and a Ray worker each), {max(available, 0) / 1024:.1f} GB is available; use fewer "
+                       f"--workers, a smaller --batch or --backend emu")
+
+
 def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional[str], sampler: Optional[str],
-                     steps: Optional[int], threshold_scale: float, n: int, batch: Optional[int], seed: int,
+                     steps: Optional[int], threshold_scale: float, n: int, batch: Optional[int], seed: int, first: int,
                      on_step: Optional[Callable[[int, int], None]], options: dict[str, Any],
                      temperature: float) -> SampleResult:
     from snc.runtime.pipelines import process_for
@@ -324,7 +428,7 @@ def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional
                            auto_batch=batch is None, **options)
 
     start = time.perf_counter()
-    result = process.run(open_stage, n, steps, temperature, torch.Generator().manual_seed(seed), on_step)
+    result = process.run(open_stage, n, steps, temperature, seed, first, on_step)
     seconds = time.perf_counter() - start
     return SampleResult(result.images.float(), chosen.name, result.mode, process.sampler, result.calls["sdid"],
                         0.0, threshold_scale, n, result.batch, seed, seconds, temperature)

@@ -177,23 +177,34 @@ def sample(
     threshold_scale: float = typer.Option(1.0, "--threshold-scale", help="threshold guidance: every spiking "
                                           "threshold x S (e.g. 0.997)"),
     n: int = typer.Option(16, "-n", help="number of images"),
-    batch: Optional[int] = typer.Option(None, "--batch", help="images per chip call (default: all n; Lava "
-                                        "holds a copy of the network per image, so large models need fewer)"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="images per denoiser call (default: all n on a "
+                                        "chip, 64 on torch; Lava holds a copy of the network per image, so large "
+                                        "models need fewer)"),
     seed: int = _seed_option(),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
     timeout: Optional[float] = _timeout_option(),
     device: Optional[str] = _device_option(),
+    workers: Optional[int] = typer.Option(None, "--workers", help="sample in N shards, each a Ray task (a local "
+                                          "cluster of N CPUs unless --ray-address): the same images as one process"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="HOST:PORT of a running Ray cluster "
+                                              "for --workers (its nodes need snc and MODEL at the same path)"),
 ) -> None:
     """Generate images with a diffusion sampler driving the denoiser on a backend."""
     from snc import api
     from snc.runtime.images import save_grid
 
     _output_file(output)
-    with _StepBar(f"{sampler or 'sampling'} on {backend}" + (f" ({mode})" if mode else "")) as bar:
-        result = api.sample(model, backend=backend, mode=mode, sampler=sampler, steps=steps, eta=eta,
-                            threshold_scale=threshold_scale, n=n, batch=batch, seed=seed, on_step=bar,
-                            status=console.status, timeout=timeout, order=order, spacing=spacing,
-                            temperature=temperature, device=device)
+    if ray_address is not None and workers is None:
+        raise SncError("--ray-address needs --workers (the number of shards to run on the cluster)")
+    label = f"{sampler or 'sampling'} on {backend}" + (f" ({mode})" if mode else "")
+    options = dict(backend=backend, mode=mode, sampler=sampler, steps=steps, eta=eta,
+                   threshold_scale=threshold_scale, n=n, batch=batch, seed=seed, status=console.status,
+                   timeout=timeout, order=order, spacing=spacing, temperature=temperature, device=device)
+    with _StepBar(label + (f", {workers} workers" if workers is not None else "")) as bar:
+        if workers is None:
+            result = api.sample(model, on_step=bar, **options)
+        else:
+            result = api.sample_distributed(model, workers=workers, address=ray_address, on_step=bar, **options)
     save_grid(result.images, output)
     npy = output.with_suffix(".npy")
     np.save(npy, result.images.numpy())
@@ -204,7 +215,14 @@ def sample(
         "eta": eta, "threshold_scale": threshold_scale, "n": n, "batch": result.batch, "seed": seed,
         "seconds": round(result.seconds, 2), "png": str(output), "npy": str(npy),
     }
-    _emit(summary, as_json, [f"wrote {n} samples to {output} (and {npy}) in {result.seconds:.1f} s"])
+    lines = [f"wrote {n} samples to {output} (and {npy}) in {result.seconds:.1f} s"]
+    if workers is not None:
+        summary |= {"workers": workers, "ray_address": ray_address, "shards": result.shards,
+                    "attempts": result.attempts, "cluster_seconds": round(result.cluster_seconds, 2)}
+        retried = sum(a - 1 for a in result.attempts)
+        lines.append(f"{len(result.shards)} shards on {workers} workers (cluster ready in "
+                     f"{result.cluster_seconds:.1f} s)" + (f"; {retried} re-run after a worker died" if retried else ""))
+    _emit(summary, as_json, lines)
 
 
 @app.command("eval")

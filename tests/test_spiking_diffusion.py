@@ -208,8 +208,8 @@ def test_the_two_stage_model_round_trips_through_an_snc_checkpoint(tmp_path):
         assert torch.equal(loaded.model.tokens(images), model.tokens(images))
         x_t, t = torch.randint(0, config.sdid.num_embeddings + 1, (2, 1, 4, 4)).float(), torch.tensor([3, 16])
         assert torch.equal(loaded.model.sdid(x_t, t), model.sdid(x_t, t))
-    first = loaded.model.sample(4, generator=torch.Generator().manual_seed(7))
-    again = loaded.model.sample(4, generator=torch.Generator().manual_seed(7))
+    first = loaded.model.sample(4, seed=7)
+    again = loaded.model.sample(4, seed=7)
     assert first.shape == (4, 1, 8, 8) and torch.equal(first, again) and first.abs().max() <= 1
 
 
@@ -241,7 +241,7 @@ def test_the_sampler_unmasks_each_position_once_with_the_call_it_was_unmasked_at
         calls.append((x.clone(), t.clone()))
         return (F.one_hot(t - 1, 20).float() * 1e4)[:, :, None, None].expand(-1, -1, *x.shape[2:])
 
-    tokens = absorbing.sample(denoiser, 6, (3, 3), mask_id=20, steps=9, generator=torch.Generator().manual_seed(1))
+    tokens = absorbing.sample(denoiser, 6, (3, 3), mask_id=20, steps=9, seed=1)
     assert [int(t[0]) for _, t in calls] == list(range(9, 0, -1))
     assert tokens.shape == (6, 1, 3, 3) and tokens.dtype == torch.int64 and (tokens < 20).all()
     first_input = calls[0][0]
@@ -250,8 +250,21 @@ def test_the_sampler_unmasks_each_position_once_with_the_call_it_was_unmasked_at
         fixed = x != 20
         assert torch.equal(x[fixed].long(), tokens[fixed])
         assert ((x[fixed] >= t[0]).all())  # drawn at an earlier (larger) step
-    again = absorbing.sample(denoiser, 6, (3, 3), mask_id=20, steps=9, generator=torch.Generator().manual_seed(1))
+    again = absorbing.sample(denoiser, 6, (3, 3), mask_id=20, steps=9, seed=1)
     assert torch.equal(tokens, again)
+
+
+def test_a_shard_of_the_absorbing_sampler_holds_the_same_tokens_as_the_whole_run():
+    """Each image's mask and token draws come from its own stream (``image_noise``)."""
+    weights = torch.randn(8, 20, generator=torch.Generator().manual_seed(0))
+
+    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # per-image logits from the tokens
+        return torch.einsum("bchw,ck->bkhw", torch.nn.functional.one_hot(x.long()[:, 0], 21)[..., :8]
+                            .permute(0, 3, 1, 2).float(), weights) + t.view(-1, 1, 1, 1) * 0.1
+
+    whole = absorbing.sample(denoiser, 7, (3, 3), mask_id=20, steps=9, temperature=2.0, seed=5)
+    shard = absorbing.sample(denoiser, 3, (3, 3), mask_id=20, steps=9, temperature=2.0, seed=5, first=4)
+    assert torch.equal(shard, whole[4:]) and len(set(map(tuple, whole.reshape(7, -1).tolist()))) > 1
 
 
 @pytest.mark.slow
@@ -304,7 +317,7 @@ def test_digits_vq_trains_both_stages_deterministically_and_samples(tmp_path):
     for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(a, b), name
     save_checkpoint(tmp_path / "vq.pt", first.arch, first.model, meta)
-    images = load_checkpoint(tmp_path / "vq.pt").model.sample(3, generator=torch.Generator().manual_seed(0))
+    images = load_checkpoint(tmp_path / "vq.pt").model.sample(3, seed=0)
     assert images.shape == (3, 1, 8, 8) and torch.isfinite(images).all()
 
 
@@ -319,5 +332,5 @@ def test_the_shipped_digits_vq_reconstructs_and_samples_digits():
     with torch.no_grad():
         recon = model.images(model.tokens(images))
     assert ((recon - images) ** 2).mean() < 0.06  # measured 0.048 in [-1, 1] pixels
-    quality = api.evaluate(model.sample(128, 0.65, generator=torch.Generator().manual_seed(0)))
+    quality = api.evaluate(model.sample(128, 0.65, seed=0))
     assert quality.fdd < 0.15 * quality.noise, quality  # n = 256: FDD 32.4, noise 570.8

@@ -88,7 +88,7 @@ def quality(source, backend: str, n: int, seed: int, ddpm: bool) -> dict:
             model = load_checkpoint(source).model.eval()
             with torch.no_grad():
                 images = sample(model, (n, 1, 8, 8), Schedule(steps=model.config.diffusion_steps), sampler=sampler,
-                                steps=steps, generator=torch.Generator().manual_seed(seed))
+                                steps=steps, seed=seed)
         else:
             images = api.sample(source, backend=backend, sampler=sampler, steps=steps, n=n, seed=seed).images
         row[f"fdd_{sampler}"] = round(api.evaluate(images).fdd, 2)

@@ -93,6 +93,10 @@ class Backend:
 
     supervised: bool = False  # runs its networks in watched worker processes that a --timeout can bound
     devices: tuple[str, ...] = ()  # the torch device types its networks run on (--device); none: it has no device
+    # Images per call when the caller leaves the batch to snc, for a backend whose results depend on the
+    # batch (torch's float kernels); None: every image is computed on its own (a netlist's integers, a Lava
+    # network per image), so any split of a run into calls or shards gives the same images.
+    split_batch: Optional[int] = None
 
     def call_options(self, timeout: Optional[float], device: Optional[torch.device] = None) -> dict[str, Any]:
         """The ``open`` / ``network`` options of a ``--timeout`` (seconds per call): a supervised backend's
@@ -128,6 +132,11 @@ class NetlistBackend(Backend):
     def batch_that_fits(self, net: Netlist, batch: int, record: bool) -> int:
         """The batch to run when the user left it to snc: ``batch``, or less where memory limits it."""
         return batch
+
+    def run_mb(self, net: Netlist, batch: int) -> Optional[float]:
+        """Estimated memory (MB) of a run of ``net`` at ``batch`` beyond this process's; None: nothing to speak
+        of (the network lives in this process's arrays)."""
+        return None
 
     def accept(self, net: Netlist) -> Netlist:
         """``net`` after its target's full check, if this backend runs it in its mode."""

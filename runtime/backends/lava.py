@@ -55,7 +55,7 @@ from snc.compiler.targets import get_target
 from snc.errors import SncError
 
 from .base import CallResult, NetlistBackend, Trace, call_result, host_values, step_rows
-from .lava_memory import check_batch, fitting_batch
+from .lava_memory import check_batch, estimate_mb, fitting_batch
 from .supervised import Supervised
 
 MODES = {"fixed": "fixed_pt", "float": "floating_pt"}
@@ -341,6 +341,9 @@ class LavaBackend(NetlistBackend):
     def batch_that_fits(self, net: Netlist, batch: int, record: bool) -> int:
         fits = fitting_batch(net, record)
         return batch if fits is None else max(1, min(batch, fits))  # 0: network() refuses, with the numbers
+
+    def run_mb(self, net: Netlist, batch: int) -> Optional[float]:
+        return estimate_mb(net, batch, record=False)
 
     def network(self, net: Netlist, batch: int = 1, record: bool = False, binary_path: bool = False,
                 timeout: Optional[float] = None) -> Supervised:
