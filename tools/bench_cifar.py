@@ -119,9 +119,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--residual", default="graded", help="snc compile --residual")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the timed calls (default: "
+                        "torch's; 1 on a shared machine, where idle threads spin-wait for a busy core)")
     parser.add_argument("--run-build", type=Path, help=argparse.SUPPRESS)  # step 3's own process
     parser.add_argument("-o", "--output", type=Path, help="also write the JSON here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.run_build:
         print(json.dumps(run_build(args.run_build, args.batch, args.repeats)))
         return
@@ -137,7 +141,7 @@ def main() -> None:
                 "build_bytes": build_bytes, "build_bytes_per_synapse": build_bytes / report["synapses"],
                 "build_files": {f.name: f.stat().st_size for f in sorted(build_dir.iterdir())}}
     ran, seconds, peak = child([sys.executable, __file__, "--run-build", str(build_dir), "--batch", str(args.batch),
-                                "--repeats", str(args.repeats)])
+                                "--repeats", str(args.repeats), *(["--threads", str(args.threads)] if args.threads else [])])
     ran.update(process_seconds=round(seconds, 1), process_peak_rss_mb=round(peak))
     doc = {"model": "cifar10-sddpm, random init, BatchNorm calibrated to a trained model's firing rate",
            "residual": args.residual, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
