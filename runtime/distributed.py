@@ -160,13 +160,31 @@ def check_address(address: str) -> str:
     return address
 
 
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # a client's first bytes on an HTTP/2 (gRPC) connection
+HTTP2_SETTINGS = 4  # the frame type an HTTP/2 server's preface starts with
+
+
 def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
-    """Refuse an address nothing listens on (``ray.init`` would retry it for minutes, deaf to signals)."""
+    """Refuse an address nothing listens on, or where what listens is not a gRPC server as a Ray cluster's GCS
+    is (``ray.init`` would retry either for minutes, deaf to signals): after the HTTP/2 client preface, an
+    HTTP/2 server's first frame is SETTINGS."""
     host, port = check_address(address).rsplit(":", 1)
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds) as conn:
+            conn.sendall(HTTP2_PREFACE)
+            header = b""
+            while len(header) < 9:  # a frame header: length (3 bytes), type, flags, stream id (4)
+                chunk = conn.recv(9 - len(header))
+                if not chunk:
+                    break
+                header += chunk
+    except socket.timeout:
+        header = b""
     except OSError as exc:
         raise SncError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+    if len(header) < 9 or header[3] != HTTP2_SETTINGS:
+        raise SncError(f"{address} is not a Ray cluster: what listens there does not speak gRPC, as a Ray head's GCS "
+                       f"port does (ray start --head --port P; then --ray-address HOST:P)")
 
 
 def run_shards(run: ShardRun, shards: Sequence[Shard], workers: int, address: Optional[str] = None,

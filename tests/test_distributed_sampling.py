@@ -3,11 +3,13 @@ the shards' images equal the one-process run's bit for bit (torch, the emulator,
 worker killed mid-shard re-runs its shard, the CLI writes one .npy / grid that ``snc eval`` takes, and no
 Ray process outlives a test."""
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -141,6 +143,22 @@ def test_bad_distributed_options_are_one_error_line(unet_build, tmp_path, args, 
                      "-o", str(tmp_path / "x.png"))
     assert result.returncode == 1 and result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_an_address_where_no_ray_cluster_listens_is_refused_at_once(unet_build, tmp_path):
+    """An HTTP server is reachable but is no Ray GCS: ray.init would retry it for minutes."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        result = run_snc("sample", str(unet_build.path), "--backend", "emu", "-n", "4", "--workers", "2",
+                         "--ray-address", address, "-o", str(tmp_path / "x.png"), timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1 and result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert f"{address} is not a Ray cluster" in result.stderr
 
 
 def test_workers_on_lava_that_would_not_fit_are_refused_before_any_cluster(unet_build, monkeypatch):
