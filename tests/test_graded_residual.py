@@ -135,3 +135,18 @@ def test_lava_runs_sum_populations_as_torch_and_the_emulator_as_lava_fixed(grade
     assert report.output_rel_error["lava_float_vs_torch"] < 1e-6
     assert report.exact  # emulator = Lava fixed_pt: every spike and the readout
     assert report.agreement["lava_fixed_vs_torch"] > 0.95
+
+
+def test_reassociation_past_the_machines_memory_is_one_error(monkeypatch):
+    """Composed weights beyond the memory available stop the pass with one error naming the way out
+    (cifar10-lateral re-associated would need a copy of every expert's output conv per later block)."""
+    from snc.compiler.passes import reassociate
+    from snc.errors import GraphError
+
+    dep = deploy(make_model("digits-unet"))
+    monkeypatch.setattr(reassociate, "available_mb", lambda: 1.0)  # a machine with 1 MB to spare
+    with pytest.raises(GraphError, match=r"re-association holds .* GiB of composed weights at .*, more than the "
+                                         r"0\.0 GB this machine had available; --residual graded stores each op once"):
+        compile_deployable(dep, options=CompileOptions(residual="reassociate"), calibration=0)
+    monkeypatch.setattr(reassociate, "available_mb", lambda: 10_000.0)
+    assert compile_deployable(dep, options=CompileOptions(residual="reassociate"), calibration=0).build is not None

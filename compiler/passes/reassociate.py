@@ -33,6 +33,10 @@ op is then stored and computed once (a U-Net block's convs are not copied
 into every later block that reads the residual stream), at the price of a
 pipeline step per sum population and of a graded payload's rounding.
 
+The composed weights are held until the pass ends: when their bytes pass the memory this machine had
+available as the pass began, it stops with one error (a lateral transformer of CIFAR size would need a
+copy of every expert's output conv per later block), instead of being killed by the kernel.
+
 Requires: ``partition_host`` placements.
 Guarantees: no Linear node is left. Every edge goes from a Population (an
 on-chip synapse whose input is binary spikes, or a graded population's
@@ -57,6 +61,7 @@ import numpy as np
 import torch
 
 from snc.errors import GraphError
+from snc.memory import available_mb
 
 from ..ir import Edge, Graph, HostInput, Linear, Population, Readout
 from ..linear import LinearOp, add_ops, compose
@@ -150,10 +155,30 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
     return reassociate(graph, ctx.options.residual)
 
 
-def reassociate(graph: Graph, residual: str) -> Graph:
-    """The pass; ``residual`` graded keeps every real-valued node read twice as a sum population."""
+class _WeightBudget:
+    """Bytes of the composed weights the pass holds, against the memory available when it began."""
+
+    def __init__(self, residual: str, limit_mb: Optional[float]) -> None:
+        self.residual, self.limit, self.held, self.seen = residual, limit_mb, 0, set()
+
+    def add(self, name: str, form: _Form) -> None:
+        for term in form.terms:
+            w = term.op.weight
+            if w is not None and id(w) not in self.seen:
+                self.seen.add(id(w))
+                self.held += w.nbytes
+        if self.limit is not None and self.held / 2**20 > self.limit:
+            hint = "; --residual graded stores each op once" if self.residual == "reassociate" else ""
+            raise GraphError(f"re-association holds {self.held / 2**30:.1f} GiB of composed weights at {name}, more "
+                             f"than the {max(self.limit, 0) / 1024:.1f} GB this machine had available{hint}")
+
+
+def reassociate(graph: Graph, residual: str, memory_mb: Optional[float] = None) -> Graph:
+    """The pass; ``residual`` graded keeps every real-valued node read twice as a sum population;
+    ``memory_mb``: what the composed weights may hold (default: the memory available now)."""
     if residual not in RESIDUALS:
         raise GraphError(f"unknown residual lowering {residual!r}; use {' or '.join(RESIDUALS)}")
+    budget = _WeightBudget(residual, available_mb() if memory_mb is None else memory_mb)
     forms: dict[str, _Form] = {}
     new_edges: list[Edge] = []
     nodes = {}
@@ -201,6 +226,7 @@ def reassociate(graph: Graph, residual: str) -> Graph:
             pre = inputs_of(name, node.op.in_shape)
             out = _through(pre, node.op, name, node.gain, node.lag, node.gate)
             forms[name] = _Form(out.terms, out.bias + node.bias.reshape(1, *node.op.out_shape))
+            budget.add(name, forms[name])
             if residual == "graded" and _read_twice_from_chip(node, forms[name], readers, nodes):
                 shape = node.op.out_shape
                 terms_into(name, Population(name, shape, threshold=0.0, decay=0.0, bias=np.zeros(shape),
