@@ -173,12 +173,11 @@ class _WeightBudget:
                              f"than the {max(self.limit, 0) / 1024:.1f} GB this machine had available{hint}")
 
 
-def reassociate(graph: Graph, residual: str, memory_mb: Optional[float] = None) -> Graph:
-    """The pass; ``residual`` graded keeps every real-valued node read twice as a sum population;
-    ``memory_mb``: what the composed weights may hold (default: the memory available now)."""
+def reassociate(graph: Graph, residual: str) -> Graph:
+    """The pass; ``residual`` graded keeps every real-valued node read twice as a sum population."""
     if residual not in RESIDUALS:
         raise GraphError(f"unknown residual lowering {residual!r}; use {' or '.join(RESIDUALS)}")
-    budget = _WeightBudget(residual, available_mb() if memory_mb is None else memory_mb)
+    budget = _WeightBudget(residual, available_mb())
     forms: dict[str, _Form] = {}
     new_edges: list[Edge] = []
     nodes = {}
