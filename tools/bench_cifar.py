@@ -95,10 +95,9 @@ def run_build(build_dir: Path, batch: int, repeats: int) -> dict:
         open_seconds = time.perf_counter() - start
         open_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         chip(x.float(), t)
-        spikes = [s for name, s in chip.last.spikes.items()
-                  if build.netlist("fixed").groups[name].role == "neuron"]
+        groups = build.netlist("fixed").groups
+        spikes = [s for name, s in chip.last.spikes.items() if groups[name].role == "neuron"]
     rate = float(sum(s.sum() for s in spikes) / sum(s.size for s in spikes))
-    del chip
     rows = {"emu_b1": bench_chip(build, "emu", 1, 2, repeats),
             f"emu_b{batch}": bench_chip(build, "emu", batch, 1, repeats),
             "torch_float32_b1": bench_torch(build, 1, 2, repeats),
