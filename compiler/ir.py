@@ -117,6 +117,7 @@ class Readout:
     depth: int = -1
     scale: float = 1.0
     filters: tuple[ReadoutFilter, ...] = ()  # host-side integration of what it reads, in order
+    fixed: dict[str, Any] = field(default_factory=dict)  # center_shifts: offset (integer units the host adds)
 
 
 Node = Union[HostInput, Linear, Population, Readout]

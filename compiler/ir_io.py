@@ -52,7 +52,8 @@ def _node_doc(n: Node, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
                  subtractive_reset=n.subtractive_reset, payload_shift=n.payload_shift, fixed=_scalars(n.fixed))
         _arrays(n.fixed, key, arrays)
     if isinstance(n, Readout):
-        d["filters"] = [f.as_dict() for f in n.filters]
+        d.update(filters=[f.as_dict() for f in n.filters], fixed=_scalars(n.fixed))
+        _arrays(n.fixed, key, arrays)
     return d
 
 
@@ -119,7 +120,8 @@ def _graph(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Graph:
                                  d["placement"], arrays.get(f"{key}/gain"), d["lag"], d["gate"])
         elif d["kind"] == "Readout":
             nodes[name] = Readout(name, tuple(d["shape"]), arrays[f"{key}/bias"], d["depth"], d["scale"],
-                                  tuple(ReadoutFilter.from_dict(f) for f in d["filters"]))
+                                  tuple(ReadoutFilter.from_dict(f) for f in d["filters"]),
+                                  _fixed(d.get("fixed", {}), key, arrays))
         elif d["kind"] == "Population":
             nodes[name] = Population(name, tuple(d["shape"]), d["threshold"], d["decay"], arrays[f"{key}/bias"],
                                      d["role"], d["depth"], d["scale"], _fixed(d["fixed"], key, arrays),

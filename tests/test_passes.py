@@ -14,9 +14,9 @@ from snc.compiler.ir import Edge, Graph, HostInput, Linear, Population, Readout
 from snc.compiler.ir_io import load_graph, save_graph
 from snc.compiler.linear import LinearOp
 from snc.compiler.pass_manager import CalibrationCall, CompileContext, CompileOptions, Pass, PassManager
-from snc.compiler.passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, lower, map_cores,
-                                 partition_host, quantize, reassociate, slice_weights, specialise_selection,
-                                 split_signs)
+from snc.compiler.passes import (balance_delays, center_shifts, fold_thresholds, guide_thresholds, import_nir, lower,
+                                 map_cores, partition_host, quantize, reassociate, slice_weights,
+                                 specialise_selection, split_signs)
 from snc.compiler.targets import get_target
 from snc.errors import GraphError, SncError
 
@@ -161,12 +161,25 @@ def test_fold_thresholds_picks_the_largest_power_of_two_within_the_targets_range
     ir = fold_thresholds.run(ir, ctx)
     fold_thresholds.verify(ir, ctx)
     rules = TARGET.rules
-    a = ir.nodes["a"]  # v of a peaks at 3 (its input): with the 2x margin 6 x scale must fit 2^17
-    assert a.scale == 2.0 ** np.floor(np.log2(rules.current_limit / 6.0))
+    a = ir.nodes["a"]  # its input peaks at 3: with the 2x margin and the threshold, 7 x scale must fit 2^17
+    assert a.scale == 2.0 ** np.floor(np.log2(rules.current_limit / 7.0))
     assert ir.nodes["a.delay1"].scale == 2.0  # a relay: weight 2, vth 1
     a.scale = 3.0
     with pytest.raises(GraphError, match="not a power of two"):
         fold_thresholds.verify(ir, ctx)
+
+
+def test_fold_thresholds_gives_the_wrapping_input_a_margin_and_the_saturating_v_none():
+    steps = 4
+    nodes = {"in": HostInput("in", (2,)), "p": _population("p", 2), "out": Readout("out", (2,), np.zeros(2))}
+    edges = [Edge("in", "p", _dense(np.eye(2))), Edge("p", "out", _dense(np.eye(2)))]
+    ir = balance_delays.run(Graph(nodes, edges, steps), CompileContext(TARGET, steps))
+    calls = [CalibrationCall(None, lambda gates: {"in": torch.tensor([[-3.0, 0.5]], dtype=torch.float64)})]
+    ir = fold_thresholds.run(ir, CompileContext(TARGET, steps, calibration=calls))
+    # p[0] sinks to v = -12 in 4 steps of input -3: v's peak bounds the scale as it is (1 + 2 x 3 is below it)
+    assert ir.nodes["p"].scale == 2.0 ** np.floor(np.log2(TARGET.rules.current_limit / 12.0)) == 8192
+    # the readout's input (it wraps) peaks at 1 (p[1]'s spikes): 2 x scale must fit
+    assert ir.nodes["out"].scale <= TARGET.rules.current_limit / 2
 
 
 # --- split_signs ------------------------------------------------------------------------------------------
@@ -185,6 +198,27 @@ def test_split_signs_makes_one_sign_per_synapse_summing_to_the_original():
 def _scaled() -> Graph:
     ir = fold_thresholds.fold(balance_delays.run(_triangle(), _ctx()), TARGET.rules, None)
     return split_signs.run(ir, _ctx())
+
+
+def test_center_shifts_adds_the_mean_floor_of_right_shifted_sums_to_the_readers_bias():
+    ir = quantize.run(_scaled(), _ctx())
+    into_c = next(e for e in ir.edges if (e.src, e.dst) == ("b", "c"))
+    into_c.fixed.update(weight=np.array([[3, 0], [4, 8]], dtype=np.int16), weight_exp=-3)
+    into_out = next(e for e in ir.edges if e.dst == "out")
+    into_out.fixed.update(weight=np.array([[0, 0], [0, 16]], dtype=np.int16), weight_exp=-4)
+    c_bias = ir.nodes["c"].bias.copy()
+    ir = center_shifts.run(ir, _ctx())
+    center_shifts.verify(ir, _ctx())
+    # row 0 leaves any multiple of 1/8 below a unit: (1 - 1/8) / 2; row 1 only multiples of 4/8: (1 - 1/2) / 2
+    assert center_shifts.floor_offsets(ir, ir.nodes["c"]).tolist() == [7 / 16, 1 / 4]
+    c = ir.nodes["c"]
+    assert np.array_equal(c.bias, c_bias)  # the float model is unchanged; the integers get the offset in v's units
+    assert (c.fixed["bias_mant"] << c.fixed["bias_exp"]).tolist() == [28, 16]
+    # the readout: row 0 has no weight (its sum is 0, exact), row 1 is a multiple of 2^4 (exact)
+    assert "offset" not in ir.readout.fixed
+    c.fixed["bias_mant"] = np.zeros_like(c.fixed["bias_mant"])  # the verifier checks the IR
+    with pytest.raises(GraphError, match="c: its integer bias"):
+        center_shifts.verify(ir, _ctx())
 
 
 def test_quantize_gives_integers_within_the_profiles_ranges():

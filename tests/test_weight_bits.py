@@ -25,9 +25,9 @@ def test_sliced_weights_bring_the_fixed_point_closer_to_the_model_at_twice_the_s
     assert fine and all(np.abs(s.op.weight).max() <= 255 and -8 <= s.weight_exp <= 7 for s in fine)
     assert reports[16].synapses > 1.5 * reports[8].synapses  # real synapses: counted, mapped, priced
     assert reports[16].resources["cores"] > reports[8].resources["cores"]
-    agreement = {bits: api.verify(c.build, backends=("emu",), n=1).agreement["emu_vs_torch"]
+    agreement = {bits: api.verify(c.build, backends=("emu",), n=8).agreement["emu_vs_torch"]
                  for bits, c in compiled.items()}
-    assert agreement[16] > agreement[8]
+    assert agreement[16] > agreement[8] and agreement[16] >= 0.99  # issue 18's target for the U-Net (99.01 %)
 
 
 def test_weight_bits_errors_are_one_line(tmp):

@@ -105,7 +105,7 @@ def quantize_gain(gain: np.ndarray, rules: FixedPoint) -> tuple[np.ndarray, int,
     return mant, shift, float(np.abs(mant / 2**shift - gain).max(initial=0.0))
 
 
-def _bias_mantissas(b: np.ndarray, rules: FixedPoint) -> tuple[np.ndarray, np.ndarray]:
+def bias_mantissas(b: np.ndarray, rules: FixedPoint) -> tuple[np.ndarray, np.ndarray]:
     """``b ~ mant << exp`` per neuron with the smallest exponent whose mantissa fits."""
     mant_lim = rules.bias_mant_limit
     exp = np.zeros(b.shape, dtype=np.int64)
@@ -131,7 +131,7 @@ def quantize(graph: Graph, rules: FixedPoint, target: str = "the target") -> Gra
     rows = []
     for p in graph.of_type(Population):
         if p.graded:
-            mant, exp = _bias_mantissas(p.bias * p.scale, rules)  # a value's units: no activation shift
+            mant, exp = bias_mantissas(p.bias * p.scale, rules)  # a value's units: no activation shift
             if exp.max(initial=0) > rules.bias_exp_max:
                 problems.append(f"{p.name}: bias needs exponent {int(exp.max())} > {rules.bias_exp_max}")
             p.fixed = {"vth": 0, "du": 0, "dv": 0, "bias_mant": mant, "bias_exp": exp}
@@ -143,7 +143,7 @@ def quantize(graph: Graph, rules: FixedPoint, target: str = "the target") -> Gra
         if dv > rules.decay_max:  # a memoryless neuron: 4095 leaves v/4096 (< 1 unit for |v| < 4096) behind
             dv = rules.decay_max
         b = p.bias * p.scale * 2**shift
-        mant, exp = _bias_mantissas(b, rules)
+        mant, exp = bias_mantissas(b, rules)
         if not 0 <= vth < rules.vth_limit:
             problems.append(f"{p.name}: vth {vth} outside {rules.vth_bits} bits")
         elif p.threshold > 0 and vth == 0:

@@ -5,7 +5,8 @@ Its rules are ``hw_profiles/loihi2.toml`` (``[fixed_point]``, read into
 
 - the pipeline (``passes``): import, host partition, re-association, gate
   specialisation, delay balancing, threshold folding, sign splitting,
-  quantization, bit slicing (``--weight-bits 16``), threshold guidance,
+  quantization, bit slicing (``--weight-bits 16``), the centering of
+  right-shifted sums' floors, threshold guidance,
   then the lowering to the netlist (``lower``, in both modes: ``fixed`` is
   Lava's ``fixed_pt`` and the chip's integers, ``float`` is Lava's
   ``floating_pt`` of the same network) and
@@ -34,8 +35,8 @@ from ..ir import Graph, HostInput, Population
 from ..linear import LinearOp
 from ..netlist import MODES, HostOp, Netlist, NeuronGroup, ReadoutPort, Synapse, window_reset
 from ..pass_manager import Pass
-from ..passes import (balance_delays, fold_thresholds, guide_thresholds, import_nir, lower, map_cores, partition_host,
-                      quantize, reassociate, slice_weights, specialise_selection, split_signs)
+from ..passes import (balance_delays, center_shifts, fold_thresholds, guide_thresholds, import_nir, lower, map_cores,
+                      partition_host, quantize, reassociate, slice_weights, specialise_selection, split_signs)
 from . import Target
 
 
@@ -46,7 +47,7 @@ class Loihi2(Target):
     def passes(self) -> Sequence[Pass]:
         return (import_nir.PASS, partition_host.PASS, reassociate.PASS, specialise_selection.PASS,
                 balance_delays.PASS, fold_thresholds.PASS, split_signs.PASS, quantize.PASS, slice_weights.PASS,
-                guide_thresholds.PASS, lower.PASS, map_cores.PASS)
+                center_shifts.PASS, guide_thresholds.PASS, lower.PASS, map_cores.PASS)
 
     # --- lowering ----------------------------------------------------------------------------------
     def lower(self, graph: Graph, mode: str) -> Netlist:
@@ -92,7 +93,9 @@ class Loihi2(Target):
                                     weight_exp=int(e.fixed["weight_exp"]) if fixed else 0, delay=e.delay,
                                     gain=gain, gain_shift=gain_shift, lag=e.lag, gate=e.gate, origin=e.origin))
         r = graph.readout
-        readout = ReadoutPort(r.name, tuple(r.shape), float(r.scale) if fixed else 1.0, r.depth, r.bias, r.filters)
+        # the fixed readout's bias also centers its right-shifted sums' floors (center_shifts), in model units
+        bias = r.bias + r.fixed["offset"] / r.scale if fixed and "offset" in r.fixed else r.bias
+        readout = ReadoutPort(r.name, tuple(r.shape), float(r.scale) if fixed else 1.0, r.depth, bias, r.filters)
         net = Netlist(mode, groups, synapses, readout, graph.timestep, inputs,
                       {n.name: tuple(n.shape) for n in graph.of_type(HostInput)}, host_ops, dict(graph.gates),
                       dict(graph.model_gates), target=self.name)
