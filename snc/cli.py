@@ -194,6 +194,9 @@ def sample(
     from snc.runtime.images import save_grid
 
     _output_file(output)
+    if output.suffix.lower() != ".png":  # checked before minutes of sampling, not after
+        raise SncError(f"{output}: the grid is a PNG; give a name ending in .png (the raw samples go beside it "
+                       f"as .npy)")
     if ray_address is not None and workers is None:
         raise SncError("--ray-address needs --workers (the number of shards to run on the cluster)")
     label = f"{sampler or 'sampling'} on {backend}" + (f" ({mode})" if mode else "")

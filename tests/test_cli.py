@@ -75,6 +75,7 @@ def test_usage_errors(tmp):
     _clean_error(run_snc("train", "--preset", "cifar10-sddpm", "-o", str(tmp / "m.pt")), "not a digits model")
     ckpt = str(shipped_checkpoint("digits-unet"))
     _clean_error(run_snc("sample", ckpt, "--sampler", "euler", "-o", str(tmp / "x.png")), "unknown sampler")
+    _clean_error(run_snc("sample", ckpt, "-o", str(tmp / "x.npy")), "ending in .png")
     _clean_error(run_snc("sample", ckpt, "--sampler", "ddpm", "--steps", "20", "-o", str(tmp / "x.png")), "ddpm runs all")
     _clean_error(run_snc("eval", str(tmp / "missing.npy")), "no such file")
     res = run_snc("sample")
