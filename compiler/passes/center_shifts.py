@@ -42,7 +42,7 @@ from snc.errors import GraphError
 from ..ir import Edge, Graph, Population, Readout
 from ..pass_manager import CompileContext, Pass
 from ..targets.fixed_point import FixedPoint
-from .quantize import bias_mantissas
+from .quantize import bias_fits, bias_mantissas
 
 
 def floor_offsets(graph: Graph, node: Union[Population, Readout]) -> np.ndarray:
@@ -117,8 +117,7 @@ def verify(graph: Graph, ctx: CompileContext) -> None:
         mant, exp = _centered_bias(p, floor_offsets(graph, p), rules)
         if not (np.array_equal(mant, p.fixed["bias_mant"]) and np.array_equal(exp, p.fixed["bias_exp"])):
             problems.append(f"{p.name}: its integer bias is not its model bias plus its shift offsets")
-        if np.abs(p.fixed["bias_mant"]).max(initial=0) >= rules.bias_mant_limit \
-                or not 0 <= p.fixed["bias_exp"].min(initial=0) <= p.fixed["bias_exp"].max(initial=0) <= rules.bias_exp_max:
+        if not bias_fits(p.fixed["bias_mant"], p.fixed["bias_exp"], rules):
             problems.append(f"{p.name}: bias outside the target's mantissa and exponent ranges")
     offsets = floor_offsets(graph, graph.readout)
     if not np.array_equal(graph.readout.fixed.get("offset", np.zeros(graph.readout.shape)), offsets):

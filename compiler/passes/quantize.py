@@ -117,6 +117,12 @@ def bias_mantissas(b: np.ndarray, rules: FixedPoint) -> tuple[np.ndarray, np.nda
     return np.round(b / 2.0**exp).astype(np.int64), exp
 
 
+def bias_fits(mant: np.ndarray, exp: np.ndarray, rules: FixedPoint) -> bool:
+    """Every ``mant << exp`` inside the target's bias mantissa and exponent ranges."""
+    return bool(np.abs(mant).max(initial=0) < rules.bias_mant_limit
+                and 0 <= exp.min(initial=0) and exp.max(initial=0) <= rules.bias_exp_max)
+
+
 def _edge_weights(e: Edge) -> np.ndarray:
     return np.ones(1) if e.op.kind == "identity" else e.op.weight
 
@@ -193,8 +199,8 @@ def verify(graph: Graph, ctx: CompileContext) -> None:
         if set(p.fixed) != {"vth", "du", "dv", "bias_mant", "bias_exp"}:
             problems.append(f"{p.name}: missing fixed-point parameters")
             continue
-        if np.abs(p.fixed["bias_mant"]).max(initial=0) >= rules.bias_mant_limit:
-            problems.append(f"{p.name}: bias mantissa out of range")
+        if not bias_fits(p.fixed["bias_mant"], p.fixed["bias_exp"], rules):
+            problems.append(f"{p.name}: bias mantissa or exponent out of range")
     for e in graph.edges:
         if isinstance(graph.nodes[e.src], Population):
             w = e.fixed.get("weight")
