@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_backends import bench_chip, bench_torch  # tools/: the per-call timing of every backend bench
+from measured import run_measured  # tools/: a child's wall time and its own peak RSS
 
 from snc.allocator import keep_freed_memory
 from snc.compiler.build import read_build
@@ -50,13 +50,11 @@ SNC = str(ROOT / ".venv" / "bin" / "snc")
 
 def child(args: list[str]) -> tuple[dict, float, float]:
     """(the child's JSON on stdout, its wall seconds, its peak RSS in MB); a failure ends the bench."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"error: {' '.join(args[:3])} ... failed (exit {os.waitstatus_to_exitcode(status)})")
-    return json.loads(out), time.perf_counter() - start, usage.ru_maxrss / 1024
+    code, stdout, stderr, seconds, peak_mb = run_measured(args)
+    if code != 0:
+        sys.stderr.write(stderr)
+        sys.exit(f"error: {' '.join(args[:3])} ... failed (exit {code})")
+    return json.loads(stdout), seconds, peak_mb
 
 
 def make_checkpoint(path: Path, rate: float, seed: int) -> dict:

@@ -31,12 +31,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
+
+from measured import run_measured  # tools/: a child's wall time and its own peak RSS
 
 ROOT = Path(__file__).resolve().parents[1]
 SNC = str(ROOT / ".venv" / "bin" / "snc")
@@ -57,23 +56,10 @@ PROFILES = ("loihi2", "cmos45nm-fp32")
 
 def run(args: list[str], timeout: float) -> tuple[dict | None, str, float, float]:
     """(the command's JSON or None, its error line, seconds, the command's peak RSS in MB)."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen([SNC, *args], stdout=out, stderr=err, text=True)
-        timer = threading.Timer(timeout, child.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(child.pid, 0)  # the rusage of this child alone
-        finally:
-            timer.cancel()
-        child.returncode = os.waitstatus_to_exitcode(status)
-        seconds, peak_mb = time.perf_counter() - start, usage.ru_maxrss / 1024
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if child.returncode != 0:
+    code, stdout, stderr, seconds, peak_mb = run_measured([SNC, *args], timeout)
+    if code != 0:
         lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")] or stderr.splitlines()[-1:]
-        reason = "killed (timeout)" if child.returncode == -9 else f"exit {child.returncode}"
+        reason = "killed (timeout)" if code == -9 else f"exit {code}"
         return None, lines[0] if lines else reason, seconds, peak_mb
     return json.loads(stdout), "", seconds, peak_mb
 
