@@ -29,7 +29,7 @@ from snc.compiler.netlist import Netlist
 from snc.compiler.readout import filter_macs
 
 from .counted import LoweredCount
-from .report import GRADED_KEY, energy_model
+from .report import GRADED_KEY, chip_group_pj, energy_model, synaptic_ops
 
 
 @dataclass
@@ -72,14 +72,13 @@ def graph_energy(net: Netlist, spikes: dict[str, np.ndarray], backend: str, mode
         per_neuron = (s != 0).reshape(steps, batch, -1).sum(axis=(0, 1)) / batch if s is not None else np.zeros(g.n)
         total = float(per_neuron.sum())
         ops = float(per_neuron @ fan_out[g.name])
-        sops, graded_ops = (0.0, ops) if g.graded else (ops, 0.0)  # a payload times a weight is a multiply
+        sops, graded_ops = synaptic_ops(ops, g.graded)
         active, idle = g.n * steps, g.n * (net.call_steps - steps)
         report.layers.append({
             "layer": g.name, "role": g.role, "neurons": g.n, "spikes": total, "rate": total / (g.n * steps),
             "synapses_out": int(fan_out[g.name].sum()), "sops": sops, "graded_ops": graded_ops,
             "updates_active": active, "updates_idle": idle, "host_macs": 0,
-            "energy_pj": sops * pj["sop_pj"] + graded_ops * pj.get(GRADED_KEY, 0.0) + active * pj["neuron_update_pj"]
-            + idle * pj["neuron_idle_pj"] + total * pj["spike_pj"]})
+            "energy_pj": chip_group_pj(pj, sops, graded_ops, active, idle, total)})
     for h in net.host_ops:
         macs = h.op.dense_macs() * steps
         report.layers.append({"layer": f"host: {'+'.join(h.origin) or h.src} -> {h.dst}",

@@ -103,6 +103,20 @@ def module_macs(model: nn.Module, run: Callable[[], Any], batch: int) -> dict[st
     return found
 
 
+def synaptic_ops(ops: float, graded: bool) -> tuple[float, float]:
+    """(SOPs, graded ops) of a group's sends times their fan-out: a graded group's payload times a weight is a
+    multiply-accumulate, not the binary accumulate of a SOP."""
+    return (0.0, ops) if graded else (ops, 0.0)
+
+
+def chip_group_pj(pj: dict[str, float], sops: float, graded_ops: float, active: float, idle: float,
+                  spikes: float) -> float:
+    """pJ of a chip group: its synaptic ops, its neuron updates in steps that carry data (active) and in
+    pipeline-fill steps (idle), and the spikes it routes."""
+    return (sops * pj["sop_pj"] + graded_ops * pj.get(GRADED_KEY, 0.0) + active * pj["neuron_update_pj"]
+            + idle * pj["neuron_idle_pj"] + spikes * pj["spike_pj"])
+
+
 def host_work_macs(host: HostProgram, specialised: bool = True) -> dict[str, dict[str, tuple[str, int]]]:
     """MACs per image of the host parts around the core (the host program's ``host_work``: the stem, the
     time embedding, the router when the selection is not specialised, the tail), by module."""
@@ -185,14 +199,10 @@ def energy_report(host: HostProgram, counted: Counted, model: NirModel, profile:
         else:
             spikes_main = 0.0
             row.update(synapses_out=0, sops_exact=0.0, sops_papers=0.0)
-        # a graded group's non-zero payloads times fan-out: multiplies, not the binary accumulates of SOPs
-        row["graded_ops_exact"], row["sops_exact"] = (row["sops_exact"], 0.0) if role == "graded" else \
-            (0.0, row["sops_exact"])
+        row["sops_exact"], row["graded_ops_exact"] = synaptic_ops(row["sops_exact"], role == "graded")
         row["macs_exact"] = row["macs_papers"] = 0
-        row["energy_exact_pj"] = (row["sops_exact"] * pj["sop_pj"] + row["graded_ops_exact"] * pj.get(GRADED_KEY, 0.0)
-                                  + row["updates_active"] * pj["neuron_update_pj"]
-                                  + row["updates_idle"] * pj["neuron_idle_pj"] + spikes_main * pj["spike_pj"]
-                                  if lowered else 0.0)
+        row["energy_exact_pj"] = chip_group_pj(pj, row["sops_exact"], row["graded_ops_exact"], row["updates_active"],
+                                               row["updates_idle"], spikes_main) if lowered else 0.0
         row["energy_papers_pj"] = row["sops_papers"] * pj["sop_pj"]
         rows.append(row)
 
