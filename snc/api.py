@@ -294,6 +294,7 @@ def sample(source: Union[PathLike, Build, Deployable], *, backend: str = "torch"
     chosen = get_backend(backend)
     options = chosen.call_options(timeout, check_device(device, [backend]))
     src = open_source(source)
+    _check_options_apply(src, eta, order, spacing, temperature)
     if isinstance(src, (Pipeline, PipelineBuild)):
         return _sample_pipeline(src, chosen, mode, sampler, steps, threshold_scale, n, batch, seed, first, on_step,
                                 options, temperature)
@@ -361,6 +362,7 @@ def sample_distributed(source: Union[PathLike, Build], *, workers: int, address:
         raise SncError("distributed sampling reads its source in every worker: give a checkpoint or build path")
     path = str(Path(where).resolve())
     src = open_source(source)
+    _check_options_apply(src, eta, order, spacing, temperature)
     cores = [src.stage(name) for name in src.stages] if isinstance(src, (Pipeline, PipelineBuild)) else [src]
     if not isinstance(src, (Pipeline, PipelineBuild)):
         check_sampler_options(sampler or "ddim", eta, order, spacing)
@@ -432,6 +434,21 @@ def _sample_pipeline(src: Union[Pipeline, PipelineBuild], chosen, mode: Optional
     seconds = time.perf_counter() - start
     return SampleResult(result.images.float(), chosen.name, result.mode, process.sampler, result.calls["sdid"],
                         0.0, threshold_scale, n, result.batch, seed, seconds, temperature)
+
+
+def _check_options_apply(src: Union[Build, Deployable, Pipeline, PipelineBuild], eta: float, order: int,
+                         spacing: Optional[str], temperature: float) -> None:
+    """Refuse a sampler option the model's sampling does not read (given other than its default): a model of
+    several cores runs its own process (no DDIM eta, DPM-Solver order or step spacing); an image denoiser has
+    no token sampler (no temperature)."""
+    if isinstance(src, (Pipeline, PipelineBuild)):
+        given = [flag for flag, unread in (("--eta", eta != 0.0), ("--order", order != 3),
+                                           ("--spacing", spacing is not None)) if unread]
+        if given:
+            raise SncError(f"{', '.join(given)}: a {src.arch} model samples with its own process, which does not "
+                           f"read {'them' if len(given) > 1 else 'it'}")
+    elif temperature != 1.0:
+        raise SncError("--temperature: only a spiking-diffusion-vq model's token sampler reads it")
 
 
 def _check_image_denoiser(src: Union[Build, Deployable]) -> None:

@@ -76,6 +76,10 @@ def test_usage_errors(tmp):
     ckpt = str(shipped_checkpoint("digits-unet"))
     _clean_error(run_snc("sample", ckpt, "--sampler", "euler", "-o", str(tmp / "x.png")), "unknown sampler")
     _clean_error(run_snc("sample", ckpt, "-o", str(tmp / "x.npy")), "ending in .png")
+    _clean_error(run_snc("sample", ckpt, "--temperature", "0.5", "-o", str(tmp / "x.png")), "token sampler")
+    vq = str(shipped_checkpoint("digits-vq"))  # its own sampling process reads no DDIM / DPM-Solver options
+    _clean_error(run_snc("sample", vq, "--eta", "0.5", "--spacing", "time", "-o", str(tmp / "x.png")),
+                 "--eta, --spacing: a spiking-diffusion-vq model samples with its own process")
     _clean_error(run_snc("sample", ckpt, "--sampler", "ddpm", "--steps", "20", "-o", str(tmp / "x.png")), "ddpm runs all")
     _clean_error(run_snc("eval", str(tmp / "missing.npy")), "no such file")
     res = run_snc("sample")
