@@ -156,10 +156,13 @@ def run(graph: Graph, ctx: CompileContext) -> Graph:
 
 
 class _WeightBudget:
-    """Bytes of the composed weights the pass holds, against the memory available when it began."""
+    """Bytes of the composed weights the pass holds, against half the memory available when it began: later
+    passes hold a second copy of them (``split_signs``' parts, ``quantize``'s integers), so a build past half
+    would end in the kernel's OOM killer rather than in this error."""
 
-    def __init__(self, residual: str, limit_mb: Optional[float]) -> None:
-        self.residual, self.limit, self.held, self.seen = residual, limit_mb, 0, set()
+    def __init__(self, residual: str, available: Optional[float]) -> None:
+        self.residual, self.held, self.seen = residual, 0, set()
+        self.available, self.limit = available, available / 2 if available is not None else None
 
     def add(self, name: str, form: _Form) -> None:
         for term in form.terms:
@@ -170,7 +173,8 @@ class _WeightBudget:
         if self.limit is not None and self.held / 2**20 > self.limit:
             hint = "; --residual graded stores each op once" if self.residual == "reassociate" else ""
             raise GraphError(f"re-association holds {self.held / 2**30:.1f} GiB of composed weights at {name}, more "
-                             f"than the {max(self.limit, 0) / 1024:.1f} GB this machine had available{hint}")
+                             f"than half the {max(self.available, 0) / 1024:.1f} GB this machine had available (later "
+                             f"passes copy them){hint}")
 
 
 def reassociate(graph: Graph, residual: str) -> Graph:
