@@ -69,7 +69,10 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
     v: dict[str, torch.Tensor] = {}
     u: dict[str, torch.Tensor] = {}
     out = IRRun(readout=torch.empty(0))
-    readouts, spikes = [], {n: [] for n in order if isinstance(graph.nodes[n], Population)}
+    # the steps a population sent are kept when they are read later (a recurrent edge) or recorded: for every
+    # population and step they would be T copies of the network's state (gigabytes for a CIFAR transformer)
+    lagged = {e.src for e in graph.edges if e.lag}
+    readouts, spikes = [], {n: [] for n in order if isinstance(graph.nodes[n], Population) and (record or n in lagged)}
 
     def source(e, now: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         if not e.lag:
@@ -101,7 +104,8 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
                 out.peak_v[name] = max(out.peak_v.get(name, 0.0), float(value.abs().max()))
                 out.peak_input[name] = out.peak_v[name]
                 now[name] = value
-                spikes[name].append(value)
+                if name in spikes:
+                    spikes[name].append(value)
                 continue
             if node.current_decay:  # CubaLIF: the synaptic current u keeps a fraction of itself
                 x = node.current_decay * u.get(name, torch.zeros(shape, dtype=dtype)) + x
@@ -112,7 +116,8 @@ def run_ir(graph: Graph, host_inputs: dict[str, torch.Tensor], record: bool = Fa
             out.peak_input[name] = max(out.peak_input.get(name, 0.0), float((x + bias).abs().max()))
             v[name] = state - node.threshold * fired if node.subtractive_reset else state * (1 - fired)
             now[name] = fired
-            spikes[name].append(fired)
+            if name in spikes:
+                spikes[name].append(fired)
     out.readout = apply_filters(torch.stack(readouts), graph.readout.filters, graph.readout.shape)
     if record:
         out.spikes = {n: torch.stack(s) for n, s in spikes.items()}

@@ -16,13 +16,20 @@ graph that passes already ran on (a reloaded dump), it resumes after them.
 
 Peak memory is the process's resident set size, sampled every 5 ms while the
 pass and its verifier run (a sampler thread reading ``/proc/self/statm``; the
-process's lifetime peak where that file does not exist).
+process's lifetime peak where that file does not exist). The sampler is also
+the compile's memory guard: a pass whose process grows past the memory it
+had when the pass began plus what the machine had available then
+(``snc.memory.available_mb``, which keeps a reserve) is stopped with one
+error, instead of the kernel's OOM killer ending the process (run from the
+main thread: the sampler signals it with ``SIGUSR1``).
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import resource
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +40,7 @@ import nir
 import torch
 
 from snc.errors import GraphError, SncError
+from snc.memory import available_mb
 
 from .gates import Gates, GateTable
 from .ir import Graph
@@ -148,7 +156,7 @@ class PassManager:
         records = []
         for index in range(start, len(self.passes)):
             p = self.passes[index]
-            with _PeakRSS() as peak:
+            with _PeakRSS(p.name) as peak:
                 began = time.perf_counter()
                 graph = p.run(graph, ctx)
                 ran = time.perf_counter()
@@ -167,15 +175,18 @@ class PassManager:
 
 
 class _PeakRSS:
-    """The peak resident set size while the block runs, sampled every ``interval`` seconds."""
+    """The peak resident set size while the block runs, sampled every ``interval`` seconds; past the RSS at
+    the start plus the memory then available, the main thread gets one ``SncError`` (the block is a pass)."""
 
     interval = 0.005
 
-    def __init__(self) -> None:
-        self.mb = 0.0
+    def __init__(self, name: str = "the block") -> None:
+        self.name, self.mb, self.exceeded = name, 0.0, 0.0
         self._stop = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self._statm = Path("/proc/self/statm")
+        self._ceiling: Optional[float] = None
+        self._previous: Any = None
 
     def _rss(self) -> float:
         if self._statm.is_file():
@@ -184,15 +195,36 @@ class _PeakRSS:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self.mb = max(self.mb, self._rss())
+            rss = self._rss()
+            self.mb = max(self.mb, rss)
+            if self._ceiling is not None and rss > self._ceiling and not self.exceeded:
+                self.exceeded = rss
+                _thread.interrupt_main(signal.SIGUSR1)
+
+    def _out_of_memory(self, signum: int = 0, frame: Any = None) -> None:
+        raise SncError(f"{self.name} needed more memory than this machine has: the compile grew past "
+                           f"{self._ceiling / 1024:.1f} GB (its size when the pass began plus the memory then "
+                           f"available); a smaller model or a machine with more memory (a real-valued stream read "
+                           f"twice: --residual graded stores each op once)")
 
     def __enter__(self) -> "_PeakRSS":
         self.mb = self._rss()
+        available = available_mb()
+        if available is not None and self._statm.is_file() and threading.current_thread() is threading.main_thread():
+            self._ceiling = self.mb + max(available, 0.0)
+            self._previous = signal.signal(signal.SIGUSR1, self._out_of_memory)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.mb = max(self.mb, self._rss())
+        try:
+            self._stop.set()
+            self._thread.join()
+            time.sleep(0)  # a call: the sampler's signal, if it sent one, is handled here at the latest
+            if self.exceeded and exc[0] is None:
+                self._out_of_memory()
+        finally:
+            if self._ceiling is not None:
+                signal.signal(signal.SIGUSR1, self._previous)
+            self.mb = max(self.mb, self._rss())

@@ -201,3 +201,4 @@ def test_build_directory_round_trip(tmp):
             assert np.array_equal(g.bias_mant, h.bias_mant) and (g.vth, g.du, g.dv, g.role) == (h.vth, h.du, h.dv, h.role)
         assert [(h.src, h.dst, h.origin) for h in a.host_ops] == [(h.src, h.dst, h.origin) for h in b.host_ops]
     assert back.has_host and back.host.model.config == build.host.model.config
+

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
+import time
 
 import nir
 import numpy as np
@@ -352,6 +354,25 @@ def test_the_pipeline_is_checked_for_missing_requirements():
     with pytest.raises(SncError, match="twice"):
         PassManager([first, first])
     PassManager(TARGET.passes())  # loihi2's pipeline is consistent
+
+
+def test_a_pass_that_outgrows_the_machines_memory_is_one_error(monkeypatch):
+    """The pass manager's memory sampler stops a pass whose process grows past its size at the start plus the
+    memory then available (here 1 MB) with one error, where the kernel's OOM killer would end the process."""
+    from snc.compiler import pass_manager
+
+    def grow(graph, ctx):
+        held = np.ones(2**24)  # 128 MB, touched
+        time.sleep(1.0)  # the sampler reads the RSS every 5 ms
+        return graph if held.any() else None
+
+    manager = PassManager([Pass("grow", grow, lambda g, ctx: None)])
+    monkeypatch.setattr(pass_manager, "available_mb", lambda: 1.0)
+    with pytest.raises(SncError, match=r"grow needed more memory than this machine has: the compile grew past"):
+        manager.run(_ctx(), _triangle())
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # the guard's handler does not outlive the pass
+    monkeypatch.setattr(pass_manager, "available_mb", lambda: 100_000.0)
+    assert manager.run(_ctx(), _triangle()).complete
 
 
 def test_dump_ir_writes_every_pass(tmp):
