@@ -203,9 +203,9 @@ class _PeakRSS:
 
     def _out_of_memory(self, signum: int = 0, frame: Any = None) -> None:
         raise SncError(f"{self.name} needed more memory than this machine has: the compile grew past "
-                           f"{self._ceiling / 1024:.1f} GB (its size when the pass began plus the memory then "
-                           f"available); a smaller model or a machine with more memory (a real-valued stream read "
-                           f"twice: --residual graded stores each op once)")
+                       f"{self._ceiling / 1024:.1f} GB (its size when the pass began plus the memory then "
+                       f"available); a smaller model or a machine with more memory (a real-valued stream read "
+                       f"twice: --residual graded stores each op once)")
 
     def __enter__(self) -> "_PeakRSS":
         self.mb = self._rss()

@@ -23,8 +23,9 @@ input with its margin), and one deeper than calibrated is clipped, which
 only delays a later spike of a neuron already far below its threshold. That
 margin would cost each such population one bit of resolution (measured on
 the digits U-Net, ``snc verify -n 8`` at 16 weight bits: 98.85 % spike
-agreement with the margin on v, 99.01 % without). Without calibration the peak is assumed to be 16x the threshold
-(or 16, if the threshold is below 1), with the margin.
+agreement with the margin on v, 99.01 % without). Without calibration (or
+for a population the calibration never reached) the peak is assumed to be
+16x the threshold (or 16, if the threshold is below 1), with the margin.
 
 A graded (sum) population's scale keeps its calibrated value inside an
 int32 with the margin, its bias and its input weights inside their ranges; it
@@ -84,9 +85,9 @@ def state_range(node: Union[Population, Readout], peaks: Optional[dict[str, Peak
     """The magnitude (model units) the node's integers must hold: the margin on what wraps (the input
     current, a graded value, the readout's input), none on a spiking neuron's v, which saturates."""
     thr = node.threshold if isinstance(node, Population) else 0.0
-    if peaks is None:
+    if peaks is None or node.name not in peaks:
         return max(UNCALIBRATED_PEAK * max(thr, 1.0), 1e-12) * MARGIN
-    peak = peaks.get(node.name, Peaks(0.0, 0.0))
+    peak = peaks[node.name]
     if isinstance(node, Readout) or node.graded:
         return max(peak.v, peak.input, 1e-12) * MARGIN
     return max(peak.v, thr + MARGIN * peak.input, 1e-12)
