@@ -94,7 +94,7 @@ def center_shifts(graph: Graph, rules: FixedPoint, target: str = "the target") -
         if not offsets.any():
             continue
         mant, exp = _centered_bias(p, offsets, rules)
-        if exp.max(initial=0) > rules.bias_exp_max:
+        if not bias_fits(mant, exp, rules):
             problems.append(f"{p.name}: bias with the shift offsets needs exponent {int(exp.max())} > "
                             f"{rules.bias_exp_max}")
         p.fixed.update(bias_mant=mant, bias_exp=exp)
